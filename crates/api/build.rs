@@ -1,0 +1,42 @@
+//! Compiles the containerd wire contract in `proto/` with a pure-Rust protobuf
+//! compiler (protox), so no system `protoc` is needed.
+
+use std::path::PathBuf;
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    files.sort();
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let rel: Vec<PathBuf> = files
+        .iter()
+        .map(|f| f.strip_prefix(&root).unwrap().to_path_buf())
+        .collect();
+    let fds = protox::compile(&rel, [&root]).expect("compile containerd protos");
+    let mut config = tonic_prost_build::Config::new();
+    // `Name` impls give each message its full proto name, used for Any type URLs
+    config.enable_type_names();
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // no `connect` constructors: clients dial the unix socket themselves, and
+        // the shim API has an RPC named Connect that would clash with them
+        .build_transport(false)
+        .include_file("mod.rs")
+        .compile_fds_with_config(fds, config)
+        .expect("generate gRPC code");
+}
+
+fn collect(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect(&path, out);
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            out.push(path);
+        }
+    }
+}
