@@ -63,7 +63,12 @@ impl ConfigSpec {
     {
         ConfigSpec {
             default: || toml::Value::try_from(T::default()).expect("default config serialises"),
-            validate: |v| v.clone().try_into::<T>().map(|_| ()).map_err(|e| e.to_string()),
+            validate: |v| {
+                v.clone()
+                    .try_into::<T>()
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
         }
     }
 }
@@ -164,11 +169,11 @@ impl InitContext<'_> {
             .iter()
             .find(|(k, i, _)| k == kind && i == id)
             .map(|(_, _, inst)| inst.clone())
-            .ok_or_else(|| {
-                Error::precondition(format!("plugin {kind}.{id} is not initialised"))
-            })?;
+            .ok_or_else(|| Error::precondition(format!("plugin {kind}.{id} is not initialised")))?;
         inst.downcast::<T>().map_err(|_| {
-            Error::internal(format!("plugin {kind}.{id} has an unexpected instance type"))
+            Error::internal(format!(
+                "plugin {kind}.{id} has an unexpected instance type"
+            ))
         })
     }
 
@@ -204,9 +209,10 @@ impl InitContext<'_> {
     pub fn config_as<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, Error> {
         match &self.config {
             None => Ok(T::default()),
-            Some(v) => v.clone().try_into().map_err(|e| {
-                Error::invalid(format!("invalid config for plugin: {e}"))
-            }),
+            Some(v) => v
+                .clone()
+                .try_into()
+                .map_err(|e| Error::invalid(format!("invalid config for plugin: {e}"))),
         }
     }
 }
@@ -228,7 +234,10 @@ impl Initialized {
         self.records.get().map(Vec::as_slice).unwrap_or(&[])
     }
     /// Every ok instance of a type, in init order.
-    pub fn instances_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = (&'a str, &'a Instance)> + 'a {
+    pub fn instances_of<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Instance)> + 'a {
         self.instances
             .iter()
             .filter(move |(k, _, _)| k == kind)
@@ -526,7 +535,8 @@ mod tests {
             Registration::new("b", "uses", |ctx| {
                 // the failed plugin is absent for its dependents
                 assert!(ctx.get::<()>("a", "fails").is_err());
-                ctx.exports.insert("root".into(), ctx.root.display().to_string());
+                ctx.exports
+                    .insert("root".into(), ctx.root.display().to_string());
                 Ok(Arc::new(1u32) as Instance)
             })
             .requires(&["a"]),

@@ -51,7 +51,10 @@ impl Digest {
                 hex.len()
             )));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(Error::invalid(format!(
                 "invalid digest {algorithm}:{hex}: value must be lower-case hex"
             )));
@@ -98,9 +101,7 @@ impl FromStr for Digest {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         let (alg, hex) = s.split_once(':').ok_or_else(|| {
-            Error::invalid(format!(
-                "invalid digest {s:?}: expected <algorithm>:<hex>"
-            ))
+            Error::invalid(format!("invalid digest {s:?}: expected <algorithm>:<hex>"))
         })?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,

@@ -11,7 +11,11 @@ use std::str::FromStr;
 pub struct Platform {
     pub architecture: String,
     pub os: String,
-    #[serde(rename = "os.version", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub os_version: String,
     #[serde(rename = "os.features", default, skip_serializing_if = "Vec::is_empty")]
     pub os_features: Vec<String>,
@@ -20,13 +24,49 @@ pub struct Platform {
 }
 
 const KNOWN_OS: &[&str] = &[
-    "aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "js",
-    "linux", "nacl", "netbsd", "openbsd", "plan9", "solaris", "windows", "zos",
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "windows",
+    "zos",
 ];
 const KNOWN_ARCH: &[&str] = &[
-    "386", "amd64", "amd64p32", "arm", "armbe", "arm64", "arm64be", "ppc64", "ppc64le",
-    "loong64", "mips", "mipsle", "mips64", "mips64le", "mips64p32", "mips64p32le", "ppc",
-    "riscv", "riscv64", "s390", "s390x", "sparc", "sparc64", "wasm",
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "ppc64",
+    "ppc64le",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
 ];
 
 impl Platform {
@@ -63,7 +103,11 @@ impl Platform {
         let (arch, variant) = match arch.as_str() {
             "i386" => ("386".to_string(), String::new()),
             "x86_64" | "x86-64" | "amd64" => {
-                let v = if variant == "v1" { String::new() } else { variant };
+                let v = if variant == "v1" {
+                    String::new()
+                } else {
+                    variant
+                };
                 ("amd64".to_string(), v)
             }
             "aarch64" | "arm64" => {
@@ -98,7 +142,11 @@ impl Platform {
         match p.architecture.as_str() {
             "amd64" => out.push(Platform::new(&p.os, "386", "")),
             "arm64" => {
-                let v = if p.variant.is_empty() { "v8" } else { &p.variant };
+                let v = if p.variant.is_empty() {
+                    "v8"
+                } else {
+                    &p.variant
+                };
                 out.extend(Platform::new(&p.os, "arm", v).compatible());
             }
             "arm" => {
@@ -124,7 +172,11 @@ impl FromStr for Platform {
         }
         let parts: Vec<&str> = spec.split('/').collect();
         for p in &parts {
-            if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 return Err(bad("components must be non-empty [A-Za-z0-9_-]"));
             }
         }
@@ -154,7 +206,11 @@ impl FromStr for Platform {
 
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let os = if self.os.is_empty() { "unknown" } else { &self.os };
+        let os = if self.os.is_empty() {
+            "unknown"
+        } else {
+            &self.os
+        };
         let arch = if self.architecture.is_empty() {
             "unknown"
         } else {
@@ -266,7 +322,10 @@ mod tests {
     fn rejects_bad_specifiers() {
         for bad in ["", "linux/", "/amd64", "a/b/c/d", "linux/am d64", "notanos"] {
             let e = bad.parse::<Platform>().unwrap_err();
-            assert!(e.message.contains("invalid platform specifier"), "{bad}: {e}");
+            assert!(
+                e.message.contains("invalid platform specifier"),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -1,0 +1,154 @@
+//! The metadata database of stevedored (`io.containerd.metadata.v1 bolt`).
+//!
+//! # On-disk layout
+//! One redb file, `<root>/io.containerd.metadata.v1.bolt/meta.db`. redb is ACID
+//! with one writer and concurrent readers; a transaction is durable once its
+//! commit returns (fsync), and a crash before that leaves the previous state.
+//! So every multi-record change in stevedore happens in one transaction.
+//!
+//! Tables:
+//! - `meta`: `&str -> &[u8]`, holds `schema_version` (checked on open).
+//! - `namespaces`: `name -> JSON {labels}`.
+//! - every namespaced object table is keyed by `(namespace, id)` so that a
+//!   namespace's objects are one range scan, and emptiness checks are cheap.
+//!
+//! All calls here block (redb does file I/O); async callers use a blocking pool.
+
+pub mod namespaces;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use stevedore_types::{Error, Result};
+
+/// Schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// A namespaced object table: `(namespace, id) -> value`.
+pub type NsTable = TableDefinition<'static, (&'static str, &'static str), &'static [u8]>;
+
+/// Namespaced tables, with the word used when a namespace is not empty.
+/// Later components add theirs here so namespace deletion sees them.
+pub const NAMESPACED_TABLES: &[(NsTable, &str)] = &[];
+
+/// The open metadata database.
+pub struct Db {
+    db: Database,
+}
+
+pub(crate) fn db_err(op: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("metadata database: {op}: {e}"))
+}
+
+impl Db {
+    /// Open (or create) the database at `path` and check its schema version.
+    pub fn open(path: &Path) -> Result<Db> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::from(e).context(format!("create {}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| {
+            Error::unavailable(format!("open metadata database {}: {e}", path.display()))
+        })?;
+        let this = Db { db };
+        this.check_schema(path)?;
+        Ok(this)
+    }
+
+    fn check_schema(&self, path: &Path) -> Result<()> {
+        let tx = self.db.begin_write().map_err(|e| db_err("begin", e))?;
+        {
+            let mut t = tx.open_table(META).map_err(|e| db_err("open meta", e))?;
+            let found = t
+                .get("schema_version")
+                .map_err(|e| db_err("read schema version", e))?
+                .map(|v| v.value().to_vec());
+            match found {
+                None => {
+                    t.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())
+                        .map_err(|e| db_err("write schema version", e))?;
+                }
+                Some(v) => {
+                    let v: [u8; 4] = v.as_slice().try_into().map_err(|_| {
+                        Error::internal(format!(
+                            "metadata database {}: corrupt schema version record",
+                            path.display()
+                        ))
+                    })?;
+                    let found = u32::from_le_bytes(v);
+                    if found != SCHEMA_VERSION {
+                        return Err(Error::precondition(format!(
+                            "metadata database {} has schema version {found}, this stevedored reads version {SCHEMA_VERSION}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+            tx.open_table(namespaces::NAMESPACES)
+                .map_err(|e| db_err("open namespaces", e))?;
+            for (t, _) in NAMESPACED_TABLES {
+                tx.open_table(*t).map_err(|e| db_err("open table", e))?;
+            }
+        }
+        tx.commit().map_err(|e| db_err("commit", e))?;
+        Ok(())
+    }
+
+    /// The underlying database, for stores built on top of this crate.
+    pub fn raw(&self) -> &Database {
+        &self.db
+    }
+
+    /// Run `f` in a write transaction; commits when it returns Ok.
+    pub fn update<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
+        let tx = self.db.begin_write().map_err(|e| db_err("begin", e))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(|e| db_err("commit", e))?;
+        Ok(out)
+    }
+
+    /// Run `f` in a read transaction.
+    pub fn view<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read", e))?;
+        f(&tx)
+    }
+}
+
+/// True when a namespaced table holds any key in `ns`.
+pub(crate) fn ns_has_any<T: ReadableTable<(&'static str, &'static str), &'static [u8]>>(
+    t: &T,
+    ns: &str,
+) -> Result<bool> {
+    let mut it = t.range((ns, "")..).map_err(|e| db_err("range scan", e))?;
+    match it.next() {
+        None => Ok(false),
+        Some(r) => {
+            let (k, _) = r.map_err(|e| db_err("range scan", e))?;
+            Ok(k.value().0 == ns)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopens_and_checks_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("meta.db");
+        drop(Db::open(&p).unwrap());
+        let db = Db::open(&p).unwrap();
+        db.update(|tx| {
+            let mut t = tx.open_table(META).map_err(|e| db_err("t", e))?;
+            t.insert("schema_version", 99u32.to_le_bytes().as_slice())
+                .map_err(|e| db_err("t", e))?;
+            Ok(())
+        })
+        .unwrap();
+        drop(db);
+        let e = Db::open(&p).err().unwrap();
+        assert!(e.message.contains("schema version 99"), "{e}");
+    }
+}

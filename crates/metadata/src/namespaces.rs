@@ -1,0 +1,280 @@
+//! Namespaces: names with labels. Every other object lives in one.
+
+use crate::{db_err, ns_has_any, Db, NAMESPACED_TABLES};
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use stevedore_types::{labels, Error, Result};
+
+pub(crate) const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespaces");
+
+/// A namespace record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Stored {
+    labels: HashMap<String, String>,
+}
+
+/// containerd's identifier rule for namespaces (and other object ids).
+pub fn validate_name(name: &str) -> Result<()> {
+    const MAX: usize = 76;
+    if name.is_empty() {
+        return Err(Error::invalid("identifier must not be empty"));
+    }
+    if name.len() > MAX {
+        return Err(Error::invalid(format!(
+            "identifier {name:?} greater than maximum length ({MAX} characters)"
+        )));
+    }
+    let ok = name
+        .split(['.', '_', '-'])
+        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if !ok {
+        return Err(Error::invalid(format!(
+            "identifier {name:?} must match ^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$"
+        )));
+    }
+    Ok(())
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<Namespace> {
+    let s: Stored = serde_json::from_slice(bytes)
+        .map_err(|e| Error::internal(format!("namespace {name:?}: corrupt record: {e}")))?;
+    Ok(Namespace {
+        name: name.to_string(),
+        labels: s.labels,
+    })
+}
+
+fn encode(labels: &HashMap<String, String>) -> Vec<u8> {
+    serde_json::to_vec(&Stored {
+        labels: labels.clone(),
+    })
+    .expect("labels serialise")
+}
+
+/// Create the namespace inside a transaction if it does not exist yet
+/// (objects created in a new namespace bring it into being, as in containerd).
+pub fn ensure(tx: &redb::WriteTransaction, name: &str) -> Result<bool> {
+    validate_name(name).map_err(|e| e.context(format!("namespace {name:?}")))?;
+    let mut t = tx
+        .open_table(NAMESPACES)
+        .map_err(|e| db_err("open namespaces", e))?;
+    if t.get(name)
+        .map_err(|e| db_err("get namespace", e))?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    t.insert(name, encode(&HashMap::new()).as_slice())
+        .map_err(|e| db_err("insert namespace", e))?;
+    Ok(true)
+}
+
+impl Db {
+    pub fn create_namespace(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<Namespace> {
+        validate_name(name).map_err(|e| e.context(format!("create namespace {name:?}")))?;
+        labels::validate_all(labels).map_err(|e| e.context("namespace.Labels"))?;
+        let labels: HashMap<String, String> = labels
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.update(|tx| {
+            let mut t = tx
+                .open_table(NAMESPACES)
+                .map_err(|e| db_err("open namespaces", e))?;
+            if t.get(name)
+                .map_err(|e| db_err("get namespace", e))?
+                .is_some()
+            {
+                return Err(Error::already_exists(format!(
+                    "namespace {name:?}: already exists"
+                )));
+            }
+            t.insert(name, encode(&labels).as_slice())
+                .map_err(|e| db_err("insert namespace", e))?;
+            Ok(Namespace {
+                name: name.to_string(),
+                labels: labels.clone(),
+            })
+        })
+    }
+
+    pub fn get_namespace(&self, name: &str) -> Result<Namespace> {
+        self.view(|tx| {
+            let t = tx
+                .open_table(NAMESPACES)
+                .map_err(|e| db_err("open namespaces", e))?;
+            let v = t
+                .get(name)
+                .map_err(|e| db_err("get namespace", e))?
+                .ok_or_else(|| Error::not_found(format!("namespace {name:?}: not found")))?;
+            decode(name, v.value())
+        })
+    }
+
+    pub fn list_namespaces(&self) -> Result<Vec<Namespace>> {
+        self.view(|tx| {
+            let t = tx
+                .open_table(NAMESPACES)
+                .map_err(|e| db_err("open namespaces", e))?;
+            let mut out = Vec::new();
+            for r in t.iter().map_err(|e| db_err("list namespaces", e))? {
+                let (k, v) = r.map_err(|e| db_err("list namespaces", e))?;
+                out.push(decode(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Update a namespace's labels. `paths` follow containerd's field masks:
+    /// empty or `labels` replaces all labels; `labels.<key>` sets or (with an
+    /// empty value) removes one key.
+    pub fn update_namespace(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+        paths: &[String],
+    ) -> Result<Namespace> {
+        labels::validate_all(labels).map_err(|e| e.context("namespace.Labels"))?;
+        self.update(|tx| {
+            let mut t = tx
+                .open_table(NAMESPACES)
+                .map_err(|e| db_err("open namespaces", e))?;
+            let mut ns = {
+                let v = t
+                    .get(name)
+                    .map_err(|e| db_err("get namespace", e))?
+                    .ok_or_else(|| Error::not_found(format!("namespace {name:?}: not found")))?;
+                decode(name, v.value())?
+            };
+            if paths.is_empty() {
+                ns.labels = labels.clone();
+            }
+            for p in paths {
+                if p == "labels" {
+                    ns.labels = labels.clone();
+                } else if let Some(key) = p.strip_prefix("labels.") {
+                    match labels.get(key) {
+                        Some(v) if !v.is_empty() => {
+                            ns.labels.insert(key.to_string(), v.clone());
+                        }
+                        _ => {
+                            ns.labels.remove(key);
+                        }
+                    }
+                } else {
+                    return Err(Error::invalid(format!(
+                        "cannot update {p:?} field on namespace {name:?}"
+                    )));
+                }
+            }
+            ns.labels.retain(|_, v| !v.is_empty());
+            t.insert(name, encode(&ns.labels).as_slice())
+                .map_err(|e| db_err("update namespace", e))?;
+            Ok(ns)
+        })
+    }
+
+    /// Delete an empty namespace.
+    pub fn delete_namespace(&self, name: &str) -> Result<()> {
+        self.update(|tx| {
+            let mut busy = Vec::new();
+            for (table, what) in NAMESPACED_TABLES {
+                let t = tx.open_table(*table).map_err(|e| db_err("open table", e))?;
+                if ns_has_any(&t, name)? {
+                    busy.push(*what);
+                }
+            }
+            if !busy.is_empty() {
+                return Err(Error::precondition(format!(
+                    "namespace {name:?} must be empty, but it still has {}",
+                    busy.join(", ")
+                )));
+            }
+            let mut t = tx
+                .open_table(NAMESPACES)
+                .map_err(|e| db_err("open namespaces", e))?;
+            t.remove(name)
+                .map_err(|e| db_err("delete namespace", e))?
+                .ok_or_else(|| Error::not_found(format!("namespace {name:?}: not found")))?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stevedore_types::ErrorKind;
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("meta.db")).unwrap();
+        (d, db)
+    }
+
+    fn l(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn namespace_lifecycle() {
+        let (_d, db) = db();
+        db.create_namespace("foo", &l(&[("a", "1")])).unwrap();
+        assert_eq!(
+            db.create_namespace("foo", &HashMap::new())
+                .unwrap_err()
+                .kind,
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(db.get_namespace("foo").unwrap().labels, l(&[("a", "1")]));
+        db.update_namespace("foo", &l(&[("b", "2")]), &["labels.b".into()])
+            .unwrap();
+        db.update_namespace("foo", &HashMap::new(), &["labels.a".into()])
+            .unwrap();
+        assert_eq!(db.get_namespace("foo").unwrap().labels, l(&[("b", "2")]));
+        assert_eq!(
+            db.update_namespace("foo", &HashMap::new(), &["name".into()])
+                .unwrap_err()
+                .kind,
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(db.list_namespaces().unwrap().len(), 1);
+        db.delete_namespace("foo").unwrap();
+        assert_eq!(
+            db.get_namespace("foo").unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            db.delete_namespace("foo").unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        let (_d, db) = db();
+        for bad in ["", "a b", "-a", "a..b", "a/b", &"x".repeat(77)] {
+            assert_eq!(
+                db.create_namespace(bad, &HashMap::new()).unwrap_err().kind,
+                ErrorKind::InvalidArgument,
+                "{bad}"
+            );
+        }
+        db.create_namespace("k8s.io", &HashMap::new()).unwrap();
+        db.create_namespace("a_b-c", &HashMap::new()).unwrap();
+    }
+}

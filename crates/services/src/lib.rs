@@ -1,0 +1,104 @@
+//! containerd's gRPC services, implemented over stevedore's libraries. This is
+//! the edge: requests are validated and translated here, library errors become
+//! gRPC statuses here (through `stevedore_api::status`), and events are
+//! published here after each state change.
+
+pub mod events;
+pub mod exchange;
+pub mod health;
+pub mod introspection;
+pub mod namespaces;
+pub mod registry;
+pub mod version;
+
+use stevedore_api::status::to_status;
+use stevedore_types::Error;
+use tonic::{Request, Status};
+
+/// A gRPC service ready to be mounted on the server, as a plugin instance.
+pub struct GrpcService {
+    add: Box<dyn Fn(&mut tonic::service::RoutesBuilder) + Send + Sync>,
+}
+
+impl GrpcService {
+    pub fn new<S>(svc: S) -> Self
+    where
+        S: tower_service_bound::Svc,
+    {
+        GrpcService {
+            add: Box::new(move |routes| {
+                routes.add_service(svc.clone());
+            }),
+        }
+    }
+    /// Mount the service.
+    pub fn add_to(&self, routes: &mut tonic::service::RoutesBuilder) {
+        (self.add)(routes)
+    }
+}
+
+/// The bounds tonic puts on a mountable service, named once.
+pub mod tower_service_bound {
+    use std::convert::Infallible;
+    use tonic::body::Body;
+    use tonic::server::NamedService;
+
+    pub trait Svc:
+        tonic::codegen::Service<
+            tonic::codegen::http::Request<Body>,
+            Response = tonic::codegen::http::Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+    {
+    }
+    impl<T> Svc for T where
+        T: tonic::codegen::Service<
+                tonic::codegen::http::Request<Body>,
+                Response = tonic::codegen::http::Response<Body>,
+                Error = Infallible,
+                Future: Send + 'static,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static
+    {
+    }
+}
+
+/// The namespace a request is for, from the `containerd-namespace` header.
+pub fn namespace_of<T>(req: &Request<T>) -> Result<String, Status> {
+    let ns = req
+        .metadata()
+        .get(stevedore_api::NAMESPACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ns.is_empty() {
+        return Err(to_status(Error::precondition(
+            "namespace is required: set the containerd-namespace header",
+        )));
+    }
+    stevedore_metadata::namespaces::validate_name(ns)
+        .map_err(|e| to_status(e.context(format!("namespace {ns:?}"))))?;
+    Ok(ns.to_string())
+}
+
+/// Run blocking work (filesystem, database) off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(to_status),
+        Err(e) => Err(Status::internal(format!("blocking task failed: {e}"))),
+    }
+}
+
+/// The current time as a protobuf timestamp.
+pub fn now_timestamp() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(std::time::SystemTime::now())
+}

@@ -1,0 +1,391 @@
+//! stevedore: the command-line client of stevedored.
+
+mod client;
+mod output;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use client::{rpc_error, Conn};
+use output::{labels_cell, print_json, Format, Table};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use stevedore_api::services::{events, introspection, namespaces, version};
+
+#[derive(Parser)]
+#[command(
+    name = "stevedore",
+    version,
+    about = "stevedore: a container runtime speaking containerd's API"
+)]
+struct Cli {
+    /// stevedored's socket.
+    #[arg(
+        long,
+        short = 'a',
+        global = true,
+        env = "STEVEDORE_ADDRESS",
+        default_value = "/run/stevedore/stevedore.sock"
+    )]
+    address: PathBuf,
+    /// Namespace to work in.
+    #[arg(
+        long,
+        short = 'n',
+        global = true,
+        env = "STEVEDORE_NAMESPACE",
+        default_value = "default"
+    )]
+    namespace: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    output: Format,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show client and daemon versions.
+    Version,
+    /// Inspect the daemon's plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCmd),
+    /// Manage namespaces.
+    #[command(subcommand, alias = "ns")]
+    Namespaces(NamespacesCmd),
+    /// Print events as they happen (filters: topic==/tasks/exit, namespace==x, ...).
+    Events { filters: Vec<String> },
+}
+
+#[derive(Subcommand)]
+enum PluginsCmd {
+    /// List plugins in init order (filters: type==..., id==...).
+    #[command(alias = "list")]
+    Ls {
+        /// Show platforms, exports and errors of each plugin.
+        #[arg(long, short = 'd')]
+        detailed: bool,
+        filters: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NamespacesCmd {
+    /// Create a namespace, with optional labels k=v.
+    Create { name: String, labels: Vec<String> },
+    /// List namespaces.
+    #[command(alias = "list")]
+    Ls(QuietArg),
+    /// Set labels (k=v) on a namespace; k= removes a label.
+    Label { name: String, labels: Vec<String> },
+    /// Remove namespaces (they must be empty).
+    #[command(alias = "remove", alias = "delete")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct QuietArg {
+    /// Print only names.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("start async runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stevedore: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_labels(items: &[String]) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("invalid label {item:?}: expected key=value");
+        };
+        if k.is_empty() {
+            bail!("invalid label {item:?}: empty key");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let conn = Conn::open(&cli.address, &cli.namespace).await?;
+    match cli.cmd {
+        Cmd::Version => cmd_version(&conn, cli.output).await,
+        Cmd::Plugins(PluginsCmd::Ls { detailed, filters }) => {
+            cmd_plugins(&conn, cli.output, detailed, filters).await
+        }
+        Cmd::Namespaces(c) => cmd_namespaces(&conn, cli.output, c).await,
+        Cmd::Events { filters } => cmd_events(&conn, cli.output, filters).await,
+    }
+}
+
+async fn cmd_version(conn: &Conn, fmt: Format) -> Result<()> {
+    let (ch, ns) = conn.svc()?;
+    let v = version::version_client::VersionClient::with_interceptor(ch.clone(), ns.clone())
+        .version(())
+        .await
+        .map_err(|s| rpc_error("get daemon version", s))?
+        .into_inner();
+    let uuid = introspection::introspection_client::IntrospectionClient::with_interceptor(ch, ns)
+        .server(())
+        .await
+        .map_err(|s| rpc_error("get server info", s))?
+        .into_inner()
+        .uuid;
+    let client = env!("CARGO_PKG_VERSION");
+    match fmt {
+        Format::Json => print_json(&json!({
+            "client": {"version": client},
+            "server": {"version": v.version, "revision": v.revision, "uuid": uuid},
+        })),
+        Format::Table => {
+            println!("Client:\n  Version:  {client}\n");
+            println!(
+                "Server:\n  Version:  {}\n  Revision: {}\n  UUID:     {uuid}",
+                v.version, v.revision
+            );
+        }
+    }
+    Ok(())
+}
+
+fn platform_str(p: &stevedore_api::types::Platform) -> String {
+    let mut s = format!("{}/{}", p.os, p.architecture);
+    if !p.variant.is_empty() {
+        s.push('/');
+        s.push_str(&p.variant);
+    }
+    s
+}
+
+fn plugin_status(p: &introspection::Plugin) -> &'static str {
+    match &p.init_err {
+        None => "ok",
+        Some(e) if e.message.contains("skip plugin") => "skip",
+        Some(_) => "error",
+    }
+}
+
+async fn cmd_plugins(conn: &Conn, fmt: Format, detailed: bool, filters: Vec<String>) -> Result<()> {
+    let (ch, ns) = conn.svc()?;
+    let plugins =
+        introspection::introspection_client::IntrospectionClient::with_interceptor(ch, ns)
+            .plugins(introspection::PluginsRequest { filters })
+            .await
+            .map_err(|s| rpc_error("list plugins", s))?
+            .into_inner()
+            .plugins;
+    if fmt == Format::Json {
+        let v: Vec<_> = plugins
+            .iter()
+            .map(|p| {
+                json!({
+                    "type": p.r#type,
+                    "id": p.id,
+                    "platforms": p.platforms.iter().map(platform_str).collect::<Vec<_>>(),
+                    "requires": p.requires,
+                    "exports": p.exports,
+                    "capabilities": p.capabilities,
+                    "status": plugin_status(p),
+                    "error": p.init_err.as_ref().map(|e| json!({
+                        "code": format!("{:?}", tonic::Code::from(e.code)),
+                        "message": e.message,
+                    })),
+                })
+            })
+            .collect();
+        print_json(&json!(v));
+        return Ok(());
+    }
+    if detailed {
+        for (i, p) in plugins.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            println!("Type:       {}", p.r#type);
+            println!("ID:         {}", p.id);
+            if !p.requires.is_empty() {
+                println!("Requires:   {}", p.requires.join(", "));
+            }
+            if !p.platforms.is_empty() {
+                let ps: Vec<String> = p.platforms.iter().map(platform_str).collect();
+                println!("Platforms:  {}", ps.join(", "));
+            }
+            if !p.exports.is_empty() {
+                println!("Exports:");
+                let mut ex: Vec<_> = p.exports.iter().collect();
+                ex.sort();
+                for (k, v) in ex {
+                    println!("            {k}  {v}");
+                }
+            }
+            println!("Status:     {}", plugin_status(p));
+            if let Some(e) = &p.init_err {
+                println!("Error:");
+                println!("            Code:     {:?}", tonic::Code::from(e.code));
+                println!("            Message:  {}", e.message);
+            }
+        }
+        return Ok(());
+    }
+    let mut t = Table::new(&["TYPE", "ID", "PLATFORMS", "STATUS"]);
+    for p in &plugins {
+        let platforms = if p.platforms.is_empty() {
+            "-".to_string()
+        } else {
+            p.platforms
+                .iter()
+                .map(platform_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        t.row(vec![
+            p.r#type.clone(),
+            p.id.clone(),
+            platforms,
+            plugin_status(p).to_string(),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+async fn cmd_namespaces(conn: &Conn, fmt: Format, cmd: NamespacesCmd) -> Result<()> {
+    let (ch, ns) = conn.svc()?;
+    let mut c = namespaces::namespaces_client::NamespacesClient::with_interceptor(ch, ns);
+    match cmd {
+        NamespacesCmd::Create { name, labels } => {
+            let labels = parse_labels(&labels)?;
+            c.create(namespaces::CreateNamespaceRequest {
+                namespace: Some(namespaces::Namespace {
+                    name: name.clone(),
+                    labels,
+                }),
+            })
+            .await
+            .map_err(|s| rpc_error(&format!("create namespace {name:?}"), s))?;
+        }
+        NamespacesCmd::Ls(q) => {
+            let mut list = c
+                .list(namespaces::ListNamespacesRequest::default())
+                .await
+                .map_err(|s| rpc_error("list namespaces", s))?
+                .into_inner()
+                .namespaces;
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+            if fmt == Format::Json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|n| json!({"name": n.name, "labels": n.labels}))
+                    .collect();
+                print_json(&json!(v));
+            } else if q.quiet {
+                for n in &list {
+                    println!("{}", n.name);
+                }
+            } else {
+                let mut t = Table::new(&["NAME", "LABELS"]);
+                for n in &list {
+                    t.row(vec![n.name.clone(), labels_cell(&n.labels)]);
+                }
+                t.print();
+            }
+        }
+        NamespacesCmd::Label { name, labels } => {
+            let labels = parse_labels(&labels)?;
+            let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+            c.update(namespaces::UpdateNamespaceRequest {
+                namespace: Some(namespaces::Namespace {
+                    name: name.clone(),
+                    labels,
+                }),
+                update_mask: Some(prost_types::FieldMask { paths }),
+            })
+            .await
+            .map_err(|s| rpc_error(&format!("label namespace {name:?}"), s))?;
+        }
+        NamespacesCmd::Rm { names } => {
+            let mut failed = 0;
+            for name in names {
+                match c
+                    .delete(namespaces::DeleteNamespaceRequest { name: name.clone() })
+                    .await
+                {
+                    Ok(_) => println!("{name}"),
+                    Err(s) => {
+                        failed += 1;
+                        eprintln!(
+                            "stevedore: {:#}",
+                            rpc_error(&format!("remove namespace {name:?}"), s)
+                        );
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} namespace(s) could not be removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A readable rendering of known event payloads.
+fn event_json(any: &prost_types::Any) -> serde_json::Value {
+    use stevedore_api::events::*;
+    use stevedore_api::typeurl::from_any;
+    if let Some(e) = from_any::<NamespaceCreate>(any) {
+        return json!({"name": e.name, "labels": e.labels});
+    }
+    if let Some(e) = from_any::<NamespaceUpdate>(any) {
+        return json!({"name": e.name, "labels": e.labels});
+    }
+    if let Some(e) = from_any::<NamespaceDelete>(any) {
+        return json!({"name": e.name});
+    }
+    json!({"type_url": any.type_url, "bytes": any.value.len()})
+}
+
+async fn cmd_events(conn: &Conn, fmt: Format, filters: Vec<String>) -> Result<()> {
+    let (ch, ns) = conn.svc()?;
+    let mut stream = events::events_client::EventsClient::with_interceptor(ch, ns)
+        .subscribe(events::SubscribeRequest { filters })
+        .await
+        .map_err(|s| rpc_error("subscribe to events", s))?
+        .into_inner();
+    while let Some(env) = stream
+        .message()
+        .await
+        .map_err(|s| rpc_error("receive event", s))?
+    {
+        let when = env
+            .timestamp
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            .map(|t| humantime::format_rfc3339_millis(t).to_string())
+            .unwrap_or_default();
+        let payload = env.event.as_ref().map(event_json).unwrap_or(json!(null));
+        match fmt {
+            Format::Json => println!(
+                "{}",
+                json!({"timestamp": when, "namespace": env.namespace, "topic": env.topic, "event": payload})
+            ),
+            Format::Table => println!("{when} {} {} {payload}", env.namespace, env.topic),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Output: aligned tables for people, JSON for programs.
+
+use clap::ValueEnum;
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// A table with a header row; columns are padded to align.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Table {
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+    pub fn render(&self) -> String {
+        let n = self.header.len();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate().take(n) {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, c) in r.iter().enumerate().take(n) {
+                if i + 1 == n {
+                    line.push_str(c);
+                } else {
+                    line.push_str(&format!("{c:<w$}   ", w = widths[i]));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+    pub fn print(&self) {
+        print!("{}", self.render());
+    }
+}
+
+pub fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("json serialises")
+    );
+}
+
+/// `k=v,k2=v2`, sorted, or `-` when empty (like ctr).
+pub fn labels_cell<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let mut v: Vec<String> = labels
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligns_columns() {
+        let mut t = Table::new(&["A", "LONGER"]);
+        t.row(vec!["xxxxx".into(), "1".into()]);
+        assert_eq!(t.render(), "A       LONGER\nxxxxx   1\n");
+    }
+}

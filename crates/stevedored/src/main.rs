@@ -1,0 +1,223 @@
+//! stevedored: serves containerd's gRPC API on a unix socket.
+
+mod config;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use config::{Config, DEFAULT_CONFIG_PATH};
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use stevedore_plugin::{types::GRPC, Environment};
+use stevedore_services::GrpcService;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+#[derive(Parser)]
+#[command(
+    name = "stevedored",
+    version,
+    about = "stevedore daemon: containerd's API, in Rust"
+)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Persistent root directory (overrides the config).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Volatile state directory (overrides the config).
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// gRPC socket path (overrides the config).
+    #[arg(long, short = 'a', global = true)]
+    address: Option<PathBuf>,
+    /// trace, debug, info, warn or error (overrides the config).
+    #[arg(long, short = 'l', global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the full default configuration.
+    Default,
+    /// Print the configuration in effect (file plus flags).
+    Dump,
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stevedored: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let registry = stevedore_services::registry::plugins();
+    let explicit = cli.config.is_some();
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    if let Some(Cmd::Config {
+        what: ConfigCmd::Default,
+    }) = cli.cmd
+    {
+        print!("{}", Config::default_toml(&registry));
+        return Ok(());
+    }
+    let mut cfg = Config::load(&path, explicit, &registry)?;
+    if let Some(r) = cli.root {
+        cfg.root = r;
+    }
+    if let Some(s) = cli.state {
+        cfg.state = s;
+    }
+    if let Some(a) = cli.address {
+        cfg.grpc.address = a;
+    }
+    if let Some(l) = cli.log_level {
+        cfg.debug.level = l;
+    }
+    if let Some(Cmd::Config {
+        what: ConfigCmd::Dump,
+    }) = cli.cmd
+    {
+        print!("{}", toml::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    init_logging(&cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("stevedored")
+        .build()
+        .context("start async runtime")?;
+    rt.block_on(serve(cfg, registry))
+}
+
+fn init_logging(cfg: &Config) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let level = cfg.debug.level.as_str();
+    if !["trace", "debug", "info", "warn", "error"].contains(&level) {
+        bail!("invalid log level {level:?}: use trace, debug, info, warn or error");
+    }
+    let filter = EnvFilter::try_from_env("STEVEDORE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn")));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match cfg.debug.format.as_str() {
+        "json" => b.json().init(),
+        "text" | "" => b.init(),
+        other => bail!("invalid log format {other:?}: use text or json"),
+    }
+    Ok(())
+}
+
+/// Bind the socket: refuse when another daemon answers on it, replace a stale
+/// one, and restrict it to owner and group (0660).
+async fn bind_socket(cfg: &Config) -> Result<UnixListener> {
+    let path = &cfg.grpc.address;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another daemon is serving on {}: stop it or choose another --address",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod 0660 {}", path.display()))?;
+    rustix::fs::chown(
+        path,
+        Some(rustix::fs::Uid::from_raw(cfg.grpc.uid)),
+        Some(rustix::fs::Gid::from_raw(cfg.grpc.gid)),
+    )
+    .with_context(|| format!("chown {}", path.display()))?;
+    Ok(listener)
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("create {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> {
+    create_dir(&cfg.root, 0o711)?;
+    create_dir(&cfg.state, 0o711)?;
+    let listener = bind_socket(&cfg).await?;
+    let env = Environment {
+        root: cfg.root.clone(),
+        state: cfg.state.clone(),
+        address: cfg.grpc.address.clone(),
+        plugin_config: cfg.plugins.clone(),
+        disabled: cfg.disabled_plugins.iter().cloned().collect::<HashSet<_>>(),
+    };
+    let required = cfg.required_plugins.clone();
+    let address = cfg.grpc.address.clone();
+    // plugin inits do blocking file and database work
+    let init = tokio::task::spawn_blocking(move || registry.init(&env, &required))
+        .await
+        .context("plugin init panicked")?;
+    let plugins = match init {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(&address);
+            bail!("plugin initialisation failed: {e}");
+        }
+    };
+    let mut routes = tonic::service::RoutesBuilder::default();
+    for (id, inst) in plugins.instances_of(GRPC) {
+        match inst.clone().downcast::<GrpcService>() {
+            Ok(svc) => svc.add_to(&mut routes),
+            Err(_) => tracing::error!(id, "grpc plugin has no service"),
+        }
+    }
+    tracing::info!(
+        address = %address.display(),
+        root = %cfg.root.display(),
+        state = %cfg.state.display(),
+        "stevedored serving"
+    );
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    let result = tonic::transport::Server::builder()
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&address);
+    result.context("serve gRPC")?;
+    tracing::info!("stevedored stopped");
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! Linux facilities behind small functions and traits, so the logic above is
+//! testable and the real thing is tested for real (as root) here.
+
+use std::path::Path;
+use stevedore_types::{Error, Result};
+
+/// `statfs` magic of btrfs.
+pub const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+/// `statfs` magic of overlayfs.
+pub const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+
+/// The filesystem type magic of the filesystem holding `path`.
+pub fn fs_magic(path: &Path) -> Result<i64> {
+    let st = rustix::fs::statfs(path).map_err(|e| {
+        Error::from(std::io::Error::from(e)).context(format!("statfs {}", path.display()))
+    })?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64)
+}
+
+/// True when `path` lives on btrfs.
+pub fn is_btrfs(path: &Path) -> Result<bool> {
+    Ok(fs_magic(path)? == BTRFS_SUPER_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_is_not_btrfs() {
+        assert!(!is_btrfs(Path::new("/proc")).unwrap());
+        assert_eq!(fs_magic(Path::new("/proc")).unwrap(), 0x9fa0);
+        assert!(fs_magic(Path::new("/nonexistent/x")).is_err());
+    }
+}
