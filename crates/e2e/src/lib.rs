@@ -1,0 +1,312 @@
+//! Test support: start a real stevedored with its own root, state and socket,
+//! run the real `ctr` and the `stevedore` CLI against it, and clean up.
+//!
+//! Binaries come from the cargo target directory next to the test executable,
+//! so run `cargo build --workspace --bins` before `cargo test` (README's test
+//! command does). Missing external tools fail the test naming the package.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Directory holding the workspace binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("STEVEDORE_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, failing clearly when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --workspace --bins` before the tests",
+        p.display()
+    );
+    p
+}
+
+/// Fail (never skip) when an external tool is missing.
+pub fn require_tool(tool: &str, package: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(tool);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{tool} is required by this test: apt-get install {package}");
+}
+
+/// A running stevedored owned by one test.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub config: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Start a daemon with a fresh root, state and socket.
+    pub fn start() -> Daemon {
+        Self::start_with_config(None)
+    }
+
+    /// Start a daemon with the given config text (root/state/address are
+    /// still set per test by flags).
+    pub fn start_with_config(config: Option<&str>) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("sd-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let mut d = Daemon {
+            root: dir.path().join("root"),
+            state: dir.path().join("state"),
+            socket: dir.path().join("s.sock"),
+            config: None,
+            dir,
+            child: None,
+        };
+        if let Some(text) = config {
+            let p = d.dir.path().join("config.toml");
+            std::fs::write(&p, text).unwrap();
+            d.config = Some(p);
+        }
+        d.spawn();
+        d
+    }
+
+    /// The command line that starts this daemon.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin("stevedored"));
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--log-level")
+            .arg("debug");
+        if let Some(cfg) = &self.config {
+            c.arg("--config").arg(cfg);
+        } else {
+            // never read the machine's /etc/stevedore/config.toml in tests
+            c.arg("--config").arg(self.dir.path().join("none.toml"));
+            std::fs::write(self.dir.path().join("none.toml"), "").unwrap();
+        }
+        c
+    }
+
+    /// (Re)start the daemon process and wait until it serves.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = self
+            .command()
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn stevedored");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("stevedored exited early ({st}):\n{}", self.log());
+                }
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("stevedored did not start serving:\n{}", self.log());
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// SIGKILL the daemon (crash simulation).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM the daemon and wait for it; returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    /// Run the real containerd `ctr` against this daemon.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        let ctr = require_tool("ctr", "containerd");
+        Command::new(ctr)
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run ctr")
+    }
+
+    /// Run ctr and return stdout, failing the test on a non-zero exit.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let o = self.ctr(args);
+        assert!(
+            o.status.success(),
+            "ctr {args:?} failed: {}\n{}\ndaemon log:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Run the stevedore CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("stevedore"))
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run stevedore")
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "stevedore {args:?} failed: {}\n{}\ndaemon log:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Start a long-running client command (e.g. `events`) whose stdout lines
+    /// are collected on a channel.
+    pub fn watch(&self, mut cmd: Command) -> Watch {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn watcher");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Watch { child, lines: rx }
+    }
+
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(require_tool("ctr", "containerd"));
+        c.arg("--address").arg(&self.socket).args(args);
+        c
+    }
+
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("stevedore"));
+        c.arg("--address").arg(&self.socket).args(args);
+        c
+    }
+
+    /// A gRPC channel to the daemon for direct API calls.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        stevedore_api::client::connect(&self.socket)
+            .await
+            .expect("connect to stevedored")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A long-running client whose output lines arrive on a channel.
+pub struct Watch {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Watch {
+    /// Wait for a line containing all of `needles`; returns it.
+    pub fn expect_line(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if needles.iter().all(|n| line.contains(n)) {
+                        return line;
+                    }
+                    seen.push(line);
+                }
+                Err(_) => panic!("no line with {needles:?} within {timeout:?}; saw: {seen:#?}"),
+            }
+        }
+    }
+
+    /// Collect lines for a while.
+    pub fn lines_for(&self, d: Duration) -> Vec<String> {
+        let deadline = Instant::now() + d;
+        let mut out = Vec::new();
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            out.push(l);
+        }
+        out
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

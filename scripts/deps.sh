@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install the Debian packages stevedore's tests and quickstart use, if missing.
+# Idempotent; needs root (CI and the dev machine run as root).
+set -euo pipefail
+PKGS=(
+  containerd        # the reference `ctr` client (and containerd for benchmarks)
+  runc              # OCI runtime
+  crun              # alternative OCI runtime
+  docker-registry   # local registry for pull/push tests
+  skopeo            # builds docker-archive / OCI test images
+  busybox-static    # test image contents
+  btrfs-progs       # btrfs snapshotter tests (mkfs.btrfs on a loop device)
+  golang-github-containerd-containerd-dev  # containerd's 1.6 API protos (regen only)
+  jq zstd pigz hyperfine
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# the packaged containerd must not run: tests start their own daemons
+systemctl disable --now containerd >/dev/null 2>&1 || true

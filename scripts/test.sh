@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# stevedore's test command: format, lints, build once, then every test
+# (unit, conformance and end-to-end against real ctr/runc) in parallel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --bins --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
