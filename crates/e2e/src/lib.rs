@@ -239,6 +239,23 @@ impl Daemon {
         Watch { child, lines: rx }
     }
 
+    /// Start an event watcher (`ctr events` or `stevedore events`, whose filters
+    /// must let namespace events through) and return once it is subscribed,
+    /// by creating namespaces until one of their events arrives.
+    pub fn synced_watch(&self, cmd: Command) -> Watch {
+        let w = self.watch(cmd);
+        for i in 0..100 {
+            let name = format!("sync{i}");
+            self.ctr_ok(&["namespaces", "create", &name]);
+            self.ctr_ok(&["namespaces", "rm", &name]);
+            let lines = w.lines_for(Duration::from_millis(200));
+            if lines.iter().any(|l| l.contains("/namespaces/")) {
+                return w;
+            }
+        }
+        panic!("event watcher never received events");
+    }
+
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(require_tool("ctr", "containerd"));
         c.arg("--address").arg(&self.socket).args(args);

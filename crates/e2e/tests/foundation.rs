@@ -3,22 +3,7 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
-use stevedore_e2e::{bin, Daemon, Watch};
-
-/// Wait until a freshly started event watcher is subscribed, by creating
-/// namespaces until one of their events arrives.
-fn sync_events(d: &Daemon, w: &Watch) {
-    for i in 0..100 {
-        let name = format!("sync{i}");
-        d.ctr_ok(&["namespaces", "create", &name]);
-        d.ctr_ok(&["namespaces", "rm", &name]);
-        let lines = w.lines_for(Duration::from_millis(200));
-        if lines.iter().any(|l| l.contains("/namespaces/")) {
-            return;
-        }
-    }
-    panic!("event watcher never received events");
-}
+use stevedore_e2e::{bin, Daemon};
 
 #[test]
 fn ctr_version_reports_the_server() {
@@ -149,8 +134,7 @@ fn namespaces_survive_restart() {
 #[test]
 fn ctr_events_prints_namespace_events() {
     let d = Daemon::start();
-    let w = d.watch(d.ctr_command(&["events"]));
-    sync_events(&d, &w);
+    let w = d.synced_watch(d.ctr_command(&["events"]));
     d.ctr_ok(&["namespaces", "create", "evns", "k=v"]);
     d.ctr_ok(&["namespaces", "label", "evns", "x=y"]);
     d.ctr_ok(&["namespaces", "rm", "evns"]);
@@ -198,8 +182,7 @@ fn stevedore_cli_covers_the_same_commands() {
     let det = d.cli_ok(&["plugins", "ls", "--detailed", "id==btrfs"]);
     assert!(det.contains("must be a btrfs filesystem"), "{det}");
 
-    let w = d.watch(d.cli_command(&["events"]));
-    sync_events(&d, &w);
+    let w = d.synced_watch(d.cli_command(&["events"]));
     d.cli_ok(&["namespaces", "create", "clins", "a=1"]);
     d.cli_ok(&["namespaces", "label", "clins", "b=2"]);
     let j: serde_json::Value =

@@ -14,6 +14,7 @@
 //!
 //! All calls here block (redb does file I/O); async callers use a blocking pool.
 
+pub mod images;
 pub mod namespaces;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -30,7 +31,7 @@ pub type NsTable = TableDefinition<'static, (&'static str, &'static str), &'stat
 
 /// Namespaced tables, with the word used when a namespace is not empty.
 /// Later components add theirs here so namespace deletion sees them.
-pub const NAMESPACED_TABLES: &[(NsTable, &str)] = &[];
+pub const NAMESPACED_TABLES: &[(NsTable, &str)] = &[(images::IMAGES, "images")];
 
 /// The open metadata database.
 pub struct Db {

@@ -84,9 +84,15 @@ impl Events for EventsService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let filter = Filter::parse_all(&req.get_ref().filters).grpc()?;
         let mut rx = self.exchange.subscribe();
+        let exchange = self.exchange.clone();
         let stream = async_stream(move |tx| async move {
             loop {
-                match rx.recv().await {
+                let next = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = tx.closed() => return,
+                    _ = exchange.closed() => return,
+                };
+                match next {
                     Ok(env) => {
                         if filter.matches(&adapt(&env)) && tx.send(Ok(env)).await.is_err() {
                             return;

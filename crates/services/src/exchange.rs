@@ -15,6 +15,7 @@ const QUEUE: usize = 4096;
 #[derive(Clone)]
 pub struct Exchange {
     tx: broadcast::Sender<Envelope>,
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Exchange {
@@ -41,7 +42,8 @@ pub fn validate_topic(topic: &str) -> Result<(), Error> {
 impl Exchange {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(QUEUE);
-        Exchange { tx }
+        let (closed, _) = tokio::sync::watch::channel(false);
+        Exchange { tx, closed }
     }
 
     /// Publish an already-built envelope (Forward).
@@ -79,6 +81,18 @@ impl Exchange {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
         self.tx.subscribe()
+    }
+
+    /// Ends every subscription (daemon shutdown), so streams do not hold the
+    /// server open.
+    pub fn shutdown(&self) {
+        let _ = self.closed.send(true);
+    }
+
+    /// Resolves once `shutdown` has been called.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 }
 

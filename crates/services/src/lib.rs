@@ -3,9 +3,11 @@
 //! gRPC statuses here (through `stevedore_api::status`), and events are
 //! published here after each state change.
 
+pub mod convert;
 pub mod events;
 pub mod exchange;
 pub mod health;
+pub mod images;
 pub mod introspection;
 pub mod namespaces;
 pub mod registry;

@@ -4,6 +4,7 @@
 use crate::events::EventsService;
 use crate::exchange::Exchange;
 use crate::health::HealthService;
+use crate::images::ImagesService;
 use crate::introspection::IntrospectionService;
 use crate::namespaces::NamespacesService;
 use crate::version::VersionService;
@@ -61,6 +62,11 @@ pub fn plugins() -> Registry {
         Ok(EventsService::grpc((*ex).clone()))
     }));
     r.register(grpc("healthcheck", &[], |_| Ok(HealthService::grpc())));
+    r.register(grpc("images", &[METADATA, EVENT], |ctx| {
+        let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+        let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+        Ok(ImagesService::grpc(db, (*ex).clone(), None))
+    }));
     r.register(grpc("introspection", &["*"], |ctx| {
         Ok(IntrospectionService::grpc(ctx.records(), ctx.root.clone()))
     }));

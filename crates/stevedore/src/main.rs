@@ -1,6 +1,7 @@
 //! stevedore: the command-line client of stevedored.
 
 mod client;
+mod images;
 mod output;
 
 use anyhow::{bail, Result};
@@ -54,6 +55,9 @@ enum Cmd {
     /// Manage namespaces.
     #[command(subcommand, alias = "ns")]
     Namespaces(NamespacesCmd),
+    /// Manage images.
+    #[command(subcommand, alias = "image", alias = "i")]
+    Images(images::ImagesCmd),
     /// Print events as they happen (filters: topic==/tasks/exit, namespace==x, ...).
     Events { filters: Vec<String> },
 }
@@ -131,6 +135,7 @@ async fn run(cli: Cli) -> Result<()> {
             cmd_plugins(&conn, cli.output, detailed, filters).await
         }
         Cmd::Namespaces(c) => cmd_namespaces(&conn, cli.output, c).await,
+        Cmd::Images(c) => images::run(&conn, cli.output, c).await,
         Cmd::Events { filters } => cmd_events(&conn, cli.output, filters).await,
     }
 }
@@ -357,6 +362,18 @@ fn event_json(any: &prost_types::Any) -> serde_json::Value {
     }
     if let Some(e) = from_any::<NamespaceDelete>(any) {
         return json!({"name": e.name});
+    }
+    {
+        use stevedore_api::services::images::{ImageCreate, ImageDelete, ImageUpdate};
+        if let Some(e) = from_any::<ImageCreate>(any) {
+            return json!({"name": e.name, "labels": e.labels});
+        }
+        if let Some(e) = from_any::<ImageUpdate>(any) {
+            return json!({"name": e.name, "labels": e.labels});
+        }
+        if let Some(e) = from_any::<ImageDelete>(any) {
+            return json!({"name": e.name});
+        }
     }
     json!({"type_url": any.type_url, "bytes": any.value.len()})
 }

@@ -8,10 +8,17 @@ use config::{Config, DEFAULT_CONFIG_PATH};
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use stevedore_plugin::{types::GRPC, Environment};
+use stevedore_plugin::{
+    types::{EVENT, GRPC},
+    Environment,
+};
+use stevedore_services::exchange::Exchange;
 use stevedore_services::GrpcService;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+
+/// How long a graceful shutdown waits for open streams.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Parser)]
 #[command(
@@ -203,7 +210,8 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
         state = %cfg.state.display(),
         "stevedored serving"
     );
-    let shutdown = async {
+    let exchange = plugins.get::<Exchange>(EVENT, "exchange");
+    let shutdown = async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
@@ -211,6 +219,16 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
+        // end event subscriptions so they do not hold connections open
+        if let Some(ex) = exchange {
+            ex.shutdown();
+        }
+        // never hang on a client that keeps a stream open
+        tokio::spawn(async {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}: exiting anyway");
+            std::process::exit(0);
+        });
     };
     let result = tonic::transport::Server::builder()
         .add_routes(routes.routes())
