@@ -8,7 +8,12 @@ fn main() {
     let mut files = Vec::new();
     collect(&root, &mut files);
     files.sort();
+    // a new file anywhere under proto/ must rebuild: watch the directories too
+    println!("cargo:rerun-if-changed={}", root.display());
     for f in &files {
+        if let Some(dir) = f.parent() {
+            println!("cargo:rerun-if-changed={}", dir.display());
+        }
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let rel: Vec<PathBuf> = files

@@ -33,6 +33,7 @@ pub mod services {
     pub use crate::containerd::services::tasks::v1 as tasks;
     pub use crate::containerd::services::version::v1 as version;
     pub use crate::grpc::health::v1 as health;
+    pub use crate::stevedore::services::transfer::v1 as transfer;
 }
 
 pub use containerd::events;

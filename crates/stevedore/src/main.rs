@@ -3,6 +3,7 @@
 mod client;
 mod images;
 mod output;
+mod transfer;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -58,6 +59,10 @@ enum Cmd {
     /// Manage images.
     #[command(subcommand, alias = "image", alias = "i")]
     Images(images::ImagesCmd),
+    /// Pull an image from a registry (in the daemon) and unpack it.
+    Pull(transfer::PullArgs),
+    /// Push an image to a registry (from the daemon).
+    Push(transfer::PushArgs),
     /// Print events as they happen (filters: topic==/tasks/exit, namespace==x, ...).
     Events { filters: Vec<String> },
 }
@@ -136,6 +141,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Namespaces(c) => cmd_namespaces(&conn, cli.output, c).await,
         Cmd::Images(c) => images::run(&conn, cli.output, c).await,
+        Cmd::Pull(a) => transfer::pull(&conn, cli.output, a).await,
+        Cmd::Push(a) => transfer::push(&conn, cli.output, a).await,
         Cmd::Events { filters } => cmd_events(&conn, cli.output, filters).await,
     }
 }
