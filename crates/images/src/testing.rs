@@ -1,0 +1,236 @@
+//! A small directory-backed content store implementing the library's content
+//! traits, for tests and tools (not the daemon's store).
+//!
+//! Layout under its root:
+//! - `blobs/<alg>/<hex>`: committed blobs (renamed into place after fsync-free
+//!   verification: tests do not need crash safety);
+//! - `ingest/<n>`: open ingests, removed on commit or abort.
+//!
+//! Labels live in memory.
+
+use crate::content::{ContentWriter, Digester, Info, Ingester, LabelManager, Provider};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use stevedore_types::{Descriptor, Digest, Error, Result};
+
+/// A content store in a directory.
+#[derive(Clone)]
+pub struct DirStore {
+    root: PathBuf,
+    labels: Arc<Mutex<HashMap<Digest, HashMap<String, String>>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl DirStore {
+    /// Open (creating) a store at `root`.
+    pub fn new(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root.join("blobs"))?;
+        fs::create_dir_all(root.join("ingest"))?;
+        Ok(DirStore {
+            root: root.to_path_buf(),
+            labels: Default::default(),
+            next: Default::default(),
+        })
+    }
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+    /// Store bytes directly and return their descriptor.
+    pub fn put(&self, media_type: &str, bytes: &[u8]) -> Result<Descriptor> {
+        let d = crate::content::digest_of(bytes);
+        let p = self.blob_path(&d);
+        fs::create_dir_all(p.parent().unwrap_or(&self.root))?;
+        fs::write(&p, bytes)?;
+        Ok(Descriptor::new(media_type, d, bytes.len() as i64))
+    }
+    /// Remove a blob (to simulate missing content).
+    pub fn delete(&self, d: &Digest) -> Result<()> {
+        Ok(fs::remove_file(self.blob_path(d))?)
+    }
+    /// Every committed digest.
+    pub fn list(&self) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for alg in fs::read_dir(self.root.join("blobs"))? {
+            let alg = alg?;
+            for f in fs::read_dir(alg.path())? {
+                let f = f?;
+                let s = format!(
+                    "{}:{}",
+                    alg.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                );
+                out.push(s.parse()?);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+    /// Number of ingests still open or left behind.
+    pub fn open_ingests(&self) -> Result<usize> {
+        Ok(fs::read_dir(self.root.join("ingest"))?.count())
+    }
+    /// The labels of a blob.
+    pub fn labels(&self, d: &Digest) -> HashMap<String, String> {
+        self.labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(d)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Provider for DirStore {
+    fn info(&self, digest: &Digest) -> Result<Info> {
+        let md = fs::metadata(self.blob_path(digest))
+            .map_err(|e| Error::from(e).context(format!("content {digest}")))?;
+        Ok(Info {
+            digest: digest.clone(),
+            size: md.len() as i64,
+            labels: self.labels(digest),
+        })
+    }
+    fn reader(&self, desc: &Descriptor, offset: u64) -> Result<Box<dyn Read + Send>> {
+        let mut f = File::open(self.blob_path(&desc.digest))
+            .map_err(|e| Error::from(e).context(format!("content {}", desc.digest)))?;
+        f.seek(SeekFrom::Start(offset))?;
+        Ok(Box::new(f))
+    }
+}
+
+struct DirWriter {
+    store: DirStore,
+    reference: String,
+    path: PathBuf,
+    file: File,
+    digester: Digester,
+    written: i64,
+    expected_size: Option<i64>,
+}
+
+impl Write for DirWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.digester.update(&buf[..n]);
+        self.written += n as i64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl ContentWriter for DirWriter {
+    fn commit(
+        self: Box<Self>,
+        size: i64,
+        digest: &Digest,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        let fail = |msg: String| {
+            let _ = fs::remove_file(&self.path);
+            Err(Error::precondition(msg))
+        };
+        if size > 0 && size != self.written {
+            return fail(format!(
+                "commit {}: unexpected commit size {}, expected {size}",
+                self.reference, self.written
+            ));
+        }
+        if let Some(es) = self.expected_size {
+            if es != self.written {
+                return fail(format!(
+                    "commit {}: unexpected commit size {}, expected {es}",
+                    self.reference, self.written
+                ));
+            }
+        }
+        let actual = self.digester.digest();
+        if &actual != digest {
+            return fail(format!(
+                "commit {}: unexpected commit digest {actual}, expected {digest}",
+                self.reference
+            ));
+        }
+        let target = self.store.blob_path(digest);
+        if target.exists() {
+            let _ = fs::remove_file(&self.path);
+            return Err(Error::already_exists(format!(
+                "content {digest}: already exists"
+            )));
+        }
+        fs::create_dir_all(target.parent().unwrap_or(&self.store.root))?;
+        fs::rename(&self.path, &target)?;
+        if !labels.is_empty() {
+            self.store
+                .labels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(digest.clone())
+                .or_default()
+                .extend(labels);
+        }
+        Ok(())
+    }
+    fn abort(self: Box<Self>) -> Result<()> {
+        fs::remove_file(&self.path)?;
+        Ok(())
+    }
+}
+
+impl Ingester for DirStore {
+    fn writer(
+        &self,
+        reference: &str,
+        expected_size: Option<i64>,
+        expected_digest: Option<&Digest>,
+    ) -> Result<Box<dyn ContentWriter>> {
+        if let Some(d) = expected_digest {
+            if self.blob_path(d).exists() {
+                return Err(Error::already_exists(format!(
+                    "content {d}: already exists"
+                )));
+            }
+        }
+        let alg = expected_digest
+            .map(|d| d.algorithm())
+            .unwrap_or(stevedore_types::Algorithm::Sha256);
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let path = self.root.join("ingest").join(n.to_string());
+        let file = File::create(&path)?;
+        Ok(Box::new(DirWriter {
+            store: self.clone(),
+            reference: reference.to_string(),
+            path,
+            file,
+            digester: Digester::new(alg),
+            written: 0,
+            expected_size,
+        }))
+    }
+}
+
+impl LabelManager for DirStore {
+    fn set_labels(&self, digest: &Digest, labels: &[(String, String)]) -> Result<()> {
+        if !self.blob_path(digest).exists() {
+            return Err(Error::not_found(format!("content {digest}: not found")));
+        }
+        let mut all = self.labels.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = all.entry(digest.clone()).or_default();
+        for (k, v) in labels {
+            if v.is_empty() {
+                entry.remove(k);
+            } else {
+                entry.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(())
+    }
+}
