@@ -189,7 +189,8 @@ mod tests {
             (OCI_LAYER_ZSTD, DiffCompression::Zstd),
             (OCI_LAYER_NON_DISTRIBUTABLE_GZIP, DiffCompression::Gzip),
             (OCI_LAYER_NON_DISTRIBUTABLE_ZSTD, DiffCompression::Zstd),
-            (OCI_LAYER_GZIP_ENCRYPTED, DiffCompression::None),
+            // containerd sorts the extensions and looks at the last one
+            (OCI_LAYER_GZIP_ENCRYPTED, DiffCompression::Gzip),
             (
                 "application/vnd.docker.image.rootfs.diff.tar.gzip+enc",
                 DiffCompression::None,

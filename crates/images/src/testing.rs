@@ -234,3 +234,102 @@ impl LabelManager for DirStore {
         Ok(())
     }
 }
+
+/// An uncompressed layer tar holding the given files (mode 0644, mtime 0).
+pub fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, *data)
+            .expect("append to in-memory tar");
+    }
+    b.into_inner().expect("finish in-memory tar")
+}
+
+/// gzip bytes.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip to memory");
+    e.finish().expect("gzip to memory")
+}
+
+/// Store a single-platform image (config + layers + manifest) built from
+/// uncompressed layer tars; returns the manifest descriptor with its
+/// platform set. Docker media types when `docker`, gzip layers when `gz`.
+pub fn put_image(
+    store: &DirStore,
+    platform: &stevedore_types::Platform,
+    layers: &[Vec<u8>],
+    docker: bool,
+    gz: bool,
+) -> Result<Descriptor> {
+    use crate::mediatypes::*;
+    let mut layer_descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        diff_ids.push(crate::content::digest_of(l).to_string());
+        let (mt, bytes) = match (docker, gz) {
+            (true, true) => (DOCKER_LAYER_GZIP, gzip(l)),
+            (true, false) => (DOCKER_LAYER, l.clone()),
+            (false, true) => (OCI_LAYER_GZIP, gzip(l)),
+            (false, false) => (OCI_LAYER, l.clone()),
+        };
+        layer_descs.push(store.put(mt, &bytes)?);
+    }
+    let mut cfg = serde_json::json!({
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created_by": "stevedore test"}],
+    });
+    if !platform.variant.is_empty() {
+        cfg["variant"] = platform.variant.clone().into();
+    }
+    let config = store.put(
+        if docker { DOCKER_CONFIG } else { OCI_CONFIG },
+        &serde_json::to_vec(&cfg).map_err(|e| Error::internal(e.to_string()))?,
+    )?;
+    let manifest = crate::spec::Manifest {
+        schema_version: 2,
+        media_type: if docker {
+            DOCKER_MANIFEST
+        } else {
+            OCI_MANIFEST
+        }
+        .into(),
+        config,
+        layers: layer_descs,
+        annotations: Default::default(),
+    };
+    let mut d = store.put(
+        &manifest.media_type,
+        &serde_json::to_vec(&manifest).map_err(|e| Error::internal(e.to_string()))?,
+    )?;
+    d.platform = Some(platform.clone());
+    Ok(d)
+}
+
+/// Store an index (or Docker manifest list) over the given manifests.
+pub fn put_index(store: &DirStore, manifests: &[Descriptor], docker: bool) -> Result<Descriptor> {
+    use crate::mediatypes::*;
+    let mt = if docker {
+        DOCKER_MANIFEST_LIST
+    } else {
+        OCI_INDEX
+    };
+    let idx = crate::spec::Index {
+        schema_version: 2,
+        media_type: mt.into(),
+        manifests: manifests.to_vec(),
+        annotations: Default::default(),
+    };
+    store.put(
+        mt,
+        &serde_json::to_vec(&idx).map_err(|e| Error::internal(e.to_string()))?,
+    )
+}
