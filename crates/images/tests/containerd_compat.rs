@@ -292,3 +292,108 @@ fn exported_archive_has_containerds_records_in_order() {
     assert!(out.ends_with(&[0u8; 1024]));
     assert_eq!(out.len() % 512, 0);
 }
+
+/// A `docker save` tar: `<id>/layer.tar`, `<id>.json` config,
+/// `manifest.json`, `repositories`, one layer stored twice via a symlink.
+pub fn docker_save_tar(layers: &[Vec<u8>], repo_tag: &str) -> Vec<u8> {
+    use stevedore_images::content::digest_of;
+    let mut b = tar::Builder::new(Vec::new());
+    let add = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    let mut layer_paths = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let id = digest_of(l).hex().to_string();
+        add(&mut b, &format!("{id}/layer.tar"), l);
+        layer_paths.push(format!("{id}/layer.tar"));
+        diff_ids.push(digest_of(l).to_string());
+    }
+    // the first layer again, as Docker writes duplicates: a symlink
+    let dup = format!("{}/layer.tar", "d".repeat(64));
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, &dup, format!("../{}", layer_paths[0]))
+        .unwrap();
+    layer_paths.push(dup);
+    diff_ids.push(diff_ids[0].clone());
+    let host = Platform::host();
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "architecture": host.architecture, "os": host.os,
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let cfg_name = format!("{}.json", digest_of(&cfg).hex());
+    add(&mut b, &cfg_name, &cfg);
+    let manifest =
+        serde_json::json!([{"Config": cfg_name, "RepoTags": [repo_tag], "Layers": layer_paths}]);
+    add(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    let (repo, tag) = repo_tag.rsplit_once(':').unwrap();
+    let repos = serde_json::json!({repo: {tag: "x".repeat(64)}});
+    add(&mut b, "repositories", &serde_json::to_vec(&repos).unwrap());
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn imports_docker_save_tars_to_the_same_manifest_as_ctr() {
+    let c = Containerd::start();
+    let layers = busybox_layers();
+    let tar = docker_save_tar(&layers, "stevedore/dockersave:3");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("docker.tar");
+    std::fs::write(&input, &tar).unwrap();
+    c.ctr_ok(&["images", "import", "--no-unpack", input.to_str().unwrap()]);
+    let ls = c.ctr_ok(&["images", "ls"]);
+    let line = ls
+        .lines()
+        .find(|l| l.starts_with("docker.io/stevedore/dockersave:3 "))
+        .unwrap_or_else(|| panic!("image not imported by ctr: {ls}"));
+
+    let sd = tempfile::tempdir().unwrap();
+    let store = DirStore::new(sd.path()).unwrap();
+    let recs = ArchiveImporter::default()
+        .import(&store, &mut &tar[..])
+        .unwrap();
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0].name, "docker.io/stevedore/dockersave:3");
+    assert_eq!(
+        recs[0].target.media_type,
+        stevedore_images::mediatypes::DOCKER_MANIFEST
+    );
+    assert!(
+        line.contains(&recs[0].target.digest.to_string()),
+        "ctr made a different manifest: {line} vs {}",
+        recs[0].target.digest
+    );
+    // the plan for unpacking: three layers with their diff IDs
+    let plan = stevedore_images::image::unpack_plan(
+        &store,
+        &recs[0].target,
+        &stevedore_types::platform::default_matcher(),
+    )
+    .unwrap();
+    assert_eq!(plan.layers.len(), 3);
+    assert_eq!(plan.layers[0].0.digest, plan.layers[0].1);
+    // and ctr exports it byte-identically to us
+    let theirs = {
+        let out = dir.path().join("out.tar");
+        c.ctr_ok(&["images", "export", out.to_str().unwrap(), &recs[0].name]);
+        std::fs::read(out).unwrap()
+    };
+    // image records keep media type, digest, size and annotations (the
+    // containerd image store has no platform field), so drop the platform
+    let mut stored = recs[0].target.clone();
+    stored.platform = None;
+    let ours = export_ours(&store, &recs[0].name, &stored, false);
+    assert!(ours == theirs, "{}", first_difference(&ours, &theirs));
+}
