@@ -299,7 +299,8 @@ pub fn import_index(
     let mut docker: Option<Vec<DockerManifest>> = None;
     let mut symlinks: Vec<(String, String)> = Vec::new();
     let mut blobs: HashMap<String, Found> = HashMap::new();
-    let bad_tar = |e: io::Error| Error::invalid(format!("read archive: {e}"));
+    let bad_tar =
+        |e: io::Error| Error::invalid(format!("read archive: truncated or corrupt tar: {e}"));
     for entry in archive.entries().map_err(bad_tar)? {
         let mut entry = entry.map_err(bad_tar)?;
         let raw = entry
