@@ -323,10 +323,7 @@ pub fn child_gc_labels_filter_layers(desc: &Descriptor) -> Vec<String> {
 /// The labels a parent gets for its children: each label key gets the
 /// child's index among the children with that key appended, except that a
 /// key not ending in '.' keeps its bare form for its first child.
-pub fn children_labels(
-    children: &[Descriptor],
-    label_map: &dyn Fn(&Descriptor) -> Vec<String>,
-) -> Vec<(String, String)> {
+pub fn children_labels(children: &[Descriptor], label_map: &LabelMap) -> Vec<(String, String)> {
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
     for ch in children {
@@ -344,13 +341,16 @@ pub fn children_labels(
     out
 }
 
+/// Maps a child to the GC label keys its parent should carry for it.
+pub type LabelMap = dyn Fn(&Descriptor) -> Vec<String>;
+
 /// Wrap a children-returning handler so the parent's content gets GC
 /// reference labels to its children (containerd's `SetChildrenMappedLabels`;
 /// `label_map` None means [`child_gc_labels`]).
 pub fn set_children_labels<'a, H: Handler + 'a>(
     manager: &'a dyn LabelManager,
     inner: H,
-    label_map: Option<&'a dyn Fn(&Descriptor) -> Vec<String>>,
+    label_map: Option<&'a LabelMap>,
 ) -> impl Handler + 'a {
     move |d: &Descriptor| -> HandlerResult {
         let children = inner.handle(d)?;

@@ -112,8 +112,10 @@ fn export_ours(
     target: &stevedore_types::Descriptor,
     all: bool,
 ) -> Vec<u8> {
-    let mut ex = OciExporter::default();
-    ex.all_platforms = all;
+    let ex = OciExporter {
+        all_platforms: all,
+        ..Default::default()
+    };
     let mut out = Vec::new();
     ex.export(store, &[ExportImage::named(name, target)], &mut out)
         .unwrap();
@@ -234,8 +236,10 @@ fn imports_what_ctr_exports_with_the_same_names_and_content() {
 
     let fresh_dir = tempfile::tempdir().unwrap();
     let fresh = DirStore::new(fresh_dir.path()).unwrap();
-    let mut opts = ImportOptions::default();
-    opts.platform = Box::new(All);
+    let opts = ImportOptions {
+        platform: Box::new(All),
+        ..Default::default()
+    };
     let recs = ArchiveImporter::new(opts)
         .import(&fresh, &mut &exported[..])
         .unwrap();

@@ -20,7 +20,7 @@ fn converts_docker_list_to_oci_keeping_configs_and_diff_ids() {
         true,
     )
     .unwrap();
-    let list = put_index(&store, &[m.clone()], true).unwrap();
+    let list = put_index(&store, std::slice::from_ref(&m), true).unwrap();
     let opts = ConvertOptions {
         oci: true,
         layer_compression: None,

@@ -45,8 +45,10 @@ fn source() -> Src {
 }
 
 fn export(src: &Src, images: &[ExportImage]) -> Vec<u8> {
-    let mut ex = OciExporter::default();
-    ex.all_platforms = true;
+    let ex = OciExporter {
+        all_platforms: true,
+        ..Default::default()
+    };
     let mut out = Vec::new();
     ex.export(&src.store, images, &mut out).unwrap();
     out
@@ -138,9 +140,11 @@ fn imports_several_images_from_one_tar_by_their_names() {
         ],
     );
     let (_d, store) = sink();
-    let mut opts = ImportOptions::default();
-    opts.platform = Box::new(All);
-    opts.index_name = Some("whole-index".into());
+    let opts = ImportOptions {
+        platform: Box::new(All),
+        index_name: Some("whole-index".into()),
+        ..Default::default()
+    };
     let recs = import(&store, &tar, opts).unwrap();
     let names: Vec<&str> = recs.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
@@ -317,8 +321,10 @@ fn refuses_archives_of_unknown_format_and_wrong_format() {
     );
     let src = source();
     let oci = export(&src, &[ExportImage::named("x.io/y:1", &src.m1)]);
-    let mut opts = ImportOptions::default();
-    opts.format = Format::Docker;
+    let opts = ImportOptions {
+        format: Format::Docker,
+        ..Default::default()
+    };
     // ctr's export carries a manifest.json, so the Docker reading works too
     let recs = import(&store, &oci, opts).unwrap();
     assert_eq!(recs[0].name, "x.io/y:1");

@@ -37,7 +37,14 @@ fn fixture() -> Fixture {
         true,
     )
     .unwrap();
-    let arm64 = put_image(&store, &p("linux/arm64"), &[l1.clone()], false, true).unwrap();
+    let arm64 = put_image(
+        &store,
+        &p("linux/arm64"),
+        std::slice::from_ref(&l1),
+        false,
+        true,
+    )
+    .unwrap();
     let armv7 = put_image(&store, &p("linux/arm/v7"), &[l2], false, false).unwrap();
     let index = put_index(
         &store,
@@ -278,8 +285,8 @@ fn walks_nested_indexes_docker_lists_and_foreign_layers() {
         true,
     )
     .unwrap();
-    let list = put_index(&store, &[d.clone()], true).unwrap();
-    let outer = put_index(&store, &[list.clone()], false).unwrap();
+    let list = put_index(&store, std::slice::from_ref(&d), true).unwrap();
+    let outer = put_index(&store, std::slice::from_ref(&list), false).unwrap();
     let (md, _) =
         manifest_with_descriptor(&store, &outer, Some(&Only::new(p("linux/amd64")))).unwrap();
     assert_eq!(md.digest, d.digest);

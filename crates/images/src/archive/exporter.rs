@@ -63,6 +63,9 @@ pub trait Exporter {
     ) -> Result<()>;
 }
 
+/// Progress callback: a blob and the bytes of it copied so far.
+pub type ExportProgress = Box<dyn Fn(&Descriptor, u64) + Send + Sync>;
+
 /// Export options, as `ctr images export` flags set them.
 pub struct OciExporter {
     /// Manifests of indexes to include (and to resolve `manifest.json`);
@@ -75,7 +78,7 @@ pub struct OciExporter {
     /// Leave out non-distributable layers (`--skip-non-distributable`).
     pub skip_non_distributable: bool,
     /// Called with each blob's descriptor and the bytes copied so far.
-    pub progress: Option<Box<dyn Fn(&Descriptor, u64) + Send + Sync>>,
+    pub progress: Option<ExportProgress>,
 }
 
 impl Default for OciExporter {
@@ -92,7 +95,7 @@ impl Default for OciExporter {
 
 enum Body {
     Bytes(Vec<u8>),
-    Blob(Descriptor),
+    Blob(Box<Descriptor>),
     Empty,
 }
 
@@ -118,7 +121,7 @@ impl OciExporter {
             mode: 0o444,
             size: desc.size,
             typeflag: TYPE_REG,
-            body: Body::Blob(desc.clone()),
+            body: Body::Blob(Box::new(desc.clone())),
         })
     }
 

@@ -70,6 +70,9 @@ pub enum RefNames {
     FilterPrefix(String),
 }
 
+/// Progress callback: an archive entry's name and the bytes read so far.
+pub type ImportProgress = Box<dyn Fn(&str, u64) + Send + Sync>;
+
 /// Import options, as `ctr images import` flags set them.
 pub struct ImportOptions {
     pub format: Format,
@@ -90,7 +93,7 @@ pub struct ImportOptions {
     /// Entries declaring more bytes than this are refused.
     pub max_blob_size: i64,
     /// Called with each entry's name and bytes read so far.
-    pub progress: Option<Box<dyn Fn(&str, u64) + Send + Sync>>,
+    pub progress: Option<ImportProgress>,
 }
 
 impl Default for ImportOptions {

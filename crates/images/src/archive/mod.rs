@@ -7,8 +7,8 @@ pub mod gojson;
 pub mod gotar;
 mod importer;
 
-pub use exporter::{export_to_file, ExportImage, Exporter, OciExporter};
+pub use exporter::{export_to_file, ExportImage, ExportProgress, Exporter, OciExporter};
 pub use importer::{
-    image_records, import_index, ArchiveImporter, Format, ImageRecord, ImportOptions, Importer,
-    RefNames,
+    image_records, import_index, ArchiveImporter, Format, ImageRecord, ImportOptions,
+    ImportProgress, Importer, RefNames,
 };
