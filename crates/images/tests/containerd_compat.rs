@@ -401,3 +401,99 @@ fn imports_docker_save_tars_to_the_same_manifest_as_ctr() {
     let ours = export_ours(&store, &recs[0].name, &stored, false);
     assert!(ours == theirs, "{}", first_difference(&ours, &theirs));
 }
+
+/// Unpack an OCI layout tar into a directory (for skopeo's `oci:` transport).
+fn untar_to(tar: &[u8], dir: &Path) {
+    tar::Archive::new(tar).unpack(dir).unwrap();
+}
+
+#[test]
+fn imports_skopeo_archives_like_ctr() {
+    let skopeo = require_tool("skopeo", "skopeo");
+    let c = Containerd::start();
+    let sd = tempfile::tempdir().unwrap();
+    let store = DirStore::new(sd.path()).unwrap();
+    let m = put_image(&store, &Platform::host(), &busybox_layers(), false, true).unwrap();
+    let mut target = m.clone();
+    target.platform = None;
+    let tar = export_ours(&store, "example.com/src:1", &target, false);
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    untar_to(&tar, &layout);
+    for (dest, name) in [
+        (
+            format!(
+                "docker-archive:{}/d.tar:example.com/skopeo/d:5",
+                work.path().display()
+            ),
+            "example.com/skopeo/d:5",
+        ),
+        (
+            format!(
+                "oci-archive:{}/o.tar:example.com/skopeo/o:6",
+                work.path().display()
+            ),
+            "example.com/skopeo/o:6",
+        ),
+    ] {
+        let out = Command::new(&skopeo)
+            .args(["--insecure-policy", "copy", "-q"])
+            .arg(format!("oci:{}:1", layout.display()))
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy to {dest}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = dest.split(':').nth(1).unwrap().to_string();
+        let bytes = std::fs::read(&file).unwrap();
+        c.ctr_ok(&[
+            "images",
+            "import",
+            "--no-unpack",
+            "--base-name",
+            name.rsplit_once(':').unwrap().0,
+            "--digests",
+            &file,
+        ]);
+        let ls = c.ctr_ok(&["images", "ls"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = DirStore::new(dir.path()).unwrap();
+        let base = name.rsplit_once(':').unwrap().0;
+        let opts = ImportOptions {
+            digest_prefix: Some(base.to_string()),
+            ..ImportOptions::base_name(base)
+        };
+        let recs = ArchiveImporter::new(opts)
+            .import(&fresh, &mut &bytes[..])
+            .unwrap();
+        assert!(!recs.is_empty(), "{dest}: no images");
+        for r in &recs {
+            let want = format!("{} ", r.name);
+            let line = ls
+                .lines()
+                .find(|l| l.starts_with(&want))
+                .unwrap_or_else(|| panic!("ctr has no image {}: {ls}", r.name));
+            assert!(
+                line.contains(&r.target.digest.to_string()),
+                "{dest}: ctr {line} vs ours {}",
+                r.target.digest
+            );
+        }
+        // ctr created exactly the images we would create
+        let ctr_names: Vec<&str> = ls
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(base))
+            .collect();
+        assert_eq!(
+            ctr_names.len(),
+            recs.len(),
+            "{dest}: {ctr_names:?} vs {recs:?}"
+        );
+    }
+}
