@@ -60,9 +60,26 @@ pub trait LabelManager: Send + Sync {
     fn set_labels(&self, digest: &Digest, labels: &[(String, String)]) -> Result<()>;
 }
 
-/// Everything import needs: read, write and label.
-pub trait Store: Provider + Ingester + LabelManager {}
-impl<T: Provider + Ingester + LabelManager> Store for T {}
+/// Everything import needs: read, write and label. The `as_*` methods
+/// view a `&dyn Store` as one of its parts without trait upcasting (which
+/// needs a newer compiler than the workspace's minimum).
+pub trait Store: Provider + Ingester + LabelManager {
+    fn as_provider(&self) -> &dyn Provider;
+    fn as_ingester(&self) -> &dyn Ingester;
+    fn as_label_manager(&self) -> &dyn LabelManager;
+}
+
+impl<T: Provider + Ingester + LabelManager> Store for T {
+    fn as_provider(&self) -> &dyn Provider {
+        self
+    }
+    fn as_ingester(&self) -> &dyn Ingester {
+        self
+    }
+    fn as_label_manager(&self) -> &dyn LabelManager {
+        self
+    }
+}
 
 /// A running hash for one digest algorithm.
 #[derive(Clone)]

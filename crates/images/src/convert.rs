@@ -53,7 +53,7 @@ fn json_err(what: &str, d: &Descriptor, e: serde_json::Error) -> Error {
 /// (equal to `desc` when nothing changed).
 pub fn convert(store: &dyn Store, desc: &Descriptor, opts: &ConvertOptions) -> Result<Descriptor> {
     if is_index_type(&desc.media_type) {
-        let bytes = read_blob(store, desc, MAX_MANIFEST_SIZE)?;
+        let bytes = read_blob(store.as_provider(), desc, MAX_MANIFEST_SIZE)?;
         let mut doc: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| json_err("index", desc, e))?;
         let list: Vec<Descriptor> = serde_json::from_value(doc["manifests"].clone())
@@ -79,7 +79,7 @@ pub fn convert(store: &dyn Store, desc: &Descriptor, opts: &ConvertOptions) -> R
         return rewrite(store, desc, &bytes, doc, mt);
     }
     if is_manifest_type(&desc.media_type) {
-        let bytes = read_blob(store, desc, MAX_MANIFEST_SIZE)?;
+        let bytes = read_blob(store.as_provider(), desc, MAX_MANIFEST_SIZE)?;
         let mut doc: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| json_err("manifest", desc, e))?;
         let mut config: Descriptor = serde_json::from_value(doc["config"].clone())
@@ -128,7 +128,7 @@ fn rewrite(
     d.digest = crate::content::digest_of(&bytes);
     d.size = bytes.len() as i64;
     write_blob(
-        store,
+        store.as_ingester(),
         &format!("convert-{}", d.digest),
         &mut &bytes[..],
         &d,

@@ -280,8 +280,9 @@ impl Exporter for OciExporter {
                 let d = match resolved_index.get(&desc.digest) {
                     Some(d) => d.clone(),
                     None => {
+                        // as in containerd, the index blob alone does not add
+                        // its algorithm's directory record
                         records.extend(self.blob_record(desc));
-                        algorithms.insert(desc.digest.algorithm().to_string());
                         let idx = crate::spec::read_index(provider, desc)?;
                         let mut chosen = Vec::new();
                         for m in &idx.manifests {

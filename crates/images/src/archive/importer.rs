@@ -114,6 +114,18 @@ impl Default for ImportOptions {
 }
 
 impl ImportOptions {
+    /// `ctr images import` without `--base-name`: tag-only refs become
+    /// `import-<yyyy-mm-dd>:<tag>` (today's date, UTC).
+    pub fn ctr_default() -> Self {
+        let days = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 86400) as i64;
+        let (y, m, d) = civil_from_days(days);
+        ImportOptions {
+            ref_names: RefNames::AddPrefix(format!("import-{y:04}-{m:02}-{d:02}")),
+            ..Default::default()
+        }
+    }
     /// `ctr images import --base-name <name>`: only refs under the name.
     pub fn base_name(name: &str) -> Self {
         ImportOptions {
@@ -130,6 +142,20 @@ impl ImportOptions {
             ..Default::default()
         }
     }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// The importer for OCI and Docker archives.
@@ -417,7 +443,8 @@ pub fn import_index(
         );
         let mut desc = write_json(store, body.as_bytes(), DOCKER_MANIFEST)
             .map_err(|e| e.context("write docker manifest"))?;
-        let plats = platforms(store, &desc).map_err(|e| e.context("unable to resolve platform"))?;
+        let plats = platforms(store.as_provider(), &desc)
+            .map_err(|e| e.context("unable to resolve platform"))?;
         desc.platform = plats.into_iter().next();
         match m.repo_tags.as_deref() {
             None | Some([]) => manifests.push(desc),
@@ -526,7 +553,7 @@ fn write_json(store: &dyn Store, bytes: &[u8], media_type: &str) -> Result<Descr
         bytes.len() as i64,
     );
     write_blob(
-        store,
+        store.as_ingester(),
         &format!("manifest-{}", desc.digest),
         &mut &bytes[..],
         &desc,
@@ -599,9 +626,9 @@ pub fn image_records(
     let top = |d: &Descriptor| -> HandlerResult {
         visited.borrow_mut().push(d.clone());
         if d.digest != index.digest {
-            return Ok(children(store, d)?);
+            return Ok(children(store.as_provider(), d)?);
         }
-        let idx = read_index(store, d)?;
+        let idx = read_index(store.as_provider(), d)?;
         for m in &idx.manifests {
             let name = image_name(&m.annotations, &opts.ref_names);
             if !name.is_empty() {
@@ -619,7 +646,11 @@ pub fn image_records(
         Ok(idx.manifests)
     };
     {
-        let h = set_children_labels(store, filter_platforms(top, opts.platform.as_ref()), None);
+        let h = set_children_labels(
+            store.as_label_manager(),
+            filter_platforms(top, opts.platform.as_ref()),
+            None,
+        );
         walk_not_empty(&h, std::slice::from_ref(index)).map_err(|e| {
             if e.is(ErrorKind::NotFound) {
                 e.context("import: content referenced by the archive is missing or filtered out")
@@ -641,4 +672,24 @@ pub fn image_records(
     }
     records.extend(found.into_inner());
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_names_like_ctr() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        let p = RefNames::AddPrefix("foo/bar".into());
+        assert_eq!(translate_ref(&p, "latest"), "foo/bar:latest");
+        assert_eq!(translate_ref(&p, "x.io/y:1"), "x.io/y:1");
+        let f = RefNames::FilterPrefix("foo/bar".into());
+        assert_eq!(translate_ref(&f, "foo/bar:2"), "foo/bar:2");
+        assert_eq!(translate_ref(&f, "foo/barz:2"), "");
+        assert_eq!(clean_name("./a//b/../c").unwrap(), "a/c");
+        assert!(clean_name("a/../../b").is_err());
+    }
 }
