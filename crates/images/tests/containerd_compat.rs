@@ -497,3 +497,87 @@ fn imports_skopeo_archives_like_ctr() {
         );
     }
 }
+
+#[test]
+fn export_options_match_ctr_flags() {
+    use stevedore_images::mediatypes::*;
+    let c = Containerd::start();
+    let sd = tempfile::tempdir().unwrap();
+    let store = DirStore::new(sd.path()).unwrap();
+    let host = Platform::host();
+    let layers = vec![layer_tar(&[("f", b"foreign test")])];
+    // a Docker image whose first layer is foreign (non-distributable)
+    let base = put_image(&store, &host, &layers, true, true).unwrap();
+    let mut m = stevedore_images::spec::read_manifest(&store, &base).unwrap();
+    let foreign = store
+        .put(
+            DOCKER_LAYER_FOREIGN_GZIP,
+            &stevedore_images::testing::gzip(&layer_tar(&[("w", b"windows")])),
+        )
+        .unwrap();
+    m.layers.insert(0, foreign.clone());
+    let mut md = store
+        .put(DOCKER_MANIFEST, &serde_json::to_vec(&m).unwrap())
+        .unwrap();
+    md.platform = Some(host.clone());
+    let other = put_image(
+        &store,
+        &Platform::new("linux", "riscv64", ""),
+        &layers,
+        true,
+        true,
+    )
+    .unwrap();
+    let idx = put_index(&store, &[other, md], true).unwrap();
+    let name = "example.com/stevedore/flags:1";
+    let all = export_ours(&store, name, &idx, true);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.tar");
+    std::fs::write(&input, &all).unwrap();
+    c.ctr_ok(&[
+        "images",
+        "import",
+        "--all-platforms",
+        "--no-unpack",
+        input.to_str().unwrap(),
+    ]);
+
+    type Tweak = fn(&mut OciExporter);
+    let cases: [(&[&str], Tweak); 3] = [
+        (&["--skip-non-distributable", "--all-platforms"], |e| {
+            e.skip_non_distributable = true;
+            e.all_platforms = true;
+        }),
+        (&["--skip-manifest-json"], |e| e.skip_docker_manifest = true),
+        (&["--platform", "linux/riscv64"], |e| {
+            e.platform = Some(Box::new(stevedore_types::platform::Exact(Platform::new(
+                "linux", "riscv64", "",
+            ))))
+        }),
+    ];
+    for (flags, tweak) in cases {
+        let out = dir.path().join("out.tar");
+        let mut args = vec!["images", "export"];
+        args.extend_from_slice(flags);
+        args.push(out.to_str().unwrap());
+        args.push(name);
+        c.ctr_ok(&args);
+        let theirs = std::fs::read(&out).unwrap();
+        let mut ex = OciExporter::default();
+        tweak(&mut ex);
+        let mut ours = Vec::new();
+        ex.export(&store, &[ExportImage::named(name, &idx)], &mut ours)
+            .unwrap();
+        assert!(
+            ours == theirs,
+            "ctr {flags:?}: {}",
+            first_difference(&ours, &theirs)
+        );
+        let record = format!("blobs/sha256/{}", foreign.digest.hex());
+        let has_foreign = tar::Archive::new(&ours[..])
+            .entries()
+            .unwrap()
+            .any(|e| e.unwrap().path().unwrap().to_str() == Some(record.as_str()));
+        assert_eq!(has_foreign, flags[0] == "--skip-manifest-json", "{flags:?}");
+    }
+}
