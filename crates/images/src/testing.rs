@@ -333,3 +333,115 @@ pub fn put_index(store: &DirStore, manifests: &[Descriptor], docker: bool) -> Re
         &serde_json::to_vec(&idx).map_err(|e| Error::internal(e.to_string()))?,
     )
 }
+
+/// The behaviour the images library relies on from a content store, as one
+/// conformance check any implementation of the content traits can run
+/// (`DirStore` runs it in its tests; the real store should too). Panics
+/// with a message naming the broken expectation.
+pub fn content_conformance(store: &dyn crate::content::Store) {
+    use crate::content::digest_of;
+    use stevedore_types::ErrorKind;
+    let data = b"stevedore conformance blob".to_vec();
+    let d = digest_of(&data);
+    let desc = Descriptor::new("application/octet-stream", d.clone(), data.len() as i64);
+    assert_eq!(
+        store.info(&d).map(|_| ()).unwrap_err().kind,
+        ErrorKind::NotFound,
+        "info of an absent blob must be NotFound"
+    );
+
+    // a commit with the wrong digest fails and leaves nothing visible
+    let mut w = store
+        .writer("conf-bad", Some(data.len() as i64), None)
+        .expect("open writer");
+    w.write_all(&data).expect("write");
+    let wrong = digest_of(b"something else");
+    assert!(
+        w.commit(data.len() as i64, &wrong, HashMap::new()).is_err(),
+        "commit with a wrong digest must fail"
+    );
+    assert!(
+        store.info(&wrong).is_err() && store.info(&d).is_err(),
+        "a failed commit must not make content visible"
+    );
+
+    // a commit with the wrong size fails
+    let mut w = store.writer("conf-size", None, None).expect("open writer");
+    w.write_all(&data).expect("write");
+    assert!(
+        w.commit(data.len() as i64 + 1, &d, HashMap::new()).is_err(),
+        "commit with a wrong size must fail"
+    );
+    assert!(store.info(&d).is_err());
+
+    // an aborted ingest leaves nothing
+    let mut w = store
+        .writer("conf-abort", Some(data.len() as i64), Some(&d))
+        .expect("open writer");
+    w.write_all(&data).expect("write");
+    w.abort().expect("abort");
+    assert!(
+        store.info(&d).is_err(),
+        "an aborted ingest must not make content visible"
+    );
+
+    // a good commit, with labels; reads from an offset
+    let mut w = store
+        .writer("conf-ok", Some(data.len() as i64), Some(&d))
+        .expect("open writer");
+    w.write_all(&data).expect("write");
+    let labels = HashMap::from([("a".to_string(), "1".to_string())]);
+    w.commit(data.len() as i64, &d, labels).expect("commit");
+    let info = store.info(&d).expect("info after commit");
+    assert_eq!(info.size, data.len() as i64);
+    assert_eq!(
+        info.labels.get("a").map(String::as_str),
+        Some("1"),
+        "commit labels"
+    );
+    let mut r = store.reader(&desc, 5).expect("reader at offset");
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).expect("read");
+    assert_eq!(got, &data[5..], "reader must start at the offset");
+
+    // writers for existing content report AlreadyExists (open or commit)
+    match store.writer("conf-again", Some(data.len() as i64), Some(&d)) {
+        Err(e) => assert_eq!(e.kind, ErrorKind::AlreadyExists),
+        Ok(mut w) => {
+            w.write_all(&data).expect("write");
+            let e = w.commit(data.len() as i64, &d, HashMap::new()).unwrap_err();
+            assert_eq!(
+                e.kind,
+                ErrorKind::AlreadyExists,
+                "committing existing content"
+            );
+        }
+    }
+
+    // labels: set, keep others, remove with an empty value
+    store
+        .set_labels(&d, &[("b".into(), "2".into()), ("a".into(), String::new())])
+        .expect("set labels");
+    let l = store.info(&d).expect("info").labels;
+    assert_eq!(l.get("b").map(String::as_str), Some("2"));
+    assert!(!l.contains_key("a"), "an empty value removes a label");
+    assert_eq!(
+        store
+            .set_labels(&wrong, &[("x".into(), "y".into())])
+            .unwrap_err()
+            .kind,
+        ErrorKind::NotFound,
+        "labelling absent content"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dir_store_passes_the_content_conformance_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = super::DirStore::new(dir.path()).unwrap();
+        super::content_conformance(&s);
+        assert_eq!(s.open_ingests().unwrap(), 0);
+    }
+}
