@@ -356,8 +356,20 @@ fn imports_docker_save_tars_to_the_same_manifest_as_ctr() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("docker.tar");
     std::fs::write(&input, &tar).unwrap();
-    c.ctr_ok(&["images", "import", "--no-unpack", input.to_str().unwrap()]);
+    c.ctr_ok(&[
+        "images",
+        "import",
+        "--no-unpack",
+        "--index-name",
+        "the-index",
+        input.to_str().unwrap(),
+    ]);
     let ls = c.ctr_ok(&["images", "ls"]);
+    let index_line = ls
+        .lines()
+        .find(|l| l.starts_with("the-index "))
+        .unwrap()
+        .to_string();
     let line = ls
         .lines()
         .find(|l| l.starts_with("docker.io/stevedore/dockersave:3 "))
@@ -365,10 +377,20 @@ fn imports_docker_save_tars_to_the_same_manifest_as_ctr() {
 
     let sd = tempfile::tempdir().unwrap();
     let store = DirStore::new(sd.path()).unwrap();
-    let recs = ArchiveImporter::default()
+    let opts = ImportOptions {
+        index_name: Some("the-index".into()),
+        ..Default::default()
+    };
+    let mut recs = ArchiveImporter::new(opts)
         .import(&store, &mut &tar[..])
         .unwrap();
-    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    let index = recs.remove(0);
+    assert!(
+        index_line.contains(&index.target.digest.to_string()),
+        "ctr made a different index: {index_line} vs {}",
+        index.target.digest
+    );
     assert_eq!(recs[0].name, "docker.io/stevedore/dockersave:3");
     assert_eq!(
         recs[0].target.media_type,
