@@ -323,7 +323,8 @@ pub fn import_index(
     reader: &mut dyn Read,
     opts: &ImportOptions,
 ) -> Result<Descriptor> {
-    let mut archive = tar::Archive::new(reader);
+    // headers are read 512 bytes at a time: buffer them
+    let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, reader));
     let mut layout: Option<ImageLayout> = None;
     let mut docker: Option<Vec<DockerManifest>> = None;
     let mut symlinks: Vec<(String, String)> = Vec::new();
