@@ -10,6 +10,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-api", 1),
         ("stevedore-sys", 1),
         ("stevedore-metadata", 3),
+        ("stevedore-images", 4),
         ("stevedore-plugin", 5),
         ("stevedore-services", 5),
         ("stevedored", 6),
