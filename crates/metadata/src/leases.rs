@@ -9,7 +9,7 @@
 //!   `snapshots/<snapshotter>` (a snapshot key).
 
 use crate::content::{from_nanos, to_nanos};
-use crate::namespaces::{self, validate_name};
+use crate::namespaces;
 use crate::{db_err, ns_scan, Db, MutationKind};
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -268,7 +268,9 @@ impl Db {
         id: &str,
         labels: &HashMap<String, String>,
     ) -> Result<Lease> {
-        validate_name(id).map_err(|e| e.context(format!("create lease {id:?}")))?;
+        if id.is_empty() {
+            return Err(Error::invalid("create lease: lease id must be provided"));
+        }
         labels::validate_all(labels).map_err(|e| e.context(format!("lease {id:?}")))?;
         let lease = Lease {
             id: id.to_string(),

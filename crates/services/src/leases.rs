@@ -1,7 +1,6 @@
 //! The Leases service over the metadata database. Deleting a lease with
 //! `sync` runs garbage collection before returning.
 
-use crate::content::lease_of;
 use crate::gc::GcScheduler;
 use crate::{blocking, namespace_of, GrpcService};
 use std::sync::Arc;
@@ -28,6 +27,22 @@ impl LeasesService {
     }
 }
 
+/// containerd's `leases.WithRandomID`: `<nanoseconds>-<4 base64url chars>`.
+fn random_id() -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let u = uuid::Uuid::new_v4();
+    let b = u.as_bytes();
+    let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+    let enc: String = (0..4)
+        .map(|i| B64[((n >> (18 - 6 * i)) & 63) as usize] as char)
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!("{nanos}-{enc}")
+}
+
 fn to_pb(l: Lease) -> PbLease {
     PbLease {
         id: l.id,
@@ -52,8 +67,9 @@ impl Leases for LeasesService {
     ) -> Result<Response<CreateResponse>, Status> {
         let ns = namespace_of(&req)?;
         let r = req.into_inner();
+        let id = if r.id.is_empty() { random_id() } else { r.id };
         let db = self.db.clone();
-        let lease = blocking(move || db.create_lease(&ns, &r.id, &r.labels)).await?;
+        let lease = blocking(move || db.create_lease(&ns, &id, &r.labels)).await?;
         Ok(Response::new(CreateResponse {
             lease: Some(to_pb(lease)),
         }))
@@ -110,7 +126,6 @@ impl Leases for LeasesService {
         req: Request<ListResourcesRequest>,
     ) -> Result<Response<ListResourcesResponse>, Status> {
         let ns = namespace_of(&req)?;
-        let _ = lease_of(&req);
         let id = req.into_inner().id;
         let db = self.db.clone();
         let list = blocking(move || db.list_lease_resources(&ns, &id)).await?;
