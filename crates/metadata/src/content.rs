@@ -24,9 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use stevedore_content::local::LocalStore;
-use stevedore_content::{
-    apply_label_paths, Info, ReaderAt, Status, Store, Writer, WriterOpts,
-};
+use stevedore_content::{apply_label_paths, Info, ReaderAt, Status, Store, Writer, WriterOpts};
 use stevedore_types::filters::Filter;
 use stevedore_types::{labels, Digest, Error, ErrorKind, Result};
 
@@ -184,7 +182,8 @@ impl Store for NsContent {
     }
 
     fn update(&self, info: Info, paths: &[String]) -> Result<Info> {
-        labels::validate_all(&info.labels).map_err(|e| e.context(format!("content {}", info.digest)))?;
+        labels::validate_all(&info.labels)
+            .map_err(|e| e.context(format!("content {}", info.digest)))?;
         let d = info.digest.to_string();
         let out = self.db.update(|tx| {
             let mut t = tx.open_table(BLOBS).map_err(|e| db_err("open blobs", e))?;
@@ -276,7 +275,9 @@ impl Store for NsContent {
                 }
             }
             namespaces::ensure(tx, &self.ns)?;
-            let mut t = tx.open_table(INGESTS).map_err(|e| db_err("open ingests", e))?;
+            let mut t = tx
+                .open_table(INGESTS)
+                .map_err(|e| db_err("open ingests", e))?;
             let key = (self.ns.as_str(), opts.reference.as_str());
             let mut rec = match t.get(key).map_err(|e| db_err("get ingest", e))? {
                 Some(v) => decode_ingest(&opts.reference, v.value())?,
@@ -298,8 +299,11 @@ impl Store for NsContent {
                 rec.expected = None;
                 rec.size = 0;
             }
-            t.insert(key, serde_json::to_vec(&rec).expect("serialises").as_slice())
-                .map_err(|e| db_err("put ingest", e))?;
+            t.insert(
+                key,
+                serde_json::to_vec(&rec).expect("serialises").as_slice(),
+            )
+            .map_err(|e| db_err("put ingest", e))?;
             if shared.is_some() {
                 return Ok(None);
             }
@@ -314,7 +318,9 @@ impl Store for NsContent {
         })?;
         if exists {
             let d = opts.expected.as_ref().expect("exists implies expected");
-            return Err(Error::already_exists(format!("content {d}: already exists")));
+            return Err(Error::already_exists(format!(
+                "content {d}: already exists"
+            )));
         }
         let state = match (backend, shared) {
             (Some(w), _) => State::Backend(w),
@@ -332,7 +338,9 @@ impl Store for NsContent {
 
     fn status(&self, reference: &str) -> Result<Status> {
         let rec = self.db.view(|tx| {
-            let t = tx.open_table(INGESTS).map_err(|e| db_err("open ingests", e))?;
+            let t = tx
+                .open_table(INGESTS)
+                .map_err(|e| db_err("open ingests", e))?;
             match t
                 .get((self.ns.as_str(), reference))
                 .map_err(|e| db_err("get ingest", e))?
@@ -348,7 +356,9 @@ impl Store for NsContent {
 
     fn list_statuses(&self, filter: &Filter) -> Result<Vec<Status>> {
         let recs = self.db.view(|tx| {
-            let t = tx.open_table(INGESTS).map_err(|e| db_err("open ingests", e))?;
+            let t = tx
+                .open_table(INGESTS)
+                .map_err(|e| db_err("open ingests", e))?;
             ns_scan(&t, &self.ns)
         })?;
         let mut out = Vec::new();
@@ -367,7 +377,9 @@ impl Store for NsContent {
     fn abort(&self, reference: &str) -> Result<()> {
         let store = self.store()?;
         self.db.update(|tx| {
-            let mut t = tx.open_table(INGESTS).map_err(|e| db_err("open ingests", e))?;
+            let mut t = tx
+                .open_table(INGESTS)
+                .map_err(|e| db_err("open ingests", e))?;
             t.remove((self.ns.as_str(), reference))
                 .map_err(|e| db_err("delete ingest", e))?
                 .ok_or_else(|| Error::not_found(format!("ingest ref {reference:?}: not found")))?;
@@ -382,7 +394,10 @@ impl Store for NsContent {
 
 impl NsContent {
     fn status_of(&self, reference: &str, rec: &IngestRecord) -> Result<Status> {
-        let mut st = match (&rec.expected, self.store()?.status(&backend_ref(&self.ns, reference))) {
+        let mut st = match (
+            &rec.expected,
+            self.store()?.status(&backend_ref(&self.ns, reference)),
+        ) {
             (_, Ok(st)) => st,
             (Some(d), Err(e)) if e.kind == ErrorKind::NotFound => Status {
                 reference: reference.to_string(),
@@ -548,7 +563,9 @@ impl Writer for NsWriter {
                 t.insert((ns.as_str(), key.as_str()), encode_blob(&info).as_slice())
                     .map_err(|e| db_err("put blob", e))?;
             }
-            let mut it = tx.open_table(INGESTS).map_err(|e| db_err("open ingests", e))?;
+            let mut it = tx
+                .open_table(INGESTS)
+                .map_err(|e| db_err("open ingests", e))?;
             it.remove((ns.as_str(), r.as_str()))
                 .map_err(|e| db_err("delete ingest", e))?;
             if let Some(l) = &lease {
@@ -561,7 +578,9 @@ impl Writer for NsWriter {
         self.state = State::Shared(actual.clone(), size);
         db.notify(MutationKind::Change);
         if existed {
-            return Err(Error::already_exists(format!("content {actual}: already exists")));
+            return Err(Error::already_exists(format!(
+                "content {actual}: already exists"
+            )));
         }
         Ok(actual)
     }

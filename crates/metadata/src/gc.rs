@@ -248,7 +248,12 @@ impl GcSource for LeaseSource {
         }
         Ok(())
     }
-    fn references(&self, _: &redb::WriteTransaction, _: &Node, _: &mut dyn FnMut(Node)) -> Result<()> {
+    fn references(
+        &self,
+        _: &redb::WriteTransaction,
+        _: &Node,
+        _: &mut dyn FnMut(Node),
+    ) -> Result<()> {
         Ok(())
     }
     fn all(&self, tx: &redb::WriteTransaction, emit: &mut dyn FnMut(Node)) -> Result<()> {

@@ -76,11 +76,9 @@ impl Resource {
             }
             "ingests" => {}
             k if k.starts_with("snapshots/") && k.len() > "snapshots/".len() => {}
-            k => {
-                return Err(Error::invalid(format!(
-                    "unsupported resource type {k:?}: use content, ingests or snapshots/<snapshotter>"
-                )))
-            }
+            k => return Err(Error::invalid(format!(
+                "unsupported resource type {k:?}: use content, ingests or snapshots/<snapshotter>"
+            ))),
         }
         if self.id.is_empty() {
             return Err(Error::invalid("lease resource id must not be empty"));
@@ -111,8 +109,13 @@ fn lease_not_found(id: &str) -> Error {
 }
 
 fn require_lease(tx: &redb::WriteTransaction, ns: &str, id: &str) -> Result<()> {
-    let t = tx.open_table(LEASES).map_err(|e| db_err("open leases", e))?;
-    if t.get((ns, id)).map_err(|e| db_err("get lease", e))?.is_none() {
+    let t = tx
+        .open_table(LEASES)
+        .map_err(|e| db_err("open leases", e))?;
+    if t.get((ns, id))
+        .map_err(|e| db_err("get lease", e))?
+        .is_none()
+    {
         return Err(lease_not_found(id));
     }
     Ok(())
@@ -174,7 +177,9 @@ where
 
 /// Remove a lease and its resources inside a transaction.
 pub(crate) fn delete_tx(tx: &redb::WriteTransaction, ns: &str, id: &str) -> Result<bool> {
-    let mut t = tx.open_table(LEASES).map_err(|e| db_err("open leases", e))?;
+    let mut t = tx
+        .open_table(LEASES)
+        .map_err(|e| db_err("open leases", e))?;
     let existed = t
         .remove((ns, id))
         .map_err(|e| db_err("delete lease", e))?
@@ -196,9 +201,7 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        s.get(r)?.parse::<i64>().ok()
-    };
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse::<i64>().ok() };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     if b[13] != b':' || b[16] != b':' {
         return None;
@@ -279,16 +282,26 @@ impl Db {
         };
         self.update(|tx| {
             namespaces::ensure(tx, ns)?;
-            let mut t = tx.open_table(LEASES).map_err(|e| db_err("open leases", e))?;
-            if t.get((ns, id)).map_err(|e| db_err("get lease", e))?.is_some() {
-                return Err(Error::already_exists(format!("lease {id:?}: already exists")));
+            let mut t = tx
+                .open_table(LEASES)
+                .map_err(|e| db_err("open leases", e))?;
+            if t.get((ns, id))
+                .map_err(|e| db_err("get lease", e))?
+                .is_some()
+            {
+                return Err(Error::already_exists(format!(
+                    "lease {id:?}: already exists"
+                )));
             }
             let rec = LeaseRecord {
                 created: to_nanos(lease.created_at),
                 labels: lease.labels.clone(),
             };
-            t.insert((ns, id), serde_json::to_vec(&rec).expect("serialises").as_slice())
-                .map_err(|e| db_err("put lease", e))?;
+            t.insert(
+                (ns, id),
+                serde_json::to_vec(&rec).expect("serialises").as_slice(),
+            )
+            .map_err(|e| db_err("put lease", e))?;
             Ok(())
         })?;
         Ok(lease)
@@ -309,7 +322,9 @@ impl Db {
     /// Leases of a namespace matching `filter` (fields: id, labels.<k>).
     pub fn list_leases(&self, ns: &str, filter: &Filter) -> Result<Vec<Lease>> {
         self.view(|tx| {
-            let t = tx.open_table(LEASES).map_err(|e| db_err("open leases", e))?;
+            let t = tx
+                .open_table(LEASES)
+                .map_err(|e| db_err("open leases", e))?;
             let mut out = Vec::new();
             for (k, v) in ns_scan(&t, ns)? {
                 let l = decode(&k, &v)?;
@@ -338,8 +353,13 @@ impl Db {
 
     pub fn list_lease_resources(&self, ns: &str, lease: &str) -> Result<Vec<Resource>> {
         self.view(|tx| {
-            let t = tx.open_table(LEASES).map_err(|e| db_err("open leases", e))?;
-            if t.get((ns, lease)).map_err(|e| db_err("get lease", e))?.is_none() {
+            let t = tx
+                .open_table(LEASES)
+                .map_err(|e| db_err("open leases", e))?;
+            if t.get((ns, lease))
+                .map_err(|e| db_err("get lease", e))?
+                .is_none()
+            {
                 return Err(lease_not_found(lease));
             }
             let rt = tx
@@ -358,11 +378,20 @@ mod tests {
     #[test]
     fn parses_rfc3339_like_go() {
         let t = parse_rfc3339("2024-02-29T12:34:56Z").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_709_210_096);
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_709_210_096
+        );
         let t2 = parse_rfc3339("2024-02-29T14:34:56.5+02:00").unwrap();
         assert_eq!(t2, t + Duration::from_millis(500));
         assert!(parse_rfc3339("1970-01-01T00:00:00Z").is_some());
-        for bad in ["", "2024-02-29", "2024-13-01T00:00:00Z", "2024-02-29T12:34:56", "x"] {
+        for bad in [
+            "",
+            "2024-02-29",
+            "2024-13-01T00:00:00Z",
+            "2024-02-29T12:34:56",
+            "x",
+        ] {
             assert!(parse_rfc3339(bad).is_none(), "{bad}");
         }
     }

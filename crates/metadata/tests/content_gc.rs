@@ -213,13 +213,12 @@ fn expired_lease_is_collected_with_its_content() {
     let new = put(&e.db.content("default", Some("new")), "n", b"new", &[]);
     let stats = e.db.garbage_collect().unwrap();
     assert_eq!(stats.removed.get("lease"), Some(&1), "{stats:?}");
-    let ids: Vec<_> = e
-        .db
-        .list_leases("default", &Filter::default())
-        .unwrap()
-        .into_iter()
-        .map(|l| l.id)
-        .collect();
+    let ids: Vec<_> =
+        e.db.list_leases("default", &Filter::default())
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
     assert_eq!(ids, ["new"]);
     let c = e.db.content("default", None);
     assert_eq!(c.info(&old).unwrap_err().kind, ErrorKind::NotFound);

@@ -344,7 +344,9 @@ impl WriteSession {
         };
         let reference = req.r#ref.clone();
         if reference.is_empty() {
-            return Err(Status::invalid_argument("first message must have a reference"));
+            return Err(Status::invalid_argument(
+                "first message must have a reference",
+            ));
         }
         let mut total = req.total;
         let mut expected: Option<Digest> = if req.expected.is_empty() {

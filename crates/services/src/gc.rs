@@ -85,14 +85,7 @@ impl GcScheduler {
         });
         let (tx, rx) = mpsc::channel(16);
         let cfg = cfg.clone();
-        handle.spawn(run(
-            db,
-            counters,
-            rx,
-            cfg,
-            schedule_delay,
-            startup_delay,
-        ));
+        handle.spawn(run(db, counters, rx, cfg, schedule_delay, startup_delay));
         Ok(GcScheduler { requests: tx })
     }
 
@@ -189,7 +182,10 @@ mod tests {
         let c = SchedulerConfig::default();
         assert_eq!(c.pause_threshold, 0.02);
         assert_eq!(c.mutation_threshold, 100);
-        assert_eq!(duration("x", &c.startup_delay).unwrap(), Duration::from_millis(100));
+        assert_eq!(
+            duration("x", &c.startup_delay).unwrap(),
+            Duration::from_millis(100)
+        );
         assert_eq!(duration("x", &c.schedule_delay).unwrap(), Duration::ZERO);
         let e = toml::from_str::<SchedulerConfig>("pause = 1").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
@@ -201,7 +197,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(&dir.path().join("meta.db")).unwrap());
         let store = stevedore_content::local::LocalStore::open(&dir.path().join("c")).unwrap();
-        db.attach_content(store.clone(), Default::default()).unwrap();
+        db.attach_content(store.clone(), Default::default())
+            .unwrap();
         let gc = GcScheduler::start(db.clone(), &SchedulerConfig::default()).unwrap();
         let c = db.content("default", None);
         let mut w = c.writer(WriterOpts::new("x")).unwrap();
@@ -211,7 +208,10 @@ mod tests {
         // unreferenced content goes at the next collection anyway; make it
         // referenced, delete it, and watch the scheduled run remove the file
         let path = store.blob_path(&d);
-        assert!(!path.exists(), "unreferenced content is collected on request");
+        assert!(
+            !path.exists(),
+            "unreferenced content is collected on request"
+        );
         let mut w = c.writer(WriterOpts::new("y")).unwrap();
         w.write(b"other").unwrap();
         let root = [("containerd.io/gc.root".to_string(), "1".to_string())].into();

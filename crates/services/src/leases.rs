@@ -97,10 +97,7 @@ impl Leases for LeasesService {
         }))
     }
 
-    async fn add_resource(
-        &self,
-        req: Request<AddResourceRequest>,
-    ) -> Result<Response<()>, Status> {
+    async fn add_resource(&self, req: Request<AddResourceRequest>) -> Result<Response<()>, Status> {
         let ns = namespace_of(&req)?;
         let r = req.into_inner();
         let res = resource(r.resource, "add lease resource")?;

@@ -4,8 +4,8 @@
 use crate::content::ContentService;
 use crate::events::EventsService;
 use crate::exchange::Exchange;
-use crate::health::HealthService;
 use crate::gc::{GcScheduler, SchedulerConfig};
+use crate::health::HealthService;
 use crate::introspection::IntrospectionService;
 use crate::leases::LeasesService;
 use crate::namespaces::NamespacesService;

@@ -1,6 +1,7 @@
 //! stevedore: the command-line client of stevedored.
 
 mod client;
+mod content;
 mod output;
 
 use anyhow::{bail, Result};
@@ -56,6 +57,12 @@ enum Cmd {
     Namespaces(NamespacesCmd),
     /// Print events as they happen (filters: topic==/tasks/exit, namespace==x, ...).
     Events { filters: Vec<String> },
+    /// Manage blobs in the content store.
+    #[command(subcommand)]
+    Content(content::ContentCmd),
+    /// Manage leases (holds that keep content from garbage collection).
+    #[command(subcommand)]
+    Leases(content::LeasesCmd),
 }
 
 #[derive(Subcommand)]
@@ -132,6 +139,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Namespaces(c) => cmd_namespaces(&conn, cli.output, c).await,
         Cmd::Events { filters } => cmd_events(&conn, cli.output, filters).await,
+        Cmd::Content(c) => content::run_content(&conn, cli.output, c).await,
+        Cmd::Leases(c) => content::run_leases(&conn, cli.output, c).await,
     }
 }
 
