@@ -105,3 +105,65 @@ async fn stevedore_images_ls_tag_rm() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("image \"nope\": not found"));
 }
+
+#[tokio::test]
+async fn deleting_an_image_with_sync_collects_its_content() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let d = Daemon::start();
+    let blob = b"{\"schemaVersion\":2}".to_vec();
+    let digest = {
+        let o = std::process::Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(&blob)?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        format!(
+            "sha256:{}",
+            String::from_utf8(o.stdout)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+        )
+    };
+    let mut ing = d
+        .ctr_command(&["content", "ingest", "--expected-digest", &digest, "ref1"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ing.stdin.take().unwrap().write_all(&blob).unwrap();
+    assert!(ing.wait().unwrap().success());
+    assert!(d.ctr_ok(&["content", "ls", "-q"]).contains(&digest));
+    let mut c = ImagesClient::new(d.channel().await);
+    let mut req = tonic::Request::new(CreateImageRequest {
+        image: Some(Image {
+            name: "held:1".into(),
+            labels: Default::default(),
+            target: Some(Descriptor {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                digest: digest.clone(),
+                size: blob.len() as i64,
+                annotations: Default::default(),
+            }),
+            created_at: None,
+            updated_at: None,
+        }),
+    });
+    req.metadata_mut().insert(
+        "containerd-namespace",
+        MetadataValue::try_from("default").unwrap(),
+    );
+    c.create(req).await.unwrap();
+    drop(c);
+    // an unrelated collection keeps the image's content
+    let lease = d.ctr_ok(&["leases", "create"]).trim().to_string();
+    d.ctr_ok(&["leases", "rm", "--sync", &lease]);
+    assert!(d.ctr_ok(&["content", "ls", "-q"]).contains(&digest));
+    d.ctr_ok(&["images", "rm", "--sync", "held:1"]);
+    assert!(!d.ctr_ok(&["content", "ls", "-q"]).contains(&digest));
+}

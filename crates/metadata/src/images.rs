@@ -133,6 +133,7 @@ impl Db {
                 .map_err(|e| db_err("insert image", e))?;
             Ok(image)
         })
+        .inspect(|_| self.notify(crate::MutationKind::Change))
     }
 
     /// Update an image with containerd's field paths: `labels`, `labels.<k>`,
@@ -193,6 +194,8 @@ impl Db {
                 .map_err(|e| db_err("update image", e))?;
             Ok(updated)
         })
+        // a retargeted image may have left its old tree unreferenced
+        .inspect(|_| self.notify(crate::MutationKind::Delete))
     }
 
     pub fn delete_image(&self, ns: &str, name: &str) -> Result<()> {
@@ -205,6 +208,52 @@ impl Db {
                 .ok_or_else(|| Error::not_found(format!("image {name:?}: not found")))?;
             Ok(())
         })
+    }
+}
+
+/// Images are GC roots: each holds its target (and, through children labels
+/// on the content, the whole tree) plus whatever its own labels reference.
+pub(crate) struct ImageSource;
+
+impl crate::gc::GcSource for ImageSource {
+    fn kinds(&self) -> &[&'static str] {
+        &[]
+    }
+    fn roots(
+        &self,
+        tx: &redb::WriteTransaction,
+        _now: std::time::SystemTime,
+        emit: &mut dyn FnMut(crate::gc::Node),
+    ) -> Result<()> {
+        let t = tx
+            .open_table(IMAGES)
+            .map_err(|e| db_err("open images", e))?;
+        for r in t.iter().map_err(|e| db_err("scan images", e))? {
+            let (k, v) = r.map_err(|e| db_err("scan images", e))?;
+            let (ns, name) = k.value();
+            let img = decode(name, v.value())?;
+            emit(crate::gc::content_node(ns, &img.target.digest));
+            crate::gc::label_refs(ns, &img.labels, emit);
+        }
+        Ok(())
+    }
+    fn references(
+        &self,
+        _tx: &redb::WriteTransaction,
+        _node: &crate::gc::Node,
+        _emit: &mut dyn FnMut(crate::gc::Node),
+    ) -> Result<()> {
+        Ok(())
+    }
+    fn all(
+        &self,
+        _tx: &redb::WriteTransaction,
+        _emit: &mut dyn FnMut(crate::gc::Node),
+    ) -> Result<()> {
+        Ok(())
+    }
+    fn remove(&self, _tx: &redb::WriteTransaction, _node: &crate::gc::Node) -> Result<()> {
+        Ok(())
     }
 }
 

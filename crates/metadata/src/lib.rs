@@ -11,14 +11,23 @@
 //! - `namespaces`: `name -> JSON {labels}`.
 //! - every namespaced object table is keyed by `(namespace, id)` so that a
 //!   namespace's objects are one range scan, and emptiness checks are cheap.
+//! - content (`content_blobs`, `content_ingests`): see [`content`].
+//! - leases (`leases`, `lease_resources`): see [`leases`].
+//!
+//! Garbage collection over all of it: see [`gc`].
 //!
 //! All calls here block (redb does file I/O); async callers use a blocking pool.
 
+pub mod content;
+pub mod gc;
 pub mod images;
+pub mod leases;
 pub mod namespaces;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use stevedore_content::local::LocalStore;
 use stevedore_types::{Error, Result};
 
 /// Schema version this build reads and writes.
@@ -31,11 +40,32 @@ pub type NsTable = TableDefinition<'static, (&'static str, &'static str), &'stat
 
 /// Namespaced tables, with the word used when a namespace is not empty.
 /// Later components add theirs here so namespace deletion sees them.
-pub const NAMESPACED_TABLES: &[(NsTable, &str)] = &[(images::IMAGES, "images")];
+pub const NAMESPACED_TABLES: &[(NsTable, &str)] = &[
+    (images::IMAGES, "images"),
+    (content::BLOBS, "blobs"),
+    (leases::LEASES, "leases"),
+];
+
+/// What a change did, for the GC scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MutationKind {
+    /// Something was added or changed.
+    Change,
+    /// Something was deleted: garbage may exist now.
+    Delete,
+}
+
+type MutationHook = Box<dyn Fn(MutationKind) + Send + Sync>;
 
 /// The open metadata database.
 pub struct Db {
     db: Database,
+    /// The local content store and its options, attached at plugin init.
+    content: OnceLock<(LocalStore, content::ContentOptions)>,
+    /// Held shared by content writers while they open and commit, exclusively by GC.
+    gc_lock: RwLock<()>,
+    gc_sources: RwLock<Vec<Arc<dyn gc::GcSource>>>,
+    hooks: Mutex<Vec<MutationHook>>,
 }
 
 pub(crate) fn db_err(op: &str, e: impl std::fmt::Display) -> Error {
@@ -52,7 +82,17 @@ impl Db {
         let db = Database::create(path).map_err(|e| {
             Error::unavailable(format!("open metadata database {}: {e}", path.display()))
         })?;
-        let this = Db { db };
+        let this = Db {
+            db,
+            content: OnceLock::new(),
+            gc_lock: RwLock::new(()),
+            gc_sources: RwLock::new(vec![
+                Arc::new(gc::ContentSource) as Arc<dyn gc::GcSource>,
+                Arc::new(gc::LeaseSource),
+                Arc::new(images::ImageSource),
+            ]),
+            hooks: Mutex::new(Vec::new()),
+        };
         this.check_schema(path)?;
         Ok(this)
     }
@@ -91,6 +131,10 @@ impl Db {
             for (t, _) in NAMESPACED_TABLES {
                 tx.open_table(*t).map_err(|e| db_err("open table", e))?;
             }
+            tx.open_table(content::INGESTS)
+                .map_err(|e| db_err("open ingests", e))?;
+            tx.open_table(leases::RESOURCES)
+                .map_err(|e| db_err("open lease resources", e))?;
         }
         tx.commit().map_err(|e| db_err("commit", e))?;
         Ok(())
@@ -114,6 +158,39 @@ impl Db {
         let tx = self.db.begin_read().map_err(|e| db_err("begin read", e))?;
         f(&tx)
     }
+}
+
+impl Db {
+    /// Call `hook` after every mutation (the GC scheduler counts them).
+    pub fn on_mutation(&self, hook: impl Fn(MutationKind) + Send + Sync + 'static) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(hook));
+    }
+
+    pub(crate) fn notify(&self, kind: MutationKind) {
+        for h in self.hooks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            h(kind);
+        }
+    }
+}
+
+/// Every `(id, value)` of namespace `ns` in a namespaced table.
+pub(crate) fn ns_scan<T: ReadableTable<(&'static str, &'static str), &'static [u8]>>(
+    t: &T,
+    ns: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for r in t.range((ns, "")..).map_err(|e| db_err("range scan", e))? {
+        let (k, v) = r.map_err(|e| db_err("range scan", e))?;
+        let (kns, id) = k.value();
+        if kns != ns {
+            break;
+        }
+        out.push((id.to_string(), v.value().to_vec()));
+    }
+    Ok(out)
 }
 
 /// True when a namespaced table holds any key in `ns`.

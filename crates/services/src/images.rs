@@ -2,6 +2,7 @@
 
 use crate::convert::{descriptor_from_pb, descriptor_to_pb, timestamp};
 use crate::exchange::Exchange;
+use crate::gc::GcScheduler;
 use crate::{blocking, namespace_of, GrpcService};
 use std::sync::Arc;
 // containerd publishes image events from the images service package
@@ -17,18 +18,15 @@ use stevedore_metadata::images::Image;
 use stevedore_metadata::Db;
 use tonic::{Request, Response, Status};
 
-/// Called after an image is deleted with `sync`: collect its garbage before
-/// returning. Installed by the GC plugin when present.
-pub type SyncGc = Arc<dyn Fn() -> Result<(), stevedore_types::Error> + Send + Sync>;
-
 pub struct ImagesService {
     db: Arc<Db>,
     exchange: Exchange,
-    gc: Option<SyncGc>,
+    /// Deleting with `sync` collects the image's garbage before returning.
+    gc: Option<Arc<GcScheduler>>,
 }
 
 impl ImagesService {
-    pub fn grpc(db: Arc<Db>, exchange: Exchange, gc: Option<SyncGc>) -> GrpcService {
+    pub fn grpc(db: Arc<Db>, exchange: Exchange, gc: Option<Arc<GcScheduler>>) -> GrpcService {
         GrpcService::new(ImagesServer::new(ImagesService { db, exchange, gc }))
     }
 }
@@ -161,8 +159,8 @@ impl Images for ImagesService {
         self.exchange
             .publish(&ns, "/images/delete", &ImageDelete { name: r.name });
         if r.sync {
-            if let Some(gc) = self.gc.clone() {
-                blocking(move || gc()).await?;
+            if let Some(gc) = &self.gc {
+                gc.run_now().await.map_err(to_status)?;
             }
         }
         Ok(Response::new(()))

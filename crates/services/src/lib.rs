@@ -3,12 +3,15 @@
 //! gRPC statuses here (through `stevedore_api::status`), and events are
 //! published here after each state change.
 
+pub mod content;
 pub mod convert;
 pub mod events;
 pub mod exchange;
+pub mod gc;
 pub mod health;
 pub mod images;
 pub mod introspection;
+pub mod leases;
 pub mod namespaces;
 pub mod registry;
 pub mod version;

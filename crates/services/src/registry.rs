@@ -1,18 +1,23 @@
 //! Every plugin of stevedored, registered in one place. Order matters only
 //! where requirements leave it free: it is the order `ctr plugins ls` shows.
 
+use crate::content::ContentService;
 use crate::events::EventsService;
 use crate::exchange::Exchange;
+use crate::gc::{GcScheduler, SchedulerConfig};
 use crate::health::HealthService;
 use crate::images::ImagesService;
 use crate::introspection::IntrospectionService;
+use crate::leases::LeasesService;
 use crate::namespaces::NamespacesService;
 use crate::version::VersionService;
 use crate::GrpcService;
 use std::sync::Arc;
+use stevedore_content::local::LocalStore;
+use stevedore_metadata::content::ContentOptions;
 use stevedore_metadata::Db;
 use stevedore_plugin::types::*;
-use stevedore_plugin::{InitContext, InitError, Instance, Registration, Registry};
+use stevedore_plugin::{ConfigSpec, InitContext, InitError, Instance, Registration, Registry};
 use stevedore_types::{Error, Platform};
 
 fn grpc(
@@ -43,32 +48,81 @@ fn btrfs() -> Registration {
     })
 }
 
+/// The metadata plugin's config section.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoltConfig {
+    /// An ingest not held by a lease is garbage after this long (e.g. "24h").
+    pub ingest_expiry: String,
+}
+
+impl Default for BoltConfig {
+    fn default() -> Self {
+        BoltConfig {
+            ingest_expiry: "24h".into(),
+        }
+    }
+}
+
 /// All plugins stevedored knows.
 pub fn plugins() -> Registry {
     let mut r = Registry::new();
+    r.register(Registration::new(CONTENT, "content", |ctx| {
+        let store = LocalStore::open(&ctx.root)?;
+        ctx.exports
+            .insert("root".into(), ctx.root.display().to_string());
+        Ok(Arc::new(store) as Instance)
+    }));
     r.register(btrfs());
     r.register(
         Registration::new(METADATA, "bolt", |ctx| {
+            let cfg: BoltConfig = ctx.config_as()?;
+            let ingest_expiry = humantime::parse_duration(&cfg.ingest_expiry).map_err(|e| {
+                Error::invalid(format!("bolt: ingest_expiry {:?}: {e}", cfg.ingest_expiry))
+            })?;
+            let store: Arc<LocalStore> = ctx.get(CONTENT, "content")?;
             let db = Db::open(&ctx.root.join("meta.db"))?;
+            db.attach_content((*store).clone(), ContentOptions { ingest_expiry })?;
             Ok(Arc::new(db) as Instance)
         })
-        .requires(&[SNAPSHOTTER]),
+        .requires(&[CONTENT, SNAPSHOTTER])
+        .with_config(ConfigSpec::of::<BoltConfig>()),
+    );
+    r.register(
+        Registration::new(GC, "scheduler", |ctx| {
+            let cfg: SchedulerConfig = ctx.config_as()?;
+            let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+            Ok(Arc::new(GcScheduler::start(db, &cfg)?) as Instance)
+        })
+        .requires(&[METADATA])
+        .with_config(ConfigSpec::of::<SchedulerConfig>()),
     );
     r.register(Registration::new(EVENT, "exchange", |_| {
         Ok(Arc::new(Exchange::new()) as Instance)
+    }));
+    r.register(grpc("content", &[METADATA, EVENT], |ctx| {
+        let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+        let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+        Ok(ContentService::grpc(db, (*ex).clone()))
     }));
     r.register(grpc("events", &[EVENT], |ctx| {
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
         Ok(EventsService::grpc((*ex).clone()))
     }));
     r.register(grpc("healthcheck", &[], |_| Ok(HealthService::grpc())));
-    r.register(grpc("images", &[METADATA, EVENT], |ctx| {
+    r.register(grpc("images", &[METADATA, EVENT, GC], |ctx| {
         let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
-        Ok(ImagesService::grpc(db, (*ex).clone(), None))
+        let gc: Option<Arc<GcScheduler>> = ctx.get(GC, "scheduler").ok();
+        Ok(ImagesService::grpc(db, (*ex).clone(), gc))
     }));
     r.register(grpc("introspection", &["*"], |ctx| {
         Ok(IntrospectionService::grpc(ctx.records(), ctx.root.clone()))
+    }));
+    r.register(grpc("leases", &[METADATA, GC], |ctx| {
+        let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+        let gc: Arc<GcScheduler> = ctx.get(GC, "scheduler")?;
+        Ok(LeasesService::grpc(db, gc))
     }));
     r.register(grpc("namespaces", &[METADATA, EVENT], |ctx| {
         let db: Arc<Db> = ctx.get(METADATA, "bolt")?;

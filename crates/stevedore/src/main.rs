@@ -1,6 +1,7 @@
 //! stevedore: the command-line client of stevedored.
 
 mod client;
+mod content;
 mod images;
 mod output;
 mod transfer;
@@ -65,6 +66,12 @@ enum Cmd {
     Push(transfer::PushArgs),
     /// Print events as they happen (filters: topic==/tasks/exit, namespace==x, ...).
     Events { filters: Vec<String> },
+    /// Manage blobs in the content store.
+    #[command(subcommand)]
+    Content(content::ContentCmd),
+    /// Manage leases (holds that keep content from garbage collection).
+    #[command(subcommand)]
+    Leases(content::LeasesCmd),
 }
 
 #[derive(Subcommand)]
@@ -144,6 +151,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Pull(a) => transfer::pull(&conn, cli.output, a).await,
         Cmd::Push(a) => transfer::push(&conn, cli.output, a).await,
         Cmd::Events { filters } => cmd_events(&conn, cli.output, filters).await,
+        Cmd::Content(c) => content::run_content(&conn, cli.output, c).await,
+        Cmd::Leases(c) => content::run_leases(&conn, cli.output, c).await,
     }
 }
 

@@ -1,0 +1,66 @@
+//! The local store runs the conformance suite, plus its crash-recovery rules.
+
+use std::collections::HashMap;
+use stevedore_content::local::LocalStore;
+use stevedore_content::{digest_of, Store, WriterOpts};
+use stevedore_types::ErrorKind;
+
+fn fresh() -> (tempfile::TempDir, Box<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    (dir, Box::new(store) as Box<dyn Store>)
+}
+
+stevedore_content::content_store_conformance!(fresh);
+
+#[test]
+fn ingest_survives_reopen_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    {
+        let store = LocalStore::open(dir.path()).unwrap();
+        let mut w = store.writer(WriterOpts::new("r").total(50_000)).unwrap();
+        w.write(&bytes[..20_000]).unwrap();
+        // the process "dies": nothing is closed cleanly
+        std::mem::forget(w);
+    }
+    let store = LocalStore::open(dir.path()).unwrap();
+    let st = store.status("r").unwrap();
+    assert_eq!((st.offset, st.total), (20_000, 50_000));
+    let mut w = store.writer(WriterOpts::new("r")).unwrap();
+    w.write(&bytes[20_000..]).unwrap();
+    let d = w
+        .commit(50_000, Some(&digest_of(&bytes)), HashMap::new())
+        .unwrap();
+    assert_eq!(store.info(&d).unwrap().size, 50_000);
+}
+
+#[test]
+fn open_removes_what_a_crash_left_half_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    drop(store);
+    let ingest = dir.path().join("ingest");
+    std::fs::create_dir_all(ingest.join(".tmp-abc-1-0")).unwrap();
+    // a commit renamed data into blobs/ but died before removing the ingest
+    std::fs::create_dir_all(ingest.join("deadbeef")).unwrap();
+    std::fs::write(ingest.join("deadbeef/ref"), "gone").unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    assert_eq!(std::fs::read_dir(&ingest).unwrap().count(), 0);
+    assert_eq!(store.status("gone").unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[test]
+fn blobs_are_read_only_and_named_by_digest() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, store) = fresh();
+    let mut w = store.writer(WriterOpts::new("x")).unwrap();
+    w.write(b"hello").unwrap();
+    let d = w.commit(5, None, HashMap::new()).unwrap();
+    let p = dir.path().join("blobs/sha256").join(d.hex());
+    assert_eq!(std::fs::read(&p).unwrap(), b"hello");
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+}
