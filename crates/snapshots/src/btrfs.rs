@@ -42,13 +42,15 @@ pub fn not_btrfs(root: &Path) -> Error {
 }
 
 fn btrfs(args: &[&std::ffi::OsStr]) -> Result<()> {
-    let out = Command::new("btrfs").args(args).output().map_err(|e| {
-        Error::unavailable(format!(
-            "run btrfs (install btrfs-progs): {e}"
-        ))
-    })?;
+    let out = Command::new("btrfs")
+        .args(args)
+        .output()
+        .map_err(|e| Error::unavailable(format!("run btrfs (install btrfs-progs): {e}")))?;
     if !out.status.success() {
-        let cmd: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let cmd: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         return Err(Error::unknown(format!(
             "btrfs {}: {}",
             cmd.join(" "),
@@ -78,12 +80,26 @@ impl Backend for Btrfs {
 
     fn freeze(&self, dir: &Path) -> Result<()> {
         let fs = dir.join("fs");
-        btrfs(&["property".as_ref(), "set".as_ref(), "-ts".as_ref(), fs.as_os_str(), "ro".as_ref(), "true".as_ref()])
+        btrfs(&[
+            "property".as_ref(),
+            "set".as_ref(),
+            "-ts".as_ref(),
+            fs.as_os_str(),
+            "ro".as_ref(),
+            "true".as_ref(),
+        ])
     }
 
     fn thaw(&self, dir: &Path) -> Result<()> {
         let fs = dir.join("fs");
-        btrfs(&["property".as_ref(), "set".as_ref(), "-ts".as_ref(), fs.as_os_str(), "ro".as_ref(), "false".as_ref()])
+        btrfs(&[
+            "property".as_ref(),
+            "set".as_ref(),
+            "-ts".as_ref(),
+            fs.as_os_str(),
+            "ro".as_ref(),
+            "false".as_ref(),
+        ])
     }
 
     fn destroy(&self, dir: &Path) -> Result<()> {

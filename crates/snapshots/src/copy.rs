@@ -93,8 +93,13 @@ pub fn copy_metadata(s: &Path, d: &Path, md: &std::fs::Metadata) -> Result<()> {
     copy_xattrs(s, d, is_link)?;
     if !is_link {
         // after chown, which clears setuid/setgid
-        rustix::fs::chmodat(CWD, d, Mode::from_raw_mode(md.mode() & 0o7777), AtFlags::empty())
-            .map_err(sys_err("chmod", d))?;
+        rustix::fs::chmodat(
+            CWD,
+            d,
+            Mode::from_raw_mode(md.mode() & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(sys_err("chmod", d))?;
     }
     let times = Timestamps {
         last_access: Timespec {

@@ -263,12 +263,14 @@ impl<B: Backend> Engine<B> {
                     .map_err(|e| db_err("read id counter", e))?
                     .map(|v| v.value())
                     .unwrap_or(1);
-                c.insert("next_id", id + 1).map_err(|e| db_err("write id counter", e))?;
+                c.insert("next_id", id + 1)
+                    .map_err(|e| db_err("write id counter", e))?;
                 let rec = Record { id, ..rec };
                 write(&mut t, key, &rec)?;
                 if !parent.is_empty() {
                     let mut ch = tx.open_table(CHILDREN).map_err(|e| db_err("open", e))?;
-                    ch.insert((parent, key), ()).map_err(|e| db_err("link parent", e))?;
+                    ch.insert((parent, key), ())
+                        .map_err(|e| db_err("link parent", e))?;
                 }
                 let dir = self.dir_of(id);
                 // an uncommitted earlier allocation of this id (crash) left it
@@ -276,7 +278,11 @@ impl<B: Backend> Engine<B> {
                     self.backend.destroy(&dir)?;
                 }
                 std::fs::rename(&temp, &dir).map_err(|e| {
-                    Error::from(e).context(format!("rename {} to {}", temp.display(), dir.display()))
+                    Error::from(e).context(format!(
+                        "rename {} to {}",
+                        temp.display(),
+                        dir.display()
+                    ))
                 })?;
                 rec
             };
@@ -328,7 +334,8 @@ fn read(t: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Resul
 
 fn write(t: &mut redb::Table<&'static str, &'static [u8]>, key: &str, r: &Record) -> Result<()> {
     let v = serde_json::to_vec(r).map_err(|e| db_err("encode", e))?;
-    t.insert(key, v.as_slice()).map_err(|e| db_err("write", e))?;
+    t.insert(key, v.as_slice())
+        .map_err(|e| db_err("write", e))?;
     Ok(())
 }
 
@@ -350,7 +357,10 @@ fn check_parent(
     Ok(Some(p.id))
 }
 
-fn has_children(t: &impl ReadableTable<(&'static str, &'static str), ()>, key: &str) -> Result<bool> {
+fn has_children(
+    t: &impl ReadableTable<(&'static str, &'static str), ()>,
+    key: &str,
+) -> Result<bool> {
     let mut it = t.range((key, "")..).map_err(|e| db_err("range", e))?;
     match it.next() {
         None => Ok(false),
@@ -446,7 +456,9 @@ impl<B: Backend> Snapshotter for Engine<B> {
             }
         })?;
         if rec.kind != Kind::Active {
-            return Err(Error::precondition(format!("snapshot {key:?} is not active")));
+            return Err(Error::precondition(format!(
+                "snapshot {key:?} is not active"
+            )));
         }
         let dir = self.dir_of(rec.id);
         let usage = self
@@ -515,7 +527,8 @@ impl<B: Backend> Snapshotter for Engine<B> {
             let doomed = self.root.join("snapshots").join(format!("rm-{}", rec.id));
             if dir.exists() {
                 std::fs::rename(&dir, &doomed).map_err(|e| {
-                    Error::from(e).context(format!("remove snapshot {key:?}: rename {}", dir.display()))
+                    Error::from(e)
+                        .context(format!("remove snapshot {key:?}: rename {}", dir.display()))
                 })?;
             }
             (rec, dir, doomed)
@@ -552,7 +565,8 @@ impl<B: Backend> Snapshotter for Engine<B> {
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| Error::from(e).context(format!("cleanup: read {}", dir.display())))?;
         for e in entries {
-            let e = e.map_err(|e| Error::from(e).context(format!("cleanup: read {}", dir.display())))?;
+            let e =
+                e.map_err(|e| Error::from(e).context(format!("cleanup: read {}", dir.display())))?;
             let name = e.file_name().to_string_lossy().into_owned();
             if known.contains(&name) {
                 continue;

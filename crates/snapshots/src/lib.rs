@@ -104,11 +104,14 @@ pub trait Snapshotter: Send + Sync {
     /// The mounts of an active or view snapshot.
     fn mounts(&self, key: &str) -> Result<Vec<Mount>>;
     /// Create an active snapshot on `parent` ("" for none).
-    fn prepare(&self, key: &str, parent: &str, labels: HashMap<String, String>)
-        -> Result<Vec<Mount>>;
+    fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>>;
     /// Create a read-only view of `parent`.
-    fn view(&self, key: &str, parent: &str, labels: HashMap<String, String>)
-        -> Result<Vec<Mount>>;
+    fn view(&self, key: &str, parent: &str, labels: HashMap<String, String>) -> Result<Vec<Mount>>;
     /// Turn active `key` into committed `name`, with `labels`.
     fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()>;
     /// Remove a snapshot that has no children.

@@ -62,22 +62,32 @@ impl Namespaced {
     }
 
     pub fn stat(&self, ns: &str, key: &str) -> Result<Info> {
-        let info = self.inner.stat(&backend_key(ns, key)?).map_err(|e| localize(ns, e))?;
+        let info = self
+            .inner
+            .stat(&backend_key(ns, key)?)
+            .map_err(|e| localize(ns, e))?;
         to_local(ns, info).ok_or_else(|| Error::internal("snapshot outside its namespace"))
     }
 
     pub fn update(&self, ns: &str, mut info: Info, fieldpaths: &[String]) -> Result<Info> {
         info.name = backend_key(ns, &info.name)?;
-        let info = self.inner.update(info, fieldpaths).map_err(|e| localize(ns, e))?;
+        let info = self
+            .inner
+            .update(info, fieldpaths)
+            .map_err(|e| localize(ns, e))?;
         to_local(ns, info).ok_or_else(|| Error::internal("snapshot outside its namespace"))
     }
 
     pub fn usage(&self, ns: &str, key: &str) -> Result<Usage> {
-        self.inner.usage(&backend_key(ns, key)?).map_err(|e| localize(ns, e))
+        self.inner
+            .usage(&backend_key(ns, key)?)
+            .map_err(|e| localize(ns, e))
     }
 
     pub fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>> {
-        self.inner.mounts(&backend_key(ns, key)?).map_err(|e| localize(ns, e))
+        self.inner
+            .mounts(&backend_key(ns, key)?)
+            .map_err(|e| localize(ns, e))
     }
 
     pub fn prepare(
@@ -117,7 +127,9 @@ impl Namespaced {
     }
 
     pub fn remove(&self, ns: &str, key: &str) -> Result<()> {
-        self.inner.remove(&backend_key(ns, key)?).map_err(|e| localize(ns, e))
+        self.inner
+            .remove(&backend_key(ns, key)?)
+            .map_err(|e| localize(ns, e))
     }
 
     /// The snapshots of `ns` that `filter` accepts (matched on local names).

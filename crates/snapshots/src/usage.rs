@@ -22,7 +22,8 @@ pub fn disk_usage(dir: &Path) -> Result<Usage> {
             let rd = std::fs::read_dir(&p)
                 .map_err(|e| Error::from(e).context(format!("usage: read {}", p.display())))?;
             for e in rd {
-                let e = e.map_err(|e| Error::from(e).context(format!("usage: read {}", p.display())))?;
+                let e =
+                    e.map_err(|e| Error::from(e).context(format!("usage: read {}", p.display())))?;
                 stack.push(e.path());
             }
         }

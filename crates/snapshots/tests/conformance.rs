@@ -31,7 +31,14 @@ fn no_labels() -> HashMap<String, String> {
 }
 
 /// Prepare `key` on `parent`, let `f` change its files, commit as `name`.
-fn layer(s: &dyn Snapshotter, work: &Path, key: &str, parent: &str, name: &str, f: impl FnOnce(&Path)) {
+fn layer(
+    s: &dyn Snapshotter,
+    work: &Path,
+    key: &str,
+    parent: &str,
+    name: &str,
+    f: impl FnOnce(&Path),
+) {
     let m = s.prepare(key, parent, no_labels()).unwrap();
     with_mount(&m, work, f);
     s.commit(name, key, no_labels()).unwrap();
@@ -42,7 +49,9 @@ fn kind_of_err<T: std::fmt::Debug>(r: stevedore_types::Result<T>) -> ErrorKind {
 }
 
 fn prepare_commit_chain(s: &dyn Snapshotter, _root: &Path, work: &Path) {
-    layer(s, work, "k1", "", "base", |p| std::fs::write(p.join("a"), "A").unwrap());
+    layer(s, work, "k1", "", "base", |p| {
+        std::fs::write(p.join("a"), "A").unwrap()
+    });
     let m = s.prepare("k2", "base", no_labels()).unwrap();
     assert_eq!(s.stat("k2").unwrap().kind, Kind::Active);
     assert_eq!(s.stat("k2").unwrap().parent, "base");
@@ -79,15 +88,23 @@ fn prepare_commit_chain(s: &dyn Snapshotter, _root: &Path, work: &Path) {
 }
 
 fn view_is_read_only(s: &dyn Snapshotter, _root: &Path, work: &Path) {
-    layer(s, work, "k", "", "base", |p| std::fs::write(p.join("a"), "A").unwrap());
-    layer(s, work, "k2", "base", "two", |p| std::fs::write(p.join("b"), "B").unwrap());
+    layer(s, work, "k", "", "base", |p| {
+        std::fs::write(p.join("a"), "A").unwrap()
+    });
+    layer(s, work, "k2", "base", "two", |p| {
+        std::fs::write(p.join("b"), "B").unwrap()
+    });
     for parent in ["base", "two"] {
         let key = format!("view-{parent}");
         let m = s.view(&key, parent, no_labels()).unwrap();
         with_mount(&m, work, |p| {
             assert!(p.join("a").exists());
             let e = std::fs::write(p.join("new"), "x").unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(30), "EROFS on a view of {parent}: {e}");
+            assert_eq!(
+                e.raw_os_error(),
+                Some(30),
+                "EROFS on a view of {parent}: {e}"
+            );
             assert!(std::fs::remove_file(p.join("a")).is_err());
         });
         assert_eq!(
@@ -121,11 +138,26 @@ fn errors_name_the_snapshot(s: &dyn Snapshotter, _root: &Path, work: &Path) {
     let e = s.prepare("a", "", no_labels()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::AlreadyExists);
     assert!(e.message.contains("\"a\""), "{e}");
-    assert_eq!(kind_of_err(s.prepare("b", "missing", no_labels())), ErrorKind::NotFound);
-    assert_eq!(kind_of_err(s.prepare("b", "a", no_labels())), ErrorKind::InvalidArgument);
-    assert_eq!(kind_of_err(s.commit("base", "a", no_labels())), ErrorKind::AlreadyExists);
-    assert_eq!(kind_of_err(s.commit("x", "base", no_labels())), ErrorKind::FailedPrecondition);
-    assert_eq!(kind_of_err(s.commit("x", "nope", no_labels())), ErrorKind::NotFound);
+    assert_eq!(
+        kind_of_err(s.prepare("b", "missing", no_labels())),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind_of_err(s.prepare("b", "a", no_labels())),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind_of_err(s.commit("base", "a", no_labels())),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind_of_err(s.commit("x", "base", no_labels())),
+        ErrorKind::FailedPrecondition
+    );
+    assert_eq!(
+        kind_of_err(s.commit("x", "nope", no_labels())),
+        ErrorKind::NotFound
+    );
     assert_eq!(kind_of_err(s.mounts("nope")), ErrorKind::NotFound);
     assert_eq!(kind_of_err(s.usage("nope")), ErrorKind::NotFound);
     // the failed prepares left nothing behind
@@ -133,13 +165,16 @@ fn errors_name_the_snapshot(s: &dyn Snapshotter, _root: &Path, work: &Path) {
 }
 
 fn concurrent_prepares(s: &dyn Snapshotter, _root: &Path, work: &Path) {
-    layer(s, work, "k", "", "base", |p| std::fs::write(p.join("a"), "A").unwrap());
+    layer(s, work, "k", "", "base", |p| {
+        std::fs::write(p.join("a"), "A").unwrap()
+    });
     let won = AtomicUsize::new(0);
     std::thread::scope(|sc| {
         for i in 0..8 {
             let won = &won;
             sc.spawn(move || {
-                s.prepare(&format!("distinct-{i}"), "base", no_labels()).unwrap();
+                s.prepare(&format!("distinct-{i}"), "base", no_labels())
+                    .unwrap();
                 match s.prepare("same", "base", no_labels()) {
                     Ok(_) => {
                         won.fetch_add(1, Ordering::Relaxed);
@@ -149,8 +184,17 @@ fn concurrent_prepares(s: &dyn Snapshotter, _root: &Path, work: &Path) {
             });
         }
     });
-    assert_eq!(won.load(Ordering::Relaxed), 1, "exactly one prepare of a key wins");
-    assert_eq!(s.list(&Filter::parse("kind==active").unwrap()).unwrap().len(), 9);
+    assert_eq!(
+        won.load(Ordering::Relaxed),
+        1,
+        "exactly one prepare of a key wins"
+    );
+    assert_eq!(
+        s.list(&Filter::parse("kind==active").unwrap())
+            .unwrap()
+            .len(),
+        9
+    );
 }
 
 fn usage_counts_layer_bytes_and_inodes(s: &dyn Snapshotter, _root: &Path, work: &Path) {
@@ -162,7 +206,10 @@ fn usage_counts_layer_bytes_and_inodes(s: &dyn Snapshotter, _root: &Path, work: 
         std::fs::write(p.join("d/small"), "x").unwrap();
     });
     let after = s.usage("k").unwrap();
-    assert!(after.size - before.size >= 1 << 20, "{before:?} -> {after:?}");
+    assert!(
+        after.size - before.size >= 1 << 20,
+        "{before:?} -> {after:?}"
+    );
     assert_eq!(after.inodes - before.inodes, 3, "{before:?} -> {after:?}");
     s.commit("c", "k", no_labels()).unwrap();
     assert_eq!(s.usage("c").unwrap(), after, "usage is recorded at commit");
@@ -173,7 +220,10 @@ fn labels_are_kept_updated_and_filtered(s: &dyn Snapshotter, _root: &Path, work:
     s.prepare("k", "", labels.clone()).unwrap();
     assert_eq!(s.stat("k").unwrap().labels, labels);
     let mut info = s.stat("k").unwrap();
-    info.labels = HashMap::from([("a".to_string(), "one".to_string()), ("c".into(), "3".into())]);
+    info.labels = HashMap::from([
+        ("a".to_string(), "one".to_string()),
+        ("c".into(), "3".into()),
+    ]);
     let updated = s.update(info.clone(), &["labels.a".into()]).unwrap();
     assert_eq!(updated.labels["a"], "one");
     assert_eq!(updated.labels["b"], "2");
@@ -186,7 +236,8 @@ fn labels_are_kept_updated_and_filtered(s: &dyn Snapshotter, _root: &Path, work:
     assert_eq!(s.stat("k").unwrap().labels["c"], "3");
     let hits = s.list(&Filter::parse("labels.c==3").unwrap()).unwrap();
     assert_eq!(hits.len(), 1);
-    let commit_labels = HashMap::from([("containerd.io/snapshot.ref".to_string(), "x".to_string())]);
+    let commit_labels =
+        HashMap::from([("containerd.io/snapshot.ref".to_string(), "x".to_string())]);
     s.commit("done", "k", commit_labels.clone()).unwrap();
     assert_eq!(s.stat("done").unwrap().labels, commit_labels);
     let _ = work;
@@ -205,7 +256,10 @@ fn deep_chains_mount_every_layer(s: &dyn Snapshotter, _root: &Path, work: &Path)
     let v = s.view("deep-view", &parent, no_labels()).unwrap();
     with_mount(&v, work, |p| {
         for i in 0..DEPTH {
-            assert_eq!(std::fs::read_to_string(p.join(format!("f{i}"))).unwrap(), i.to_string());
+            assert_eq!(
+                std::fs::read_to_string(p.join(format!("f{i}"))).unwrap(),
+                i.to_string()
+            );
         }
     });
     let m = s.prepare("deep-active", &parent, no_labels()).unwrap();
@@ -220,7 +274,9 @@ fn file_deleted_in_upper_layer_is_gone(s: &dyn Snapshotter, _root: &Path, work: 
         std::fs::write(p.join("keep"), "k").unwrap();
         std::fs::write(p.join("gone"), "g").unwrap();
     });
-    layer(s, work, "k2", "base", "top", |p| std::fs::remove_file(p.join("gone")).unwrap());
+    layer(s, work, "k2", "base", "top", |p| {
+        std::fs::remove_file(p.join("gone")).unwrap()
+    });
     let v = s.view("v", "top", no_labels()).unwrap();
     with_mount(&v, work, |p| {
         assert!(p.join("keep").exists());
@@ -237,7 +293,9 @@ fn replaced_dir_hides_lower_contents(s: &dyn Snapshotter, _root: &Path, work: &P
         std::fs::write(p.join("d/x"), "x").unwrap();
         std::fs::write(p.join("d/y"), "y").unwrap();
     });
-    layer(s, work, "k2", "base", "mid", |p| std::fs::write(p.join("m"), "m").unwrap());
+    layer(s, work, "k2", "base", "mid", |p| {
+        std::fs::write(p.join("m"), "m").unwrap()
+    });
     layer(s, work, "k3", "mid", "top", |p| {
         std::fs::remove_dir_all(p.join("d")).unwrap();
         std::fs::create_dir(p.join("d")).unwrap();
@@ -256,17 +314,25 @@ fn replaced_dir_hides_lower_contents(s: &dyn Snapshotter, _root: &Path, work: &P
 }
 
 fn cleanup_removes_only_orphans(s: &dyn Snapshotter, root: &Path, work: &Path) {
-    layer(s, work, "k", "", "base", |p| std::fs::write(p.join("a"), "A").unwrap());
+    layer(s, work, "k", "", "base", |p| {
+        std::fs::write(p.join("a"), "A").unwrap()
+    });
     s.prepare("live", "base", no_labels()).unwrap();
     let snaps = root.join("snapshots");
-    let before: Vec<PathBuf> = std::fs::read_dir(&snaps).unwrap().map(|e| e.unwrap().path()).collect();
+    let before: Vec<PathBuf> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(before.len(), 2);
     for orphan in ["999", "rm-7", "new-deadbeef"] {
         std::fs::create_dir_all(snaps.join(orphan).join("fs/sub")).unwrap();
         std::fs::write(snaps.join(orphan).join("fs/sub/f"), "x").unwrap();
     }
     s.cleanup().unwrap();
-    let mut after: Vec<PathBuf> = std::fs::read_dir(&snaps).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut after: Vec<PathBuf> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     after.sort();
     let mut before = before;
     before.sort();
@@ -274,7 +340,11 @@ fn cleanup_removes_only_orphans(s: &dyn Snapshotter, root: &Path, work: &Path) {
     let m = s.mounts("live").unwrap();
     with_mount(&m, work, |p| assert!(p.join("a").exists()));
     s.remove("live").unwrap();
-    assert_eq!(std::fs::read_dir(&snaps).unwrap().count(), 1, "remove deletes the directory");
+    assert_eq!(
+        std::fs::read_dir(&snaps).unwrap().count(),
+        1,
+        "remove deletes the directory"
+    );
 }
 
 const CASES: &[(&str, Case)] = &[
@@ -283,16 +353,35 @@ const CASES: &[(&str, Case)] = &[
     ("remove_with_children_fails", remove_with_children_fails),
     ("errors_name_the_snapshot", errors_name_the_snapshot),
     ("concurrent_prepares", concurrent_prepares),
-    ("usage_counts_layer_bytes_and_inodes", usage_counts_layer_bytes_and_inodes),
-    ("labels_are_kept_updated_and_filtered", labels_are_kept_updated_and_filtered),
-    ("deep_chains_mount_every_layer", deep_chains_mount_every_layer),
-    ("file_deleted_in_upper_layer_is_gone", file_deleted_in_upper_layer_is_gone),
-    ("replaced_dir_hides_lower_contents", replaced_dir_hides_lower_contents),
+    (
+        "usage_counts_layer_bytes_and_inodes",
+        usage_counts_layer_bytes_and_inodes,
+    ),
+    (
+        "labels_are_kept_updated_and_filtered",
+        labels_are_kept_updated_and_filtered,
+    ),
+    (
+        "deep_chains_mount_every_layer",
+        deep_chains_mount_every_layer,
+    ),
+    (
+        "file_deleted_in_upper_layer_is_gone",
+        file_deleted_in_upper_layer_is_gone,
+    ),
+    (
+        "replaced_dir_hides_lower_contents",
+        replaced_dir_hides_lower_contents,
+    ),
     ("cleanup_removes_only_orphans", cleanup_removes_only_orphans),
 ];
 
 fn case(name: &str) -> Case {
-    CASES.iter().find(|(n, _)| *n == name).expect("case exists").1
+    CASES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .expect("case exists")
+        .1
 }
 
 fn run_on(open: fn(&Path) -> Arc<dyn Snapshotter>, base: &Path, name: &str) {
@@ -305,7 +394,11 @@ fn run_on(open: fn(&Path) -> Arc<dyn Snapshotter>, base: &Path, name: &str) {
     let before = s.list(&Filter::default()).unwrap().len();
     drop(s);
     let s = open(&root);
-    assert_eq!(s.list(&Filter::default()).unwrap().len(), before, "{name}: reopened");
+    assert_eq!(
+        s.list(&Filter::default()).unwrap().len(),
+        before,
+        "{name}: reopened"
+    );
 }
 
 fn overlay(root: &Path) -> Arc<dyn Snapshotter> {
@@ -352,12 +445,22 @@ fn require_tool(tool: &str, package: &str) {
         .split(':')
         .chain(["/usr/sbin", "/sbin"])
         .any(|d| Path::new(d).join(tool).is_file());
-    assert!(found, "{tool} is required by this test: apt-get install {package}");
+    assert!(
+        found,
+        "{tool} is required by this test: apt-get install {package}"
+    );
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("run {cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -373,14 +476,24 @@ impl LoopBtrfs {
         require_tool("mkfs.btrfs", "btrfs-progs");
         require_tool("btrfs", "btrfs-progs");
         require_tool("losetup", "mount");
-        let dir = tempfile::Builder::new().prefix("btrfs-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("btrfs-")
+            .tempdir_in("/tmp")
+            .unwrap();
         let img = dir.path().join("img");
         run("truncate", &["-s", "1G", img.to_str().unwrap()]);
         run("mkfs.btrfs", &["-q", img.to_str().unwrap()]);
         let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()]);
-        let mut fs = LoopBtrfs { dir, dev, mounted: false };
+        let mut fs = LoopBtrfs {
+            dir,
+            dev,
+            mounted: false,
+        };
         std::fs::create_dir(fs.mnt()).unwrap();
-        run("mount", &["-t", "btrfs", &fs.dev, fs.mnt().to_str().unwrap()]);
+        run(
+            "mount",
+            &["-t", "btrfs", &fs.dev, fs.mnt().to_str().unwrap()],
+        );
         fs.mounted = true;
         fs
     }
@@ -413,6 +526,9 @@ fn btrfs_refuses_a_root_that_is_not_btrfs() {
     let e = stevedore_snapshots::btrfs::open(&root).err().unwrap();
     assert_eq!(
         e.message,
-        format!("path {} must be a btrfs filesystem to be used with the btrfs snapshotter", root.display())
+        format!(
+            "path {} must be a btrfs filesystem to be used with the btrfs snapshotter",
+            root.display()
+        )
     );
 }

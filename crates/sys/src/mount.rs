@@ -113,9 +113,16 @@ pub fn mount(m: &Mount, target: &Path) -> Result<()> {
     }
     let data = p.data.join(",");
     if data.len() <= MAX_MOUNT_DATA || m.kind != "overlay" {
-        let c = CString::new(data).map_err(|_| Error::invalid(format!("{what}: NUL in options")))?;
-        return rustix::mount::mount(m.source.as_str(), target, m.kind.as_str(), flags, c.as_c_str())
-            .map_err(sys_err(what));
+        let c =
+            CString::new(data).map_err(|_| Error::invalid(format!("{what}: NUL in options")))?;
+        return rustix::mount::mount(
+            m.source.as_str(),
+            target,
+            m.kind.as_str(),
+            flags,
+            c.as_c_str(),
+        )
+        .map_err(sys_err(what));
     }
     let (dir, compact) = compact_overlay_options(&p.data).ok_or_else(|| {
         Error::invalid(format!(
