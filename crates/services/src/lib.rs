@@ -9,6 +9,7 @@ pub mod health;
 pub mod introspection;
 pub mod namespaces;
 pub mod registry;
+pub mod snapshots;
 pub mod version;
 
 use stevedore_api::status::to_status;

@@ -6,12 +6,14 @@ use crate::exchange::Exchange;
 use crate::health::HealthService;
 use crate::introspection::IntrospectionService;
 use crate::namespaces::NamespacesService;
+use crate::snapshots::SnapshotsService;
 use crate::version::VersionService;
 use crate::GrpcService;
 use std::sync::Arc;
 use stevedore_metadata::Db;
 use stevedore_plugin::types::*;
 use stevedore_plugin::{InitContext, InitError, Instance, Registration, Registry};
+use stevedore_snapshots::{Namespaced, Snapshotter};
 use stevedore_types::{Error, Platform};
 
 fn grpc(
@@ -22,23 +24,25 @@ fn grpc(
     Registration::new(GRPC, id, move |ctx| Ok(Arc::new(make(ctx)?) as Instance)).requires(requires)
 }
 
-/// The btrfs snapshotter's registration: it needs its root on btrfs.
-fn btrfs() -> Registration {
-    Registration::new(SNAPSHOTTER, "btrfs", |ctx| {
+/// A snapshotter plugin: its instance is a [`Namespaced`] over the backend.
+fn snapshotter(
+    id: &'static str,
+    open: fn(&std::path::Path) -> Result<Arc<dyn Snapshotter>, Error>,
+) -> Registration {
+    Registration::new(SNAPSHOTTER, id, move |ctx| {
         ctx.platforms.push(Platform::host());
         ctx.exports
             .insert("root".into(), ctx.root.display().to_string());
-        std::fs::create_dir_all(&ctx.root)
-            .map_err(|e| Error::from(e).context(format!("create {}", ctx.root.display())))?;
-        if !stevedore_sys::is_btrfs(&ctx.root)? {
-            return Err(InitError::Failed(Error::unknown(format!(
-                "path {} must be a btrfs filesystem to be used with the btrfs snapshotter",
-                ctx.root.display()
-            ))));
-        }
-        Err(InitError::Failed(Error::unimplemented(
-            "the btrfs snapshotter is not implemented yet",
-        )))
+        let s = open(&ctx.root)?;
+        Ok(Arc::new(Namespaced::new(s)) as Instance)
+    })
+}
+
+/// The btrfs snapshotter's registration: it needs its root on btrfs, and
+/// fails with containerd's message otherwise.
+fn btrfs() -> Registration {
+    snapshotter("btrfs", |root| {
+        Ok(Arc::new(stevedore_snapshots::btrfs::open(root)?) as Arc<dyn Snapshotter>)
     })
 }
 
@@ -46,6 +50,12 @@ fn btrfs() -> Registration {
 pub fn plugins() -> Registry {
     let mut r = Registry::new();
     r.register(btrfs());
+    r.register(snapshotter("native", |root| {
+        Ok(Arc::new(stevedore_snapshots::native::open(root)?) as Arc<dyn Snapshotter>)
+    }));
+    r.register(snapshotter("overlayfs", |root| {
+        Ok(Arc::new(stevedore_snapshots::overlay::open(root)?) as Arc<dyn Snapshotter>)
+    }));
     r.register(
         Registration::new(METADATA, "bolt", |ctx| {
             let db = Db::open(&ctx.root.join("meta.db"))?;
@@ -68,6 +78,15 @@ pub fn plugins() -> Registry {
         let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
         Ok(NamespacesService::grpc(db, (*ex).clone()))
+    }));
+    r.register(grpc("snapshots", &[SNAPSHOTTER, EVENT], |ctx| {
+        let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+        let snapshotters = ctx
+            .all_of::<Namespaced>(SNAPSHOTTER)
+            .into_iter()
+            .map(|(id, s)| (id, (*s).clone()))
+            .collect();
+        Ok(SnapshotsService::grpc(snapshotters, (*ex).clone()))
     }));
     r.register(grpc("version", &[], |_| Ok(VersionService::grpc())));
     r

@@ -2,6 +2,7 @@
 
 mod client;
 mod output;
+mod snapshots;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +55,9 @@ enum Cmd {
     /// Manage namespaces.
     #[command(subcommand, alias = "ns")]
     Namespaces(NamespacesCmd),
+    /// Manage snapshots (prepare, view, mounts, commit, ls, tree, usage, rm).
+    #[command(alias = "snapshot")]
+    Snapshots(snapshots::SnapshotsArgs),
     /// Print events as they happen (filters: topic==/tasks/exit, namespace==x, ...).
     Events { filters: Vec<String> },
 }
@@ -132,6 +136,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Namespaces(c) => cmd_namespaces(&conn, cli.output, c).await,
         Cmd::Events { filters } => cmd_events(&conn, cli.output, filters).await,
+        Cmd::Snapshots(a) => snapshots::run(&conn, cli.output, a).await,
     }
 }
 
