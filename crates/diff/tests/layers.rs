@@ -312,7 +312,7 @@ fn whiteouts_become_overlay_markers_in_an_upper_dir_and_mount_correctly() {
         .file_type()
         .is_char_device());
     let mut v = [0u8; 8];
-    let n = rustix::fs::getxattr(&upper.join("d"), "trusted.overlay.opaque", &mut v[..]).unwrap();
+    let n = rustix::fs::getxattr(upper.join("d"), "trusted.overlay.opaque", &mut v[..]).unwrap();
     assert_eq!(&v[..n], b"y");
     let m = stevedore_types::Mount {
         kind: "overlay".into(),
@@ -394,7 +394,7 @@ fn keeps_ownership_modes_links_devices_xattrs_and_times() {
     assert_eq!((o.uid(), o.gid(), o.mode() & 0o7777), (1234, 4321, 0o640));
     assert_eq!((o.mtime(), o.mtime_nsec()), (1_500_000_000, 250_000_000));
     let mut v = [0u8; 16];
-    let n = rustix::fs::getxattr(&r.join("owned"), "user.note", &mut v[..]).unwrap();
+    let n = rustix::fs::getxattr(r.join("owned"), "user.note", &mut v[..]).unwrap();
     assert_eq!(&v[..n], b"hello");
     assert_eq!(
         fs::metadata(r.join("bin")).unwrap().mtime(),

@@ -252,10 +252,8 @@ impl MountGuard {
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        if self.active {
-            if unmount(&self.target).is_err() {
-                let _ = rustix::mount::unmount(&self.target, UnmountFlags::DETACH);
-            }
+        if self.active && unmount(&self.target).is_err() {
+            let _ = rustix::mount::unmount(&self.target, UnmountFlags::DETACH);
         }
     }
 }
