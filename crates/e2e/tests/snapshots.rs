@@ -179,3 +179,110 @@ fn stevedore_cli_prepares_commits_and_removes() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("FailedPrecondition"));
     d.cli_ok(&["snapshots", "rm", "b", "a-done"]);
 }
+
+/// A btrfs filesystem on a loop device, torn down on drop.
+struct LoopBtrfs {
+    dir: tempfile::TempDir,
+    dev: String,
+    mnt: PathBuf,
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+impl LoopBtrfs {
+    fn mount_on(mnt: &Path) -> LoopBtrfs {
+        require_tool("mkfs.btrfs", "btrfs-progs");
+        require_tool("losetup", "mount");
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-btrfs-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let img = dir.path().join("img");
+        run("truncate", &["-s", "256M", img.to_str().unwrap()]);
+        run("mkfs.btrfs", &["-q", img.to_str().unwrap()]);
+        let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()]);
+        std::fs::create_dir_all(mnt).unwrap();
+        let fs = LoopBtrfs {
+            dir,
+            dev,
+            mnt: mnt.to_path_buf(),
+        };
+        run("mount", &["-t", "btrfs", &fs.dev, mnt.to_str().unwrap()]);
+        fs
+    }
+}
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        let _ = &self.dir;
+    }
+}
+
+#[test]
+fn ctr_snapshots_on_btrfs_when_its_root_is_btrfs() {
+    let mut d = Daemon::start();
+    d.stop();
+    let root = d.root.join("io.containerd.snapshotter.v1.btrfs");
+    let _ = std::fs::remove_dir_all(&root);
+    let fs = LoopBtrfs::mount_on(&root);
+    d.spawn();
+    let plugins = d.ctr_ok(&["plugins", "ls", "id==btrfs"]);
+    assert!(plugins.contains(" ok"), "{plugins}");
+    let target = d.dir.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    let t = target.to_str().unwrap();
+    let sn = ["snapshots", "--snapshotter", "btrfs"];
+    let ctr = |args: &[&str]| d.ctr_ok(&[&sn[..], args].concat());
+    ctr(&["prepare", "a", ""]);
+    {
+        let _m = mount_printed(&ctr(&["mounts", t, "a"]), &target);
+        std::fs::write(target.join("f"), "btrfs").unwrap();
+    }
+    ctr(&["commit", "a-done", "a"]);
+    ctr(&["prepare", "b", "a-done"]);
+    {
+        let _m = mount_printed(&ctr(&["mounts", t, "b"]), &target);
+        assert_eq!(std::fs::read_to_string(target.join("f")).unwrap(), "btrfs");
+    }
+    let ls = ctr(&["ls"]);
+    assert!(ls.contains("a-done") && ls.contains("Active"), "{ls}");
+    ctr(&["rm", "b"]);
+    ctr(&["rm", "a-done"]);
+    d.stop();
+    drop(fs);
+}
+
+#[test]
+fn snapshot_changes_publish_events() {
+    let d = Daemon::start();
+    let w = d.watch(d.ctr_command(&["events"]));
+    // the watcher subscribes asynchronously: prepare until an event arrives
+    let mut seen = None;
+    for i in 0..100 {
+        d.ctr_ok(&["snapshots", "prepare", &format!("sync{i}"), ""]);
+        if let Some(l) = w
+            .lines_for(std::time::Duration::from_millis(200))
+            .into_iter()
+            .find(|l| l.contains("/snapshot/prepare"))
+        {
+            seen = Some(l);
+            break;
+        }
+    }
+    let line = seen.expect("a /snapshot/prepare event");
+    assert!(line.contains("default"), "{line}");
+    d.ctr_ok(&["snapshots", "commit", "done", "sync0"]);
+    w.expect_line(&["/snapshot/commit"], std::time::Duration::from_secs(5));
+    d.ctr_ok(&["snapshots", "rm", "done"]);
+    w.expect_line(&["/snapshot/remove"], std::time::Duration::from_secs(5));
+}
