@@ -530,3 +530,55 @@ fn stevedore_snapshots_copy(from: &Path, to: &Path) {
         .unwrap();
     assert!(st.success());
 }
+
+#[test]
+fn applies_archives_written_by_gnu_tar() {
+    let sb = Sandbox::new();
+    let src = sb.root.join("src");
+    let out = sb.root.join("out");
+    let deep = src
+        .join("a".repeat(60))
+        .join("b".repeat(60))
+        .join("c".repeat(60));
+    fs::create_dir_all(&deep).unwrap();
+    fs::create_dir(&out).unwrap();
+    fs::write(deep.join("long-named-file"), "deep").unwrap();
+    fs::write(src.join("f"), "f").unwrap();
+    fs::hard_link(src.join("f"), src.join("g")).unwrap();
+    std::os::unix::fs::symlink("f", src.join("s")).unwrap();
+    rustix::fs::setxattr(
+        src.join("f"),
+        "user.k",
+        b"v",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let o = std::process::Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--format=posix", "-C"])
+        .arg(&src)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    apply(&out, o.stdout.as_slice(), WhiteoutMode::Delete).unwrap();
+    let mut diff = Vec::new();
+    compare(&src, &out, &mut diff).unwrap();
+    let mut changed = Vec::new();
+    for e in tar::Archive::new(diff.as_slice()).entries().unwrap() {
+        let e = e.unwrap();
+        if e.header().entry_type() != tar::EntryType::Directory {
+            changed.push(e.path().unwrap().display().to_string());
+        }
+    }
+    assert!(
+        changed.is_empty(),
+        "applied tree differs from the source: {changed:?}"
+    );
+    let mut v = [0u8; 4];
+    let n = rustix::fs::getxattr(out.join("f"), "user.k", &mut v[..]).unwrap();
+    assert_eq!(&v[..n], b"v");
+    assert_eq!(
+        fs::metadata(out.join("f")).unwrap().ino(),
+        fs::metadata(out.join("g")).unwrap().ino()
+    );
+}
