@@ -55,6 +55,19 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 /// Apply the uncompressed layer tar `layer` onto directory `root`.
 pub fn apply(root: &Path, layer: impl Read, mode: WhiteoutMode) -> Result<Applied> {
+    apply_with_parents(root, layer, mode, &[])
+}
+
+/// Like [`apply`] onto an overlay upper dir whose lower dirs are `parents`
+/// (nearest first): a directory the layer needs but does not carry is
+/// created with the owner, mode and xattrs it has in the nearest lower layer
+/// (as containerd does), so the merged view keeps them.
+pub fn apply_with_parents(
+    root: &Path,
+    layer: impl Read,
+    mode: WhiteoutMode,
+    parents: &[PathBuf],
+) -> Result<Applied> {
     let rootfd = rustix::fs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -69,6 +82,7 @@ pub fn apply(root: &Path, layer: impl Read, mode: WhiteoutMode) -> Result<Applie
             mode,
             written: HashSet::new(),
             dirs: Vec::new(),
+            parents: parents.to_vec(),
         };
         let entries = archive
             .entries()
@@ -129,6 +143,8 @@ struct Applier {
     written: HashSet<PathBuf>,
     /// Directories and their times, set at the end.
     dirs: Vec<(Vec<OsString>, Timestamps)>,
+    /// Lower layers (overlay), consulted for implicit parent directories.
+    parents: Vec<PathBuf>,
 }
 
 struct Meta {
@@ -176,7 +192,8 @@ impl Applier {
                 let (last, parent) = comps.split_last().expect("not empty");
                 let pfd = self.open_dir_create(parent, entry)?;
                 match rustix::fs::mkdirat(&pfd, last.as_os_str(), Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                    Ok(()) => self.inherit_dir_info(&pfd, last, comps, entry)?,
+                    Err(Errno::EXIST) => {}
                     Err(e) => {
                         return Err(sys(
                             e,
@@ -188,6 +205,79 @@ impl Applier {
             }
             r => r,
         }
+    }
+
+    /// Give a directory created implicitly the attributes it has in the
+    /// nearest lower layer holding it.
+    fn inherit_dir_info(
+        &self,
+        pfd: &OwnedFd,
+        name: &OsStr,
+        comps: &[OsString],
+        entry: &str,
+    ) -> Result<()> {
+        for p in &self.parents {
+            let Ok(proot) = rustix::fs::open(
+                p,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            let found = rustix::fs::openat2(
+                &proot,
+                rel(comps),
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            );
+            let Ok(fd) = found else { continue };
+            let st = rustix::fs::fstat(&fd).map_err(|e| {
+                sys(
+                    e,
+                    format!("apply layer: entry {entry:?}: stat lower directory"),
+                )
+            })?;
+            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                return Ok(()); // replaced in a lower layer: keep defaults
+            }
+            let ctx =
+                |what: &str| format!("apply layer: entry {entry:?}: {what} of implicit parent");
+            rustix::fs::chownat(
+                pfd,
+                name,
+                Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                Some(rustix::fs::Gid::from_raw(st.st_gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| sys(e, ctx("chown")))?;
+            rustix::fs::chmodat(
+                pfd,
+                name,
+                Mode::from_raw_mode(st.st_mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| sys(e, ctx("chmod")))?;
+            let lower = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            let upper = proc_path(pfd, name);
+            let mut names = vec![0u8; 64 * 1024];
+            if let Ok(n) = rustix::fs::listxattr(&lower, &mut names[..]) {
+                let mut value = vec![0u8; 64 * 1024];
+                for x in names[..n].split(|&b| b == 0).filter(|x| !x.is_empty()) {
+                    let x = OsStr::from_bytes(x);
+                    // overlay's own markers (opaque, redirect) stay with their layer
+                    if x.as_bytes().starts_with(b"trusted.overlay.") {
+                        continue;
+                    }
+                    if let Ok(len) = rustix::fs::getxattr(&lower, x, &mut value[..]) {
+                        rustix::fs::setxattr(&upper, x, &value[..len], XattrFlags::empty())
+                            .map_err(|e| sys(e, ctx(&format!("copy xattr {x:?}"))))?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        Ok(())
     }
 
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<()> {

@@ -20,7 +20,7 @@ pub mod apply;
 pub mod compare;
 pub mod mounts;
 
-pub use apply::{apply, Applied, WhiteoutMode};
+pub use apply::{apply, apply_with_parents, Applied, WhiteoutMode};
 pub use compare::{compare, Written};
 
 use sha2::{Digest as _, Sha256};

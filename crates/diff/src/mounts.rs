@@ -8,24 +8,32 @@
 //! - [`compare_mounts`]: mounts lower and upper on temporary directories and
 //!   runs [`crate::compare`].
 
-use crate::{apply, compare, decompress, Applied, Compression, WhiteoutMode, Written};
+use crate::{
+    apply, apply_with_parents, compare, decompress, Applied, Compression, WhiteoutMode, Written,
+};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use stevedore_sys::mount::MountGuard;
 use stevedore_types::{Error, Mount, Result};
 
-/// Where a layer can be written without mounting, and how.
-fn direct_target(mounts: &[Mount]) -> Option<(PathBuf, WhiteoutMode)> {
+/// Where a layer can be written without mounting, how, and the lower dirs.
+fn direct_target(mounts: &[Mount]) -> Option<(PathBuf, WhiteoutMode, Vec<PathBuf>)> {
     let [m] = mounts else { return None };
     if m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind") {
         if m.read_only() {
             return None;
         }
-        return Some((PathBuf::from(&m.source), WhiteoutMode::Delete));
+        return Some((PathBuf::from(&m.source), WhiteoutMode::Delete, Vec::new()));
     }
     if m.kind == "overlay" {
         let upper = m.options.iter().find_map(|o| o.strip_prefix("upperdir="))?;
-        return Some((PathBuf::from(upper), WhiteoutMode::Overlay));
+        let lowers = m
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .map(|l| l.split(':').map(PathBuf::from).collect())
+            .unwrap_or_default();
+        return Some((PathBuf::from(upper), WhiteoutMode::Overlay, lowers));
     }
     None
 }
@@ -39,8 +47,8 @@ pub fn apply_to_mounts(
     scratch: &Path,
 ) -> Result<Applied> {
     let layer = decompress(Compression::of_media_type(media_type)?, blob)?;
-    if let Some((dir, mode)) = direct_target(mounts) {
-        return apply(&dir, layer, mode);
+    if let Some((dir, mode, parents)) = direct_target(mounts) {
+        return apply_with_parents(&dir, layer, mode, &parents);
     }
     let target = tempfile::Builder::new()
         .prefix("apply-")

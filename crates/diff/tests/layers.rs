@@ -582,3 +582,50 @@ fn applies_archives_written_by_gnu_tar() {
         fs::metadata(out.join("g")).unwrap().ino()
     );
 }
+
+#[test]
+fn overlay_apply_gives_implicit_parents_their_lower_attributes() {
+    let sb = Sandbox::new();
+    let (lower, upper, work, merged) = (
+        sb.root.join("lower"),
+        sb.root.join("upper"),
+        sb.root.join("work"),
+        sb.root.join("merged"),
+    );
+    for d in [&lower, &upper, &work, &merged] {
+        fs::create_dir(d).unwrap();
+    }
+    fs::create_dir(lower.join("etc")).unwrap();
+    fs::write(lower.join("etc/old"), "o").unwrap();
+    std::os::unix::fs::chown(lower.join("etc"), Some(1234), Some(1234)).unwrap();
+    fs::set_permissions(lower.join("etc"), fs::Permissions::from_mode(0o750)).unwrap();
+    let m = stevedore_types::Mount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        target: String::new(),
+        options: vec![
+            format!("workdir={}", work.display()),
+            format!("upperdir={}", upper.display()),
+            format!("lowerdir={}", lower.display()),
+        ],
+    };
+    // the layer has etc/new and a whiteout for etc/old but no entry for etc
+    let tar = Tar::new()
+        .file("etc/new", "n")
+        .file("etc/.wh.old", "")
+        .bytes();
+    stevedore_diff::mounts::apply_to_mounts(
+        std::slice::from_ref(&m),
+        "application/vnd.oci.image.layer.v1.tar",
+        tar.as_slice(),
+        &sb.root,
+    )
+    .unwrap();
+    let e = fs::metadata(upper.join("etc")).unwrap();
+    assert_eq!((e.uid(), e.mode() & 0o7777), (1234, 0o750));
+    let g = stevedore_sys::mount::MountGuard::mount(&[m], &merged).unwrap();
+    assert_eq!(listing(&merged.join("etc")), ["new"]);
+    let e = fs::metadata(merged.join("etc")).unwrap();
+    assert_eq!((e.uid(), e.mode() & 0o7777), (1234, 0o750));
+    g.release().unwrap();
+}
