@@ -9,6 +9,8 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-types", 0),
         ("stevedore-api", 1),
         ("stevedore-sys", 1),
+        ("stevedore-snapshots", 2),
+        ("stevedore-diff", 2),
         ("stevedore-metadata", 3),
         ("stevedore-images", 4),
         ("stevedore-plugin", 5),

@@ -14,6 +14,7 @@ pub mod introspection;
 pub mod leases;
 pub mod namespaces;
 pub mod registry;
+pub mod snapshots;
 pub mod version;
 
 use stevedore_api::status::to_status;

@@ -10,6 +10,7 @@ use crate::images::ImagesService;
 use crate::introspection::IntrospectionService;
 use crate::leases::LeasesService;
 use crate::namespaces::NamespacesService;
+use crate::snapshots::SnapshotsService;
 use crate::version::VersionService;
 use crate::GrpcService;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use stevedore_metadata::content::ContentOptions;
 use stevedore_metadata::Db;
 use stevedore_plugin::types::*;
 use stevedore_plugin::{ConfigSpec, InitContext, InitError, Instance, Registration, Registry};
+use stevedore_snapshots::{Namespaced, Snapshotter};
 use stevedore_types::{Error, Platform};
 
 fn grpc(
@@ -28,23 +30,25 @@ fn grpc(
     Registration::new(GRPC, id, move |ctx| Ok(Arc::new(make(ctx)?) as Instance)).requires(requires)
 }
 
-/// The btrfs snapshotter's registration: it needs its root on btrfs.
-fn btrfs() -> Registration {
-    Registration::new(SNAPSHOTTER, "btrfs", |ctx| {
+/// A snapshotter plugin: its instance is a [`Namespaced`] over the backend.
+fn snapshotter(
+    id: &'static str,
+    open: fn(&std::path::Path) -> Result<Arc<dyn Snapshotter>, Error>,
+) -> Registration {
+    Registration::new(SNAPSHOTTER, id, move |ctx| {
         ctx.platforms.push(Platform::host());
         ctx.exports
             .insert("root".into(), ctx.root.display().to_string());
-        std::fs::create_dir_all(&ctx.root)
-            .map_err(|e| Error::from(e).context(format!("create {}", ctx.root.display())))?;
-        if !stevedore_sys::is_btrfs(&ctx.root)? {
-            return Err(InitError::Failed(Error::unknown(format!(
-                "path {} must be a btrfs filesystem to be used with the btrfs snapshotter",
-                ctx.root.display()
-            ))));
-        }
-        Err(InitError::Failed(Error::unimplemented(
-            "the btrfs snapshotter is not implemented yet",
-        )))
+        let s = open(&ctx.root)?;
+        Ok(Arc::new(Namespaced::new(s)) as Instance)
+    })
+}
+
+/// The btrfs snapshotter's registration: it needs its root on btrfs, and
+/// fails with containerd's message otherwise.
+fn btrfs() -> Registration {
+    snapshotter("btrfs", |root| {
+        Ok(Arc::new(stevedore_snapshots::btrfs::open(root)?) as Arc<dyn Snapshotter>)
     })
 }
 
@@ -74,6 +78,12 @@ pub fn plugins() -> Registry {
         Ok(Arc::new(store) as Instance)
     }));
     r.register(btrfs());
+    r.register(snapshotter("native", |root| {
+        Ok(Arc::new(stevedore_snapshots::native::open(root)?) as Arc<dyn Snapshotter>)
+    }));
+    r.register(snapshotter("overlayfs", |root| {
+        Ok(Arc::new(stevedore_snapshots::overlay::open(root)?) as Arc<dyn Snapshotter>)
+    }));
     r.register(
         Registration::new(METADATA, "bolt", |ctx| {
             let cfg: BoltConfig = ctx.config_as()?;
@@ -128,6 +138,15 @@ pub fn plugins() -> Registry {
         let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
         Ok(NamespacesService::grpc(db, (*ex).clone()))
+    }));
+    r.register(grpc("snapshots", &[SNAPSHOTTER, EVENT], |ctx| {
+        let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+        let snapshotters = ctx
+            .all_of::<Namespaced>(SNAPSHOTTER)
+            .into_iter()
+            .map(|(id, s)| (id, (*s).clone()))
+            .collect();
+        Ok(SnapshotsService::grpc(snapshotters, (*ex).clone()))
     }));
     r.register(grpc("version", &[], |_| Ok(VersionService::grpc())));
     r

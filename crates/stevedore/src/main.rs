@@ -5,6 +5,7 @@ mod content;
 mod images;
 mod output;
 mod transfer;
+mod snapshots;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -64,6 +65,9 @@ enum Cmd {
     Pull(transfer::PullArgs),
     /// Push an image to a registry (from the daemon).
     Push(transfer::PushArgs),
+    /// Manage snapshots (prepare, view, mounts, commit, ls, tree, usage, rm).
+    #[command(alias = "snapshot")]
+    Snapshots(snapshots::SnapshotsArgs),
     /// Print events as they happen (filters: topic==/tasks/exit, namespace==x, ...).
     Events { filters: Vec<String> },
     /// Manage blobs in the content store.
@@ -153,6 +157,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Events { filters } => cmd_events(&conn, cli.output, filters).await,
         Cmd::Content(c) => content::run_content(&conn, cli.output, c).await,
         Cmd::Leases(c) => content::run_leases(&conn, cli.output, c).await,
+        Cmd::Snapshots(a) => snapshots::run(&conn, cli.output, a).await,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Linux facilities behind small functions and traits, so the logic above is
 //! testable and the real thing is tested for real (as root) here.
 
+pub mod mount;
+
 use std::path::Path;
 use stevedore_types::{Error, Result};
 
