@@ -222,3 +222,41 @@ pub fn digest_of(data: &[u8]) -> Digest {
     h.update(data);
     h.digest()
 }
+
+/// Sequential `std::io::Read` over a [`ReaderAt`], from an offset.
+pub struct SeqReader {
+    ra: Box<dyn ReaderAt>,
+    offset: u64,
+}
+
+impl SeqReader {
+    pub fn new(ra: Box<dyn ReaderAt>, offset: u64) -> Self {
+        SeqReader { ra, offset }
+    }
+}
+
+impl std::io::Read for SeqReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self
+            .ra
+            .read_at(buf, self.offset)
+            .map_err(|e| std::io::Error::other(e.message))?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// `std::io::Write` into an ingest [`Writer`] (commit it afterwards).
+pub struct WriteAdapter<'a>(pub &'a mut dyn Writer);
+
+impl std::io::Write for WriteAdapter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .write(buf)
+            .map_err(|e| std::io::Error::other(e.message))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -11,6 +11,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-sys", 1),
         ("stevedore-snapshots", 2),
         ("stevedore-diff", 2),
+        ("stevedore-content", 2),
         ("stevedore-metadata", 3),
         ("stevedore-images", 4),
         ("stevedore-plugin", 5),

@@ -5,6 +5,7 @@
 
 pub mod content;
 pub mod convert;
+pub mod diff;
 pub mod events;
 pub mod exchange;
 pub mod gc;
@@ -14,6 +15,7 @@ pub mod introspection;
 pub mod leases;
 pub mod namespaces;
 pub mod registry;
+pub mod snapshot_gc;
 pub mod snapshots;
 pub mod version;
 

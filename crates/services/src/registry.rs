@@ -115,6 +115,24 @@ pub fn plugins() -> Registry {
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
         Ok(ContentService::grpc(db, (*ex).clone()))
     }));
+    r.register(
+        Registration::new(DIFF, "walking", |ctx| {
+            ctx.platforms.push(Platform::host());
+            let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+            Ok(Arc::new(crate::diff::DiffService::grpc(
+                db,
+                ctx.state.join("tmpmounts"),
+            )) as Instance)
+        })
+        .requires(&[METADATA]),
+    );
+    r.register(
+        Registration::new(GRPC, "diff", |ctx| {
+            let svc: Arc<GrpcService> = ctx.get(DIFF, "walking")?;
+            Ok(svc as Instance)
+        })
+        .requires(&[DIFF]),
+    );
     r.register(grpc("events", &[EVENT], |ctx| {
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
         Ok(EventsService::grpc((*ex).clone()))
@@ -139,14 +157,22 @@ pub fn plugins() -> Registry {
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
         Ok(NamespacesService::grpc(db, (*ex).clone()))
     }));
-    r.register(grpc("snapshots", &[SNAPSHOTTER, EVENT], |ctx| {
+    r.register(grpc("snapshots", &[SNAPSHOTTER, EVENT, METADATA], |ctx| {
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
-        let snapshotters = ctx
+        let snapshotters: std::collections::BTreeMap<String, Namespaced> = ctx
             .all_of::<Namespaced>(SNAPSHOTTER)
             .into_iter()
             .map(|(id, s)| (id, (*s).clone()))
             .collect();
-        Ok(SnapshotsService::grpc(snapshotters, (*ex).clone()))
+        let db: Option<Arc<Db>> = ctx.get(METADATA, "bolt").ok();
+        if let Some(db) = &db {
+            // snapshots join the GC graph: referenced via gc.ref.snapshot labels,
+            // leases and their parents; the rest is collected
+            db.register_gc_source(Arc::new(crate::snapshot_gc::SnapshotSource::new(
+                snapshotters.clone(),
+            )));
+        }
+        Ok(SnapshotsService::grpc(snapshotters, (*ex).clone(), db))
     }));
     r.register(grpc("version", &[], |_| Ok(VersionService::grpc())));
     r

@@ -9,6 +9,7 @@ use crate::{blocking, namespace_of, GrpcService};
 use futures::Stream;
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 use stevedore_api::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use stevedore_api::services::snapshots::{
@@ -21,6 +22,7 @@ use stevedore_api::services::snapshots::{
 };
 use stevedore_api::status::to_status;
 use stevedore_api::types::Mount as PbMount;
+use stevedore_metadata::Db;
 use stevedore_snapshots::{Info, Kind, Namespaced};
 use stevedore_types::filters::Filter;
 use stevedore_types::{Error, Mount};
@@ -33,14 +35,45 @@ pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 pub struct SnapshotsService {
     snapshotters: BTreeMap<String, Namespaced>,
     exchange: Exchange,
+    /// Leases hold the snapshots created under them (`containerd-lease` header).
+    db: Option<Arc<Db>>,
 }
 
 impl SnapshotsService {
-    pub fn grpc(snapshotters: BTreeMap<String, Namespaced>, exchange: Exchange) -> GrpcService {
+    pub fn grpc(
+        snapshotters: BTreeMap<String, Namespaced>,
+        exchange: Exchange,
+        db: Option<Arc<Db>>,
+    ) -> GrpcService {
         GrpcService::new(SnapshotsServer::new(SnapshotsService {
             snapshotters,
             exchange,
+            db,
         }))
+    }
+
+    /// Add a snapshot to the request's lease, if it has one.
+    async fn lease<T>(
+        &self,
+        req: &Request<T>,
+        ns: &str,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<(), Status> {
+        let (Some(db), Some(lease)) = (self.db.clone(), crate::content::lease_of(req)) else {
+            return Ok(());
+        };
+        let snapshotter = if snapshotter.is_empty() {
+            DEFAULT_SNAPSHOTTER
+        } else {
+            snapshotter
+        };
+        let r = stevedore_metadata::leases::Resource {
+            id: key.to_string(),
+            kind: format!("snapshots/{snapshotter}"),
+        };
+        let ns = ns.to_string();
+        blocking(move || db.add_lease_resource(&ns, &lease, &r)).await
     }
 
     fn get(&self, name: &str) -> Result<Namespaced, Status> {
@@ -100,6 +133,8 @@ impl Snapshots for SnapshotsService {
         req: Request<PrepareSnapshotRequest>,
     ) -> Result<Response<PrepareSnapshotResponse>, Status> {
         let ns = namespace_of(&req)?;
+        self.lease(&req, &ns, &req.get_ref().snapshotter, &req.get_ref().key)
+            .await?;
         let r = req.into_inner();
         let s = self.get(&r.snapshotter)?;
         let (n, key, parent) = (ns.clone(), r.key.clone(), r.parent.clone());
@@ -122,6 +157,8 @@ impl Snapshots for SnapshotsService {
         req: Request<ViewSnapshotRequest>,
     ) -> Result<Response<ViewSnapshotResponse>, Status> {
         let ns = namespace_of(&req)?;
+        self.lease(&req, &ns, &req.get_ref().snapshotter, &req.get_ref().key)
+            .await?;
         let r = req.into_inner();
         let s = self.get(&r.snapshotter)?;
         let mounts = blocking(move || s.view(&ns, &r.key, &r.parent, r.labels)).await?;
@@ -145,6 +182,8 @@ impl Snapshots for SnapshotsService {
 
     async fn commit(&self, req: Request<CommitSnapshotRequest>) -> Result<Response<()>, Status> {
         let ns = namespace_of(&req)?;
+        self.lease(&req, &ns, &req.get_ref().snapshotter, &req.get_ref().name)
+            .await?;
         let r = req.into_inner();
         let s = self.get(&r.snapshotter)?;
         let (n, name, key) = (ns.clone(), r.name.clone(), r.key.clone());

@@ -4,8 +4,8 @@ mod client;
 mod content;
 mod images;
 mod output;
-mod transfer;
 mod snapshots;
+mod transfer;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
