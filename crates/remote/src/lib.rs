@@ -20,6 +20,8 @@ pub mod hosts;
 pub mod media;
 pub mod push;
 pub mod reference;
+#[cfg(feature = "testutil")]
+pub mod testutil;
 pub mod verify;
 
 pub use auth::{Credentials, CredentialsFn};

@@ -1,0 +1,318 @@
+//! Test helpers (feature `testutil`): a real Debian `docker-registry` on a free
+//! 127.0.0.1 port with its own config and storage (optionally htpasswd basic auth),
+//! and builders of small OCI / Docker schema2 images and indexes held in memory.
+//!
+//! Reuse from another crate's tests (e.g. e2e pull tests):
+//! ```toml
+//! [dev-dependencies]
+//! stevedore-remote = { workspace = true, features = ["testutil"] }
+//! ```
+//! ```text
+//! let reg = TestRegistry::start();                 // or start_with_basic_auth("u", "p")
+//! let img = TestImage::oci(&[("hello.txt", b"hi")], "amd64");
+//! let host = reg.host();                           // "127.0.0.1:<port>"
+//! let refr = Reference::parse_normalized(&format!("{host}/test/img:v1"))?;
+//! img.push(&resolver, &refr).await?;               // with stevedore's own push code
+//! ```
+//! The registry is killed and its directory removed on drop; `kill`/`restart`
+//! inject outages (same port, same storage).
+
+use crate::media;
+use crate::push::{PushBlobOptions, PushReader};
+use crate::reference::Reference;
+use crate::verify::sha256;
+use crate::Resolver;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use stevedore_types::{Descriptor, Platform, Result};
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+const HTPASSWD_BIN: &str = "/usr/bin/htpasswd";
+
+/// Panic naming the Debian package when a tool a test needs is missing.
+pub fn require_tool(path: &str, package: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} not found: install the Debian package `{package}` (scripts/deps.sh)"
+    );
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A running `docker-registry serve` on 127.0.0.1.
+pub struct TestRegistry {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    credentials: Option<(String, String)>,
+}
+
+impl TestRegistry {
+    /// Start an open registry.
+    pub fn start() -> Self {
+        Self::start_inner(None)
+    }
+
+    /// Start a registry requiring htpasswd (bcrypt) basic auth for `user`/`password`.
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
+        Self::start_inner(Some((user.to_string(), password.to_string())))
+    }
+
+    fn start_inner(credentials: Option<(String, String)>) -> Self {
+        require_tool(REGISTRY_BIN, "docker-registry");
+        let dir = tempfile::tempdir().expect("registry temp dir");
+        let port = free_port();
+        let storage = dir.path().join("storage");
+        std::fs::create_dir(&storage).expect("registry storage dir");
+        let mut auth = String::new();
+        if let Some((u, p)) = &credentials {
+            require_tool(HTPASSWD_BIN, "apache2-utils");
+            let out = Command::new(HTPASSWD_BIN)
+                .args(["-Bbn", u, p])
+                .output()
+                .expect("run htpasswd");
+            assert!(out.status.success(), "htpasswd failed: {out:?}");
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, &out.stdout).expect("write htpasswd");
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: stevedore-test\n    path: {}\n",
+                file.display()
+            );
+        }
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            storage.display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).expect("write registry config");
+        let mut r = TestRegistry {
+            dir,
+            port,
+            child: None,
+            credentials,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .expect("registry log");
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("docker-registry exited with {status}: {}", self.log());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on 127.0.0.1:{} within 10 s: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The htpasswd user and password, if the registry requires them.
+    pub fn credentials(&self) -> Option<(String, String)> {
+        self.credentials.clone()
+    }
+
+    /// The registry's storage directory.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// The registry's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL the registry (connections drop mid-transfer).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Content and its descriptor.
+#[derive(Clone)]
+pub struct TestBlob {
+    pub desc: Descriptor,
+    pub data: Vec<u8>,
+}
+
+impl TestBlob {
+    pub fn new(media_type: &str, data: Vec<u8>) -> Self {
+        TestBlob {
+            desc: Descriptor::new(media_type, sha256(&data), data.len() as i64),
+            data,
+        }
+    }
+}
+
+/// An image as an ordered list of blobs: children first, the root (manifest or
+/// index) last.
+#[derive(Clone)]
+pub struct TestImage {
+    pub blobs: Vec<TestBlob>,
+}
+
+/// A gzip'ed tar layer of `files` (path, contents; mode 0644, or 0755 when the
+/// path ends in `bin/...`), and the digest of the uncompressed tar (the diff ID).
+pub fn layer_tar_gz(files: &[(&str, &[u8])]) -> (Vec<u8>, stevedore_types::Digest) {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(if path.contains("bin/") { 0o755 } else { 0o644 });
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, path, *data).expect("append tar entry");
+    }
+    let raw = tar.into_inner().expect("finish tar");
+    let diff_id = sha256(&raw);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).expect("gzip layer");
+    (gz.finish().expect("finish gzip"), diff_id)
+}
+
+fn image(files: &[(&str, &[u8])], arch: &str, docker: bool) -> TestImage {
+    let (layer_mt, config_mt, manifest_mt) = if docker {
+        (media::DOCKER_LAYER_GZIP, media::DOCKER_CONFIG, media::DOCKER_MANIFEST)
+    } else {
+        (media::OCI_LAYER_GZIP, media::OCI_CONFIG, media::OCI_MANIFEST)
+    };
+    let (gz, diff_id) = layer_tar_gz(files);
+    let layer = TestBlob::new(layer_mt, gz);
+    let config = serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+    });
+    let config = TestBlob::new(config_mt, serde_json::to_vec(&config).expect("config json"));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_mt,
+        "config": config.desc,
+        "layers": [layer.desc],
+    });
+    let manifest = TestBlob::new(manifest_mt, serde_json::to_vec(&manifest).expect("manifest json"));
+    TestImage {
+        blobs: vec![layer, config, manifest],
+    }
+}
+
+impl TestImage {
+    /// A one-layer OCI image of `files` for `linux/<arch>`.
+    pub fn oci(files: &[(&str, &[u8])], arch: &str) -> Self {
+        image(files, arch, false)
+    }
+
+    /// A one-layer Docker schema2 image of `files` for `linux/<arch>`.
+    pub fn docker(files: &[(&str, &[u8])], arch: &str) -> Self {
+        image(files, arch, true)
+    }
+
+    /// An OCI index over `images` (each gets its root's platform from its config).
+    pub fn index(images: &[TestImage]) -> Self {
+        let mut blobs = Vec::new();
+        let mut manifests = Vec::new();
+        for img in images {
+            let root = img.root().clone();
+            let arch = img
+                .blobs
+                .iter()
+                .find(|b| b.desc.media_type.contains("config"))
+                .and_then(|c| serde_json::from_slice::<serde_json::Value>(&c.data).ok())
+                .and_then(|v| v["architecture"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "amd64".into());
+            let mut d = root.desc.clone();
+            d.platform = Some(Platform {
+                os: "linux".into(),
+                architecture: arch,
+                ..Default::default()
+            });
+            manifests.push(d);
+            blobs.extend(img.blobs.iter().cloned());
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": manifests,
+        });
+        blobs.push(TestBlob::new(
+            media::OCI_INDEX,
+            serde_json::to_vec(&index).expect("index json"),
+        ));
+        TestImage { blobs }
+    }
+
+    /// The root blob (manifest or index).
+    pub fn root(&self) -> &TestBlob {
+        self.blobs.last().expect("image has blobs")
+    }
+
+    /// Push with stevedore's push code: every blob children-first, then the root by tag
+    /// (when the reference has one).
+    pub async fn push(&self, resolver: &Resolver, reference: &Reference) -> Result<()> {
+        let repo = resolver.repository(reference).await?;
+        let descs: Vec<Descriptor> = self.blobs.iter().map(|b| b.desc.clone()).collect();
+        let blobs = self.blobs.clone();
+        repo.push_all(&descs, reference.tag(), &PushBlobOptions::default(), move |d| {
+            let data = blobs
+                .iter()
+                .find(|b| b.desc.digest == d.digest)
+                .map(|b| b.data.clone())
+                .unwrap_or_default();
+            Box::pin(async move { Ok(Box::new(std::io::Cursor::new(data)) as PushReader) })
+        })
+        .await?;
+        Ok(())
+    }
+}
