@@ -209,12 +209,12 @@ impl Authorizer {
         challenge: &Challenge,
     ) -> Result<String> {
         let realm = challenge.params.get("realm").ok_or_else(|| {
-            Error::invalid(format!(
-                "registry {host}: bearer challenge without a realm"
-            ))
+            Error::invalid(format!("registry {host}: bearer challenge without a realm"))
         })?;
         let mut url = url::Url::parse(realm).map_err(|e| {
-            Error::invalid(format!("registry {host}: invalid token realm {realm:?}: {e}"))
+            Error::invalid(format!(
+                "registry {host}: invalid token realm {realm:?}: {e}"
+            ))
         })?;
         {
             let mut q = url.query_pairs_mut();
@@ -279,7 +279,8 @@ impl Authorizer {
             )));
         }
         // registries default to 60 s; refresh a little early
-        let ttl = Duration::from_secs(body.expires_in.max(60)).saturating_sub(Duration::from_secs(5));
+        let ttl =
+            Duration::from_secs(body.expires_in.max(60)).saturating_sub(Duration::from_secs(5));
         if let Ok(mut m) = self.tokens.lock() {
             m.insert(
                 (host.to_string(), scopes.join(" ")),

@@ -8,7 +8,10 @@ use crate::media;
 use crate::reference::Reference;
 use crate::verify::Hasher;
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE,
+    WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -121,9 +124,8 @@ fn read_pem_files(files: &[std::path::PathBuf]) -> Result<Vec<reqwest::Certifica
     for f in files {
         let data = std::fs::read(f)
             .map_err(|e| Error::from(e).context(format!("read CA certificate {}", f.display())))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&data).map_err(|e| {
-            Error::invalid(format!("load CA certificate {}: {e}", f.display()))
-        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&data)
+            .map_err(|e| Error::invalid(format!("load CA certificate {}: {e}", f.display())))?;
         if certs.is_empty() {
             return Err(Error::invalid(format!(
                 "load CA certificate {}: no PEM certificate found",
@@ -143,6 +145,10 @@ fn build_http_client(host: &RegistryHost, user_agent: &str) -> Result<reqwest::C
         .pool_idle_timeout(Duration::from_secs(30))
         .tcp_keepalive(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::limited(10));
+    if host.scheme == "http" {
+        // no TLS on this endpoint: skip loading the system roots (slow to parse)
+        b = b.tls_built_in_root_certs(false);
+    }
     for c in read_pem_files(&host.ca_certs)? {
         b = b.add_root_certificate(c);
     }
@@ -195,7 +201,10 @@ impl Resolver {
             let hosts = configure_hosts(&d, &inner.options.hosts)?;
             let mut out = Vec::new();
             for host in hosts {
-                let key = format!("{:?}|{:?}|{:?}", host.ca_certs, host.client_pairs, host.skip_verify);
+                let key = format!(
+                    "{}|{:?}|{:?}|{:?}",
+                    host.scheme, host.ca_certs, host.client_pairs, host.skip_verify
+                );
                 let cached = inner.clients.lock().ok().and_then(|m| m.get(&key).cloned());
                 let http = match cached {
                     Some(c) => c,
@@ -306,7 +315,10 @@ impl Repository {
             };
             let mut req = ep.http.request(method.clone(), url.clone());
             for (k, v) in &ep.host.headers {
-                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::try_from(k.as_str()),
+                    HeaderValue::try_from(v.as_str()),
+                ) {
                     req = req.header(k, v);
                 }
             }
@@ -321,7 +333,9 @@ impl Repository {
             match req.send().await {
                 Err(e) => {
                     let msg = error_chain(&e);
-                    if retry_allowed && (e.is_connect() || e.is_request() || e.is_timeout() || e.is_body()) {
+                    if retry_allowed
+                        && (e.is_connect() || e.is_request() || e.is_timeout() || e.is_body())
+                    {
                         tracing::debug!(%url, error = %msg, attempt, "retrying registry request");
                         backoff(opts, attempt).await;
                         attempt += 1;
@@ -368,16 +382,23 @@ impl Repository {
     /// registry gives no digest or size) on each resolve endpoint in order.
     pub async fn resolve(&self, reference: &Reference) -> Result<Descriptor> {
         let object = reference.object().ok_or_else(|| {
-            Error::invalid(format!("resolve {reference}: reference has no tag or digest"))
+            Error::invalid(format!(
+                "resolve {reference}: reference has no tag or digest"
+            ))
         })?;
         let dgst = reference.digest().cloned();
         let (paths, need) = match &dgst {
-            Some(d) => (vec![format!("manifests/{d}"), format!("blobs/{d}")], Need::Pull),
+            Some(d) => (
+                vec![format!("manifests/{d}"), format!("blobs/{d}")],
+                Need::Pull,
+            ),
             None => (vec![format!("manifests/{object}")], Need::Resolve),
         };
         let hosts = self.endpoints_for(need);
         if hosts.is_empty() {
-            return Err(Error::not_found(format!("resolve {reference}: no resolve hosts")));
+            return Err(Error::not_found(format!(
+                "resolve {reference}: no resolve hosts"
+            )));
         }
         let scopes = self.pull_scope();
         let mut first_err: Option<Error> = None;
@@ -387,7 +408,14 @@ impl Repository {
             for ep in &hosts {
                 let url = self.url(ep, path)?;
                 let resp = match self
-                    .send(ep, Method::HEAD, url.clone(), accept.clone(), ReqBody::Empty, &scopes)
+                    .send(
+                        ep,
+                        Method::HEAD,
+                        url.clone(),
+                        accept.clone(),
+                        ReqBody::Empty,
+                        &scopes,
+                    )
                     .await
                 {
                     Ok(r) => r,
@@ -401,7 +429,8 @@ impl Repository {
                     continue;
                 }
                 if !status.is_success() {
-                    let e = status_error(resp, &format!("resolve {reference}"), &ep.host.host).await;
+                    let e =
+                        status_error(resp, &format!("resolve {reference}"), &ep.host.host).await;
                     first_err.get_or_insert(e);
                     continue;
                 }
@@ -421,15 +450,31 @@ impl Repository {
                 }
                 if digest.is_none() || size.is_none() {
                     let resp = self
-                        .send(ep, Method::GET, url.clone(), accept.clone(), ReqBody::Empty, &scopes)
+                        .send(
+                            ep,
+                            Method::GET,
+                            url.clone(),
+                            accept.clone(),
+                            ReqBody::Empty,
+                            &scopes,
+                        )
                         .await
                         .map_err(|e| e.context(format!("resolve {reference}")))?;
                     if !resp.status().is_success() {
-                        return Err(status_error(resp, &format!("resolve {reference}"), &ep.host.host).await);
+                        return Err(status_error(
+                            resp,
+                            &format!("resolve {reference}"),
+                            &ep.host.host,
+                        )
+                        .await);
                     }
                     content_type = media_type_of(resp.headers());
                     reject_schema1(&content_type, reference, &ep.host.host)?;
-                    let mut hasher = Hasher::new(digest.as_ref().map_or(stevedore_types::Algorithm::Sha256, |d| d.algorithm()));
+                    let mut hasher = Hasher::new(
+                        digest
+                            .as_ref()
+                            .map_or(stevedore_types::Algorithm::Sha256, |d| d.algorithm()),
+                    );
                     let mut n: i64 = 0;
                     let mut resp = resp;
                     while let Some(chunk) = resp.chunk().await.map_err(|e| {
@@ -467,7 +512,11 @@ impl Repository {
         Err(first_err.unwrap_or_else(|| {
             Error::not_found(format!(
                 "resolve {reference}: not found on {}",
-                hosts.iter().map(|e| e.host.host.as_str()).collect::<Vec<_>>().join(", ")
+                hosts
+                    .iter()
+                    .map(|e| e.host.host.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         }))
     }
@@ -569,5 +618,8 @@ pub(crate) async fn status_error(resp: reqwest::Response, op: &str, host: &str) 
     } else {
         format!(" {what}")
     };
-    Error::new(kind, format!("{op} on registry {host}: {status}{what}{detail}"))
+    Error::new(
+        kind,
+        format!("{op} on registry {host}: {status}{what}{detail}"),
+    )
 }

@@ -4,7 +4,7 @@
 //! same endpoint (bounded retries with backoff), keeping the running hash, so the
 //! caller sees one continuous, verified stream.
 
-use crate::client::{backoff, error_chain, status_error, Endpoint, Need, ReqBody, Repository};
+use crate::client::{backoff, error_chain, status_error, Endpoint, Need, Repository, ReqBody};
 use crate::media;
 use crate::verify::Hasher;
 use bytes::Bytes;
@@ -26,6 +26,7 @@ pub struct BlobReader {
     /// Index of the endpoint that served us last; resumes go there first.
     endpoint: Option<usize>,
     done: bool,
+    resumes: u32,
 }
 
 impl Repository {
@@ -47,7 +48,12 @@ impl Repository {
         if desc.size >= 0 && offset > desc.size as u64 {
             return Err(Error::new(
                 stevedore_types::ErrorKind::OutOfRange,
-                format!("fetch {} from {}: offset {offset} beyond size {}", desc.digest, self.name(), desc.size),
+                format!(
+                    "fetch {} from {}: offset {offset} beyond size {}",
+                    desc.digest,
+                    self.name(),
+                    desc.size
+                ),
             ));
         }
         let hasher = match prefix {
@@ -64,6 +70,7 @@ impl Repository {
             skip: 0,
             endpoint: None,
             done: false,
+            resumes: 0,
         };
         r.open().await?;
         Ok(r)
@@ -99,6 +106,11 @@ impl BlobReader {
     /// Bytes of the blob delivered so far (counting the resume offset).
     pub fn position(&self) -> u64 {
         self.pos
+    }
+
+    /// How many times the transfer was resumed after a broken or short response.
+    pub fn resumes(&self) -> u32 {
+        self.resumes
     }
 
     fn what(&self) -> String {
@@ -143,7 +155,14 @@ impl BlobReader {
                 let url = self.repo.url(ep, path)?;
                 let resp = match self
                     .repo
-                    .send(ep, Method::GET, url, headers.clone(), ReqBody::Empty, &scopes)
+                    .send(
+                        ep,
+                        Method::GET,
+                        url,
+                        headers.clone(),
+                        ReqBody::Empty,
+                        &scopes,
+                    )
                     .await
                 {
                     Ok(r) => r,
@@ -193,7 +212,11 @@ impl BlobReader {
             Error::not_found(format!(
                 "{}: not found on {}",
                 self.what(),
-                endpoints.iter().map(|e| e.host.host.as_str()).collect::<Vec<_>>().join(", ")
+                endpoints
+                    .iter()
+                    .map(|e| e.host.host.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         }))
     }
@@ -209,7 +232,10 @@ impl BlobReader {
             if self.body.is_none() {
                 match self.open().await {
                     Ok(()) => {}
-                    Err(e) if attempt < opts.retries && e.is(stevedore_types::ErrorKind::Unavailable) => {
+                    Err(e)
+                        if attempt < opts.retries
+                            && e.is(stevedore_types::ErrorKind::Unavailable) =>
+                    {
                         backoff(&opts, attempt).await;
                         attempt += 1;
                         continue;
@@ -247,6 +273,7 @@ impl BlobReader {
                     self.body = None;
                     if attempt < opts.retries {
                         tracing::debug!(pos = self.pos, error = %error_chain(&e), "blob stream broke, resuming");
+                        self.resumes += 1;
                         backoff(&opts, attempt).await;
                         attempt += 1;
                         continue;
@@ -262,7 +289,12 @@ impl BlobReader {
                     self.body = None;
                     if size >= 0 && self.pos < size as u64 {
                         if attempt < opts.retries {
-                            tracing::debug!(pos = self.pos, size, "blob stream ended early, resuming");
+                            tracing::debug!(
+                                pos = self.pos,
+                                size,
+                                "blob stream ended early, resuming"
+                            );
+                            self.resumes += 1;
                             backoff(&opts, attempt).await;
                             attempt += 1;
                             continue;

@@ -191,9 +191,7 @@ impl Default for RegistryHost {
 fn load_host_dir(dir: &Path) -> Result<Vec<RegistryHost>> {
     let file = dir.join("hosts.toml");
     match std::fs::read_to_string(&file) {
-        Ok(text) if !text.is_empty() => {
-            parse_hosts_file(dir, &file, &text)
-        }
+        Ok(text) if !text.is_empty() => parse_hosts_file(dir, &file, &text),
         Ok(_) => load_cert_files(dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => load_cert_files(dir),
         Err(e) => Err(Error::from(e).context(format!("read {}", file.display()))),
@@ -209,7 +207,8 @@ fn load_cert_files(dir: &Path) -> Result<Vec<RegistryHost>> {
     };
     let mut names: Vec<String> = Vec::new();
     for e in entries {
-        let e = e.map_err(|e| Error::from(e).context(format!("read directory {}", dir.display())))?;
+        let e =
+            e.map_err(|e| Error::from(e).context(format!("read directory {}", dir.display())))?;
         if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             continue;
         }
@@ -229,7 +228,14 @@ fn load_cert_files(dir: &Path) -> Result<Vec<RegistryHost>> {
     Ok(vec![host])
 }
 
-const HOST_KEYS: &[&str] = &["capabilities", "ca", "client", "skip_verify", "header", "override_path"];
+const HOST_KEYS: &[&str] = &[
+    "capabilities",
+    "ca",
+    "client",
+    "skip_verify",
+    "header",
+    "override_path",
+];
 
 /// Parse the text of `file` (a `hosts.toml` in `dir`): the `[host."..."]` endpoints in
 /// file order, then the `server` endpoint (empty `host` when `server` is unset, to be
@@ -246,9 +252,9 @@ pub fn parse_hosts_file(dir: &Path, file: &Path, text: &str) -> Result<Vec<Regis
     }
     let mut out = Vec::new();
     if let Some(hosts) = table.get("host") {
-        let hosts = hosts
-            .as_table()
-            .ok_or_else(|| fail("key \"host\" must be a table of [host.\"<url>\"] tables".into()))?;
+        let hosts = hosts.as_table().ok_or_else(|| {
+            fail("key \"host\" must be a table of [host.\"<url>\"] tables".into())
+        })?;
         for (url, cfg) in hosts {
             let cfg = cfg
                 .as_table()
@@ -332,7 +338,11 @@ fn parse_host_config(
             }
             c
         }
-        Some(_) => return Err(format!("key {prefix}capabilities must be a list of strings")),
+        Some(_) => {
+            return Err(format!(
+                "key {prefix}capabilities must be a list of strings"
+            ))
+        }
     };
     let abs = |p: &str| -> PathBuf {
         let p = Path::new(p);
@@ -431,7 +441,11 @@ mod tests {
     use stevedore_types::ErrorKind;
 
     fn parse(text: &str) -> Result<Vec<RegistryHost>> {
-        parse_hosts_file(Path::new("/etc/certs.d/docker.io"), Path::new("/etc/certs.d/docker.io/hosts.toml"), text)
+        parse_hosts_file(
+            Path::new("/etc/certs.d/docker.io"),
+            Path::new("/etc/certs.d/docker.io/hosts.toml"),
+            text,
+        )
     }
 
     // The example of containerd's docs/hosts.md and hosts_test.go.
@@ -517,7 +531,10 @@ server = "https://registry-1.docker.io"
                 (PathBuf::from("/etc/certs/client.pem"), None),
             ]
         );
-        assert_eq!(hosts[4].client_pairs, [(PathBuf::from("/etc/certs/client.pem"), None)]);
+        assert_eq!(
+            hosts[4].client_pairs,
+            [(PathBuf::from("/etc/certs/client.pem"), None)]
+        );
         assert_eq!(hosts[5].client_pairs.len(), 2);
         assert_eq!(hosts[9].capabilities, Capabilities::ALL);
     }
@@ -526,22 +543,44 @@ server = "https://registry-1.docker.io"
     fn relative_ca_paths_are_joined_to_the_host_directory() {
         let hosts = parse("ca = \"ca.crt\"\n").unwrap();
         assert_eq!(hosts.len(), 1);
-        assert_eq!(hosts[0].host, "", "no server: filled with the registry default");
-        assert_eq!(hosts[0].ca_certs, [PathBuf::from("/etc/certs.d/docker.io/ca.crt")]);
+        assert_eq!(
+            hosts[0].host, "",
+            "no server: filled with the registry default"
+        );
+        assert_eq!(
+            hosts[0].ca_certs,
+            [PathBuf::from("/etc/certs.d/docker.io/ca.crt")]
+        );
     }
 
     #[test]
     fn unknown_keys_and_bad_values_name_file_and_key() {
         let e = parse("sever = \"x\"\n").unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
-        assert!(e.message.contains("/etc/certs.d/docker.io/hosts.toml"), "{}", e.message);
+        assert!(
+            e.message.contains("/etc/certs.d/docker.io/hosts.toml"),
+            "{}",
+            e.message
+        );
         assert!(e.message.contains("unknown key \"sever\""), "{}", e.message);
         let e = parse("[host.\"https://m\"]\ncapabilites = [\"pull\"]\n").unwrap_err();
-        assert!(e.message.contains("host.\"https://m\".capabilites"), "{}", e.message);
+        assert!(
+            e.message.contains("host.\"https://m\".capabilites"),
+            "{}",
+            e.message
+        );
         let e = parse("[host.\"https://m\"]\ncapabilities = [\"fly\"]\n").unwrap_err();
-        assert!(e.message.contains("unknown capability \"fly\""), "{}", e.message);
+        assert!(
+            e.message.contains("unknown capability \"fly\""),
+            "{}",
+            e.message
+        );
         let e = parse("skip_verify = \"yes\"\n").unwrap_err();
-        assert!(e.message.contains("skip_verify must be a boolean"), "{}", e.message);
+        assert!(
+            e.message.contains("skip_verify must be a boolean"),
+            "{}",
+            e.message
+        );
         let e = parse("server = [\n").unwrap_err();
         assert!(e.message.contains("invalid TOML"), "{}", e.message);
     }
@@ -596,7 +635,11 @@ server = "https://registry-1.docker.io"
         assert_eq!(h[0].base_url(), "http://fallback:1/v2");
         assert_eq!(h[1].base_url(), "https://r.example:5000/v2");
         std::fs::create_dir(root.path().join("r.example:5000")).unwrap();
-        std::fs::write(root.path().join("r.example:5000/hosts.toml"), "server = \"http://r.example:5000\"\n").unwrap();
+        std::fs::write(
+            root.path().join("r.example:5000/hosts.toml"),
+            "server = \"http://r.example:5000\"\n",
+        )
+        .unwrap();
         let h = configure_hosts("r.example:5000", &opts).unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].base_url(), "http://r.example:5000/v2");
@@ -610,7 +653,10 @@ server = "https://registry-1.docker.io"
         assert_eq!(h[0].ca_certs, [root.path().join("r.example_5000_/ca.crt")]);
         assert_eq!(
             h[0].client_pairs,
-            [(root.path().join("r.example_5000_/c.cert"), Some(root.path().join("r.example_5000_/c.key")))]
+            [(
+                root.path().join("r.example_5000_/c.cert"),
+                Some(root.path().join("r.example_5000_/c.key"))
+            )]
         );
     }
 }

@@ -8,8 +8,10 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-pub const DOCKER_SCHEMA1_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
-pub const DOCKER_SCHEMA1_MANIFEST_UNSIGNED: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub const DOCKER_SCHEMA1_MANIFEST: &str =
+    "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub const DOCKER_SCHEMA1_MANIFEST_UNSIGNED: &str =
+    "application/vnd.docker.distribution.manifest.v1+json";
 
 /// The `Accept` header of manifest requests (containerd's order, schema1 excluded).
 pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";

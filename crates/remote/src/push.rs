@@ -3,12 +3,14 @@
 //! Ordering (children before parents) is the caller's; [`Repository::push_all`]
 //! pushes a caller-ordered list.
 
-use crate::client::{error_chain, header_len, status_error, Endpoint, Need, ReqBody, Repository};
+use crate::client::{error_chain, header_len, status_error, Endpoint, Need, Repository, ReqBody};
 use crate::media;
 use crate::verify::Hasher;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
+use reqwest::header::{
+    HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION,
+};
 use reqwest::{Method, StatusCode};
 use std::sync::Mutex;
 use stevedore_types::{Descriptor, Digest, Error, Result};
@@ -41,9 +43,15 @@ const READ_BUF: usize = 256 * 1024;
 
 impl Repository {
     fn push_endpoint(&self, what: &str) -> Result<Endpoint> {
-        self.endpoints_for(Need::Push).into_iter().next().ok_or_else(|| {
-            Error::not_found(format!("{what} to {}: no host with push capability", self.name()))
-        })
+        self.endpoints_for(Need::Push)
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "{what} to {}: no host with push capability",
+                    self.name()
+                ))
+            })
     }
 
     /// Whether the registry has blob `digest` in this repository (HEAD).
@@ -52,7 +60,14 @@ impl Repository {
         let ep = self.push_endpoint(&what)?;
         let url = self.url(&ep, &format!("blobs/{digest}"))?;
         let resp = self
-            .send(&ep, Method::HEAD, url, HeaderMap::new(), ReqBody::Empty, &self.push_scope())
+            .send(
+                &ep,
+                Method::HEAD,
+                url,
+                HeaderMap::new(),
+                ReqBody::Empty,
+                &self.push_scope(),
+            )
             .await?;
         match resp.status() {
             s if s.is_success() => Ok(true),
@@ -67,9 +82,19 @@ impl Repository {
         let ep = self.push_endpoint(&what)?;
         let url = self.url(&ep, &format!("manifests/{reference}"))?;
         let mut h = HeaderMap::new();
-        h.insert(reqwest::header::ACCEPT, HeaderValue::from_static(media::MANIFEST_ACCEPT));
+        h.insert(
+            reqwest::header::ACCEPT,
+            HeaderValue::from_static(media::MANIFEST_ACCEPT),
+        );
         let resp = self
-            .send(&ep, Method::HEAD, url, h, ReqBody::Empty, &self.push_scope())
+            .send(
+                &ep,
+                Method::HEAD,
+                url,
+                h,
+                ReqBody::Empty,
+                &self.push_scope(),
+            )
             .await?;
         match resp.status() {
             s if s.is_success() => Ok(true),
@@ -101,7 +126,9 @@ impl Repository {
             .await?;
         match resp.status() {
             StatusCode::CREATED if mount.is_some() => Ok(None),
-            StatusCode::ACCEPTED | StatusCode::CREATED => Ok(Some(location(&resp, &url, what, &ep.host.host)?)),
+            StatusCode::ACCEPTED | StatusCode::CREATED => {
+                Ok(Some(location(&resp, &url, what, &ep.host.host)?))
+            }
             _ => Err(status_error(resp, what, &ep.host.host).await),
         }
     }
@@ -109,14 +136,28 @@ impl Repository {
     /// Mount blob `desc` from repository path `from` of the same registry. Returns
     /// whether the registry mounted it (false: it does not have it there).
     pub async fn mount_blob(&self, desc: &Descriptor, from: &str) -> Result<bool> {
-        let what = format!("mount blob {} from {from} into {}", desc.digest, self.name());
+        let what = format!(
+            "mount blob {} from {from} into {}",
+            desc.digest,
+            self.name()
+        );
         let ep = self.push_endpoint(&what)?;
-        match self.start_upload(&ep, Some((&desc.digest, from)), &what).await? {
+        match self
+            .start_upload(&ep, Some((&desc.digest, from)), &what)
+            .await?
+        {
             None => Ok(true),
             Some(upload) => {
                 // not mounted: cancel the upload the registry opened instead
                 let _ = self
-                    .send(&ep, Method::DELETE, upload, HeaderMap::new(), ReqBody::Empty, &self.push_scope())
+                    .send(
+                        &ep,
+                        Method::DELETE,
+                        upload,
+                        HeaderMap::new(),
+                        ReqBody::Empty,
+                        &self.push_scope(),
+                    )
                     .await;
                 Ok(false)
             }
@@ -141,22 +182,37 @@ impl Repository {
             return Ok(PushOutcome::Mounted);
         };
         let upload = match options.chunk_size {
-            Some(n) if n > 0 => self.patch_chunks(&ep, upload, desc, reader, n, &what).await?,
+            Some(n) if n > 0 => {
+                self.patch_chunks(&ep, upload, desc, reader, n, &what)
+                    .await?
+            }
             _ => {
                 let body = verified_body(reader, desc.clone());
                 let mut h = HeaderMap::new();
-                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                h.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
                 h.insert(CONTENT_LENGTH, HeaderValue::from(desc.size.max(0) as u64));
                 let mut url = upload;
-                url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
+                url.query_pairs_mut()
+                    .append_pair("digest", &desc.digest.to_string());
                 let resp = self
-                    .send(&ep, Method::PUT, url, h, ReqBody::Once(Mutex::new(Some(body))), &self.push_scope())
+                    .send(
+                        &ep,
+                        Method::PUT,
+                        url,
+                        h,
+                        ReqBody::Once(Mutex::new(Some(body))),
+                        &self.push_scope(),
+                    )
                     .await?;
                 return finish_put(resp, desc, &what, &ep.host.host).await;
             }
         };
         let mut url = upload;
-        url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
+        url.query_pairs_mut()
+            .append_pair("digest", &desc.digest.to_string());
         let mut h = HeaderMap::new();
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         let resp = self
@@ -193,14 +249,24 @@ impl Repository {
             hasher.update(&buf);
             let end = offset + buf.len() as u64 - 1;
             let mut h = HeaderMap::new();
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             h.insert(CONTENT_LENGTH, HeaderValue::from(buf.len() as u64));
             if let Ok(v) = HeaderValue::try_from(format!("{offset}-{end}")) {
                 h.insert(CONTENT_RANGE, v);
             }
             let n = buf.len() as u64;
             let resp = self
-                .send(ep, Method::PATCH, upload.clone(), h, ReqBody::Bytes(buf.freeze()), &self.push_scope())
+                .send(
+                    ep,
+                    Method::PATCH,
+                    upload.clone(),
+                    h,
+                    ReqBody::Bytes(buf.freeze()),
+                    &self.push_scope(),
+                )
                 .await?;
             if resp.status() != StatusCode::ACCEPTED && resp.status() != StatusCode::NO_CONTENT {
                 return Err(status_error(resp, what, &ep.host.host).await);
@@ -234,16 +300,28 @@ impl Repository {
         let mut h = HeaderMap::new();
         h.insert(
             CONTENT_TYPE,
-            HeaderValue::try_from(media_type)
-                .map_err(|_| Error::invalid(format!("{what}: invalid media type {media_type:?}")))?,
+            HeaderValue::try_from(media_type).map_err(|_| {
+                Error::invalid(format!("{what}: invalid media type {media_type:?}"))
+            })?,
         );
         let resp = self
-            .send(&ep, Method::PUT, url, h, ReqBody::Bytes(manifest), &self.push_scope())
+            .send(
+                &ep,
+                Method::PUT,
+                url,
+                h,
+                ReqBody::Bytes(manifest),
+                &self.push_scope(),
+            )
             .await?;
         if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
             return Err(status_error(resp, &what, &ep.host.host).await);
         }
-        if let Some(got) = resp.headers().get("Docker-Content-Digest").and_then(|v| v.to_str().ok()) {
+        if let Some(got) = resp
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+        {
             if got != digest.to_string() {
                 return Err(Error::unknown(format!(
                     "{what}: registry stored digest {got}, expected {digest}"
@@ -255,7 +333,12 @@ impl Repository {
 
     /// Push one piece of content: manifests and indexes by digest, anything else as
     /// a blob.
-    pub async fn push(&self, desc: &Descriptor, mut reader: PushReader, options: &PushBlobOptions) -> Result<PushOutcome> {
+    pub async fn push(
+        &self,
+        desc: &Descriptor,
+        mut reader: PushReader,
+        options: &PushBlobOptions,
+    ) -> Result<PushOutcome> {
         if !media::is_manifest(&desc.media_type) {
             return self.push_blob(desc, reader, options).await;
         }
@@ -264,7 +347,8 @@ impl Repository {
             return Ok(PushOutcome::Exists);
         }
         let bytes = read_manifest(&mut reader, desc, &what).await?;
-        self.push_manifest(&desc.digest.to_string(), &desc.media_type, bytes).await?;
+        self.push_manifest(&desc.digest.to_string(), &desc.media_type, bytes)
+            .await?;
         Ok(PushOutcome::Uploaded)
     }
 
@@ -297,7 +381,10 @@ impl Repository {
 
 async fn read_manifest(reader: &mut PushReader, desc: &Descriptor, what: &str) -> Result<Bytes> {
     if desc.size > media::MAX_MANIFEST_SIZE {
-        return Err(Error::invalid(format!("{what}: {} byte manifest exceeds the limit", desc.size)));
+        return Err(Error::invalid(format!(
+            "{what}: {} byte manifest exceeds the limit",
+            desc.size
+        )));
     }
     let mut buf = Vec::with_capacity(desc.size.max(0) as usize);
     reader
@@ -325,7 +412,12 @@ fn check_content(n: u64, actual: Digest, desc: &Descriptor, what: &str) -> Resul
     Ok(())
 }
 
-async fn finish_put(resp: reqwest::Response, desc: &Descriptor, what: &str, host: &str) -> Result<PushOutcome> {
+async fn finish_put(
+    resp: reqwest::Response,
+    desc: &Descriptor,
+    what: &str,
+    host: &str,
+) -> Result<PushOutcome> {
     if resp.status() == StatusCode::CREATED || resp.status().is_success() {
         let _ = header_len(resp.headers());
         return Ok(PushOutcome::Uploaded);
@@ -340,9 +432,16 @@ fn location(resp: &reqwest::Response, base: &url::Url, what: &str, host: &str) -
         .headers()
         .get(LOCATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Error::unknown(format!("{what} on registry {host}: upload response has no Location")))?;
-    base.join(loc)
-        .map_err(|e| Error::unknown(format!("{what} on registry {host}: invalid Location {loc:?}: {e}")))
+        .ok_or_else(|| {
+            Error::unknown(format!(
+                "{what} on registry {host}: upload response has no Location"
+            ))
+        })?;
+    base.join(loc).map_err(|e| {
+        Error::unknown(format!(
+            "{what} on registry {host}: invalid Location {loc:?}: {e}"
+        ))
+    })
 }
 
 /// A streaming request body from `reader` that fails (aborting the request) when

@@ -3,10 +3,8 @@
 //! `user/img` is `docker.io/user/img:latest`, a first component with a `.` or `:` or
 //! equal to `localhost` is a registry host, `name:tag@sha256:...` keeps both.
 
-use regex::Regex;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
 use stevedore_types::{Digest, Error, Result};
 
 /// The registry docker.io names resolve to when no hosts directory says otherwise.
@@ -26,34 +24,100 @@ pub struct Reference {
     digest: Option<Digest>,
 }
 
-struct Grammar {
-    reference: Regex,
-    name: Regex,
-    identifier: Regex,
-    tag: Regex,
+/// A name component: `[a-z0-9]+` runs joined by `.`, `_`, `__` or one or more `-`.
+fn is_path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
 }
 
-fn grammar() -> &'static Grammar {
-    static G: OnceLock<Grammar> = OnceLock::new();
-    G.get_or_init(|| {
-        let alnum = "[a-z0-9]+";
-        let separator = "(?:[._]|__|[-]*)";
-        let component = format!("{alnum}(?:(?:{separator}{alnum})+)?");
-        let domain_component = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
-        let domain = format!("{domain_component}(?:(?:\\.{domain_component})+)?(?::[0-9]+)?");
-        let tag = r"[\w][\w.-]{0,127}";
-        let digest = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*[:][[:xdigit:]]{32,}";
-        let name = format!("(?:{domain}/)?{component}(?:(?:/{component})+)?");
-        let build = |s: String| Regex::new(&s).expect("reference grammar compiles");
-        Grammar {
-            reference: build(format!("^({name})(?::({tag}))?(?:@({digest}))?$")),
-            name: build(format!(
-                "^(?:({domain})/)?({component}(?:(?:/{component})+)?)$"
-            )),
-            identifier: build("^[a-f0-9]{64}$".to_string()),
-            tag: build(format!("^{tag}$")),
+/// A registry host: dot-separated `[a-zA-Z0-9-]` labels (no leading/trailing `-`),
+/// optionally `:<digits>`.
+fn is_domain(d: &str) -> bool {
+    let (host, port) = match d.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (d, None),
+    };
+    if let Some(p) = port {
+        if p.is_empty() || !p.bytes().all(|x| x.is_ascii_digit()) {
+            return false;
         }
-    })
+    }
+    !host.is_empty()
+        && host.split('.').all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b.iter().all(|x| x.is_ascii_alphanumeric() || *x == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
+}
+
+/// `[\w][\w.-]{0,127}` (ASCII word characters).
+fn is_tag(t: &str) -> bool {
+    let b = t.as_bytes();
+    let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
+    !b.is_empty()
+        && b.len() <= 128
+        && word(b[0])
+        && b[1..].iter().all(|&x| word(x) || x == b'.' || x == b'-')
+}
+
+/// A 64-character lower-case hex string (an image ID, not a name).
+fn is_identifier(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x))
+}
+
+/// Split `s` into (domain, path, tag, digest) following docker's ReferenceRegexp;
+/// None when it does not match.
+fn split_reference(s: &str) -> Option<(String, String, Option<String>, Option<String>)> {
+    let (rest, digest) = match s.rsplit_once('@') {
+        Some((r, d)) => (r, Some(d.to_string())),
+        None => (s, None),
+    };
+    let last_slash = rest.rfind('/');
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if last_slash.is_none_or(|sl| i > sl) => {
+            (&rest[..i], Some(rest[i + 1..].to_string()))
+        }
+        _ => (rest, None),
+    };
+    if let Some(t) = &tag {
+        if !is_tag(t) {
+            return None;
+        }
+    }
+    let comps: Vec<&str> = name.split('/').collect();
+    let (domain, path) = if comps.len() > 1 && is_domain(comps[0]) {
+        (comps[0].to_string(), &comps[1..])
+    } else {
+        (String::new(), &comps[..])
+    };
+    if !path.iter().all(|c| is_path_component(c)) {
+        return None;
+    }
+    Some((domain, path.join("/"), tag, digest))
 }
 
 fn invalid(input: &str, why: &str) -> Error {
@@ -64,11 +128,13 @@ impl Reference {
     /// Parse a familiar or qualified name the way `docker pull` and `stevedore pull`
     /// do: add `docker.io`, `library/` and `:latest` where they are implied.
     pub fn parse_normalized(input: &str) -> Result<Self> {
-        let g = grammar();
         if input.is_empty() {
-            return Err(invalid(input, "repository name must have at least one component"));
+            return Err(invalid(
+                input,
+                "repository name must have at least one component",
+            ));
         }
-        if g.identifier.is_match(input) {
+        if is_identifier(input) {
             return Err(invalid(
                 input,
                 "cannot specify 64-byte hexadecimal strings as a repository name",
@@ -91,40 +157,43 @@ impl Reference {
     pub fn parse_qualified(input: &str) -> Result<Self> {
         let r = Self::parse_qualified_inner(input, input)?;
         if r.domain.is_empty() {
-            return Err(invalid(input, "a registry host is required (e.g. docker.io/library/busybox:latest)"));
+            return Err(invalid(
+                input,
+                "a registry host is required (e.g. docker.io/library/busybox:latest)",
+            ));
         }
         Ok(r)
     }
 
     fn parse_qualified_inner(input: &str, s: &str) -> Result<Self> {
-        let g = grammar();
         if s.is_empty() {
-            return Err(invalid(input, "repository name must have at least one component"));
+            return Err(invalid(
+                input,
+                "repository name must have at least one component",
+            ));
         }
-        let Some(caps) = g.reference.captures(s) else {
-            if g.reference.is_match(&s.to_lowercase()) {
+        let Some((domain, path, tag, digest)) = split_reference(s) else {
+            if split_reference(&s.to_lowercase()).is_some() {
                 return Err(invalid(input, "repository name must be lowercase"));
             }
             return Err(invalid(input, "invalid reference format"));
         };
-        let name = caps.get(1).map_or("", |m| m.as_str());
-        if name.len() > NAME_TOTAL_LENGTH_MAX {
+        let name_len = if domain.is_empty() {
+            path.len()
+        } else {
+            domain.len() + 1 + path.len()
+        };
+        if name_len > NAME_TOTAL_LENGTH_MAX {
             return Err(invalid(
                 input,
-                &format!("repository name must not be more than {NAME_TOTAL_LENGTH_MAX} characters"),
+                &format!(
+                    "repository name must not be more than {NAME_TOTAL_LENGTH_MAX} characters"
+                ),
             ));
         }
-        let (domain, path) = match g.name.captures(name) {
-            Some(n) => (
-                n.get(1).map_or("", |m| m.as_str()).to_string(),
-                n.get(2).map_or("", |m| m.as_str()).to_string(),
-            ),
-            None => (String::new(), name.to_string()),
-        };
-        let tag = caps.get(2).map(|m| m.as_str().to_string());
-        let digest = match caps.get(3) {
+        let digest = match digest {
             Some(d) => Some(
-                Digest::from_str(d.as_str())
+                Digest::from_str(&d)
                     .map_err(|e| invalid(input, &format!("invalid digest: {}", e.message)))?,
             ),
             None => None,
@@ -165,8 +234,11 @@ impl Reference {
     }
     /// The same repository with another tag (no digest).
     pub fn with_tag(&self, tag: &str) -> Result<Self> {
-        if !grammar().tag.is_match(tag) {
-            return Err(Error::invalid(format!("invalid tag {tag:?} for {}", self.name())));
+        if !is_tag(tag) {
+            return Err(Error::invalid(format!(
+                "invalid tag {tag:?} for {}",
+                self.name()
+            )));
         }
         Ok(Reference {
             domain: self.domain.clone(),
@@ -273,14 +345,24 @@ mod tests {
         assert_eq!(norm("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(norm("user/img"), "docker.io/user/img:latest");
-        assert_eq!(norm("index.docker.io/user/img"), "docker.io/user/img:latest");
-        assert_eq!(norm("docker.io/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(
+            norm("index.docker.io/user/img"),
+            "docker.io/user/img:latest"
+        );
+        assert_eq!(
+            norm("docker.io/busybox"),
+            "docker.io/library/busybox:latest"
+        );
         assert_eq!(norm("a/b/c/d:v"), "docker.io/a/b/c/d:v");
         assert_eq!(norm("localhost/x"), "localhost/x:latest");
         assert_eq!(norm("localhost:5000/x"), "localhost:5000/x:latest");
         assert_eq!(norm("127.0.0.1:5000/x:tag"), "127.0.0.1:5000/x:tag");
         assert_eq!(norm("Example.COM/a/b"), "Example.COM/a/b:latest");
         assert_eq!(norm("ghcr.io/o/r_x-y.z__w"), "ghcr.io/o/r_x-y.z__w:latest");
+        assert_eq!(norm("my_org/img"), "docker.io/my_org/img:latest");
+        assert_eq!(norm("a/b---c"), "docker.io/a/b---c:latest");
+        assert_eq!(norm("localhost:5000"), "docker.io/library/localhost:5000");
+        assert_eq!(norm("r.io/a:V_1.0-x"), "r.io/a:V_1.0-x");
     }
 
     #[test]
@@ -319,10 +401,22 @@ mod tests {
             ("busybox:", "invalid reference format"),
             ("busybox:-tag", "invalid reference format"),
             ("-busybox", "invalid reference format"),
-            ("busybox@sha256:abc", "invalid reference format"),
+            ("busybox@sha256:abc", "invalid digest"),
+            ("busybox@md5:abc", "unsupported algorithm"),
             ("a//b", "invalid reference format"),
-            ("busybox@sha256:7cc4b5aefd1d0cadf8d97d4350462ba51c694ebca145b08d7d41b41acc8db5a", "invalid digest"),
-            ("7cc4b5aefd1d0cadf8d97d4350462ba51c694ebca145b08d7d41b41acc8db5aa", "64-byte hexadecimal"),
+            ("a/b___c", "invalid reference format"),
+            ("a/b-.c", "invalid reference format"),
+            ("a/b.", "invalid reference format"),
+            ("-r.io/a", "invalid reference format"),
+            ("r.io:port/a", "invalid reference format"),
+            (
+                "busybox@sha256:7cc4b5aefd1d0cadf8d97d4350462ba51c694ebca145b08d7d41b41acc8db5a",
+                "invalid digest",
+            ),
+            (
+                "7cc4b5aefd1d0cadf8d97d4350462ba51c694ebca145b08d7d41b41acc8db5aa",
+                "64-byte hexadecimal",
+            ),
         ] {
             let e = Reference::parse_normalized(input).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidArgument, "{input}");
@@ -347,7 +441,10 @@ mod tests {
     #[test]
     fn with_tag_validates() {
         let r = Reference::parse_normalized("busybox").unwrap();
-        assert_eq!(r.with_tag("v2").unwrap().to_string(), "docker.io/library/busybox:v2");
+        assert_eq!(
+            r.with_tag("v2").unwrap().to_string(),
+            "docker.io/library/busybox:v2"
+        );
         assert!(r.with_tag("bad tag").is_err());
     }
 }

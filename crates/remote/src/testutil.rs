@@ -212,7 +212,8 @@ pub fn layer_tar_gz(files: &[(&str, &[u8])]) -> (Vec<u8>, stevedore_types::Diges
         h.set_mode(if path.contains("bin/") { 0o755 } else { 0o644 });
         h.set_mtime(1_700_000_000);
         h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, path, *data).expect("append tar entry");
+        tar.append_data(&mut h, path, *data)
+            .expect("append tar entry");
     }
     let raw = tar.into_inner().expect("finish tar");
     let diff_id = sha256(&raw);
@@ -223,9 +224,17 @@ pub fn layer_tar_gz(files: &[(&str, &[u8])]) -> (Vec<u8>, stevedore_types::Diges
 
 fn image(files: &[(&str, &[u8])], arch: &str, docker: bool) -> TestImage {
     let (layer_mt, config_mt, manifest_mt) = if docker {
-        (media::DOCKER_LAYER_GZIP, media::DOCKER_CONFIG, media::DOCKER_MANIFEST)
+        (
+            media::DOCKER_LAYER_GZIP,
+            media::DOCKER_CONFIG,
+            media::DOCKER_MANIFEST,
+        )
     } else {
-        (media::OCI_LAYER_GZIP, media::OCI_CONFIG, media::OCI_MANIFEST)
+        (
+            media::OCI_LAYER_GZIP,
+            media::OCI_CONFIG,
+            media::OCI_MANIFEST,
+        )
     };
     let (gz, diff_id) = layer_tar_gz(files);
     let layer = TestBlob::new(layer_mt, gz);
@@ -242,7 +251,10 @@ fn image(files: &[(&str, &[u8])], arch: &str, docker: bool) -> TestImage {
         "config": config.desc,
         "layers": [layer.desc],
     });
-    let manifest = TestBlob::new(manifest_mt, serde_json::to_vec(&manifest).expect("manifest json"));
+    let manifest = TestBlob::new(
+        manifest_mt,
+        serde_json::to_vec(&manifest).expect("manifest json"),
+    );
     TestImage {
         blobs: vec![layer, config, manifest],
     }
@@ -304,14 +316,19 @@ impl TestImage {
         let repo = resolver.repository(reference).await?;
         let descs: Vec<Descriptor> = self.blobs.iter().map(|b| b.desc.clone()).collect();
         let blobs = self.blobs.clone();
-        repo.push_all(&descs, reference.tag(), &PushBlobOptions::default(), move |d| {
-            let data = blobs
-                .iter()
-                .find(|b| b.desc.digest == d.digest)
-                .map(|b| b.data.clone())
-                .unwrap_or_default();
-            Box::pin(async move { Ok(Box::new(std::io::Cursor::new(data)) as PushReader) })
-        })
+        repo.push_all(
+            &descs,
+            reference.tag(),
+            &PushBlobOptions::default(),
+            move |d| {
+                let data = blobs
+                    .iter()
+                    .find(|b| b.desc.digest == d.digest)
+                    .map(|b| b.data.clone())
+                    .unwrap_or_default();
+                Box::pin(async move { Ok(Box::new(std::io::Cursor::new(data)) as PushReader) })
+            },
+        )
         .await?;
         Ok(())
     }
