@@ -46,7 +46,7 @@ impl Capabilities {
 }
 
 /// One endpoint serving a registry name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RegistryHost {
     /// `http` or `https`.
     pub scheme: String,
@@ -171,21 +171,6 @@ pub fn host_dir(root: &Path, host: &str) -> Result<Option<PathBuf>> {
         }
     }
     Ok(None)
-}
-
-impl Default for RegistryHost {
-    fn default() -> Self {
-        RegistryHost {
-            scheme: String::new(),
-            host: String::new(),
-            path: String::new(),
-            capabilities: Capabilities::default(),
-            ca_certs: Vec::new(),
-            client_pairs: Vec::new(),
-            skip_verify: None,
-            headers: Vec::new(),
-        }
-    }
 }
 
 fn load_host_dir(dir: &Path) -> Result<Vec<RegistryHost>> {
