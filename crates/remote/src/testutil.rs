@@ -31,6 +31,7 @@ use stevedore_types::{Descriptor, Platform, Result};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const HTPASSWD_BIN: &str = "/usr/bin/htpasswd";
+const OPENSSL_BIN: &str = "/usr/bin/openssl";
 
 /// Panic naming the Debian package when a tool a test needs is missing.
 pub fn require_tool(path: &str, package: &str) {
@@ -54,20 +55,27 @@ pub struct TestRegistry {
     port: u16,
     child: Option<Child>,
     credentials: Option<(String, String)>,
+    tls: bool,
 }
 
 impl TestRegistry {
     /// Start an open registry.
     pub fn start() -> Self {
-        Self::start_inner(None)
+        Self::start_inner(None, false)
+    }
+
+    /// Start a registry serving HTTPS with a fresh self-signed certificate for
+    /// 127.0.0.1 (see [`TestRegistry::ca_cert`]).
+    pub fn start_tls() -> Self {
+        Self::start_inner(None, true)
     }
 
     /// Start a registry requiring htpasswd (bcrypt) basic auth for `user`/`password`.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
-        Self::start_inner(Some((user.to_string(), password.to_string())))
+        Self::start_inner(Some((user.to_string(), password.to_string())), false)
     }
 
-    fn start_inner(credentials: Option<(String, String)>) -> Self {
+    fn start_inner(credentials: Option<(String, String)>, tls: bool) -> Self {
         require_tool(REGISTRY_BIN, "docker-registry");
         let dir = tempfile::tempdir().expect("registry temp dir");
         let port = free_port();
@@ -88,8 +96,29 @@ impl TestRegistry {
                 file.display()
             );
         }
+        let mut tls_config = String::new();
+        if tls {
+            require_tool(OPENSSL_BIN, "openssl");
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let out = Command::new(OPENSSL_BIN)
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+                .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+                .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl req failed: {out:?}");
+            tls_config = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+        }
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_config}{auth}",
             storage.display()
         );
         std::fs::write(dir.path().join("config.yml"), config).expect("write registry config");
@@ -98,6 +127,7 @@ impl TestRegistry {
             port,
             child: None,
             credentials,
+            tls,
         };
         r.spawn();
         r
@@ -141,6 +171,11 @@ impl TestRegistry {
     /// `127.0.0.1:<port>`.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The self-signed certificate (PEM) of a TLS registry, to trust as its CA.
+    pub fn ca_cert(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.path().join("cert.pem"))
     }
 
     /// The htpasswd user and password, if the registry requires them.

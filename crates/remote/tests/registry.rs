@@ -304,3 +304,48 @@ async fn mirrors_from_hosts_dir_serve_pull_and_resolve_in_order() {
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
     assert!(e.message.contains(&format!("127.0.0.1:{dead}")), "{e}");
 }
+
+#[tokio::test]
+async fn tls_registry_is_trusted_through_hosts_toml_ca_or_skip_verify() {
+    let reg = TestRegistry::start_tls();
+    let img = TestImage::oci(&[("t", b"tls\n")], "amd64");
+    let dir = tempfile::tempdir().unwrap();
+    let opts = |dir: &std::path::Path| ResolverOptions {
+        hosts: HostOptions {
+            hosts_dir: Some(dir.to_path_buf()),
+            // loopback defaults to plain HTTP; ask for https as `--plain-http=false` would not
+            default_scheme: Some("https".into()),
+        },
+        retries: 0,
+        ..Default::default()
+    };
+    let refr = reference(&reg, "secure/img:v1");
+
+    // untrusted self-signed certificate: refused, naming the registry
+    let e = img.push(&Resolver::new(opts(dir.path())), &refr).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert!(e.message.contains(&reg.host()), "{e}");
+    assert!(e.message.to_lowercase().contains("certificate"), "{e}");
+
+    // ca = "<relative path>" in <dir>/<host>_<port>_/hosts.toml
+    let host_dir = dir.path().join(reg.host().replace(':', "_") + "_");
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::copy(reg.ca_cert().unwrap(), host_dir.join("registry-ca.pem")).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!("server = \"https://{}\"\nca = \"registry-ca.pem\"\n", reg.host()),
+    )
+    .unwrap();
+    let r = Resolver::new(opts(dir.path()));
+    img.push(&r, &refr).await.unwrap();
+    assert_image_round_trips(&r, &refr, &img).await;
+
+    // skip_verify = true
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!("server = \"https://{}\"\nskip_verify = true\n", reg.host()),
+    )
+    .unwrap();
+    let r = Resolver::new(opts(dir.path()));
+    assert_image_round_trips(&r, &refr, &img).await;
+}
