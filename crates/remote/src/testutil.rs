@@ -56,6 +56,7 @@ pub struct TestRegistry {
     child: Option<Child>,
     credentials: Option<(String, String)>,
     tls: bool,
+    token_server: Option<TokenServer>,
 }
 
 impl TestRegistry {
@@ -75,14 +76,35 @@ impl TestRegistry {
         Self::start_inner(Some((user.to_string(), password.to_string())), false)
     }
 
+    /// Start a registry using token auth (`auth: token`) with a token server on
+    /// another free port that issues RS256 JWTs (x5c header, signed by openssl)
+    /// to `user`/`password`.
+    pub fn start_with_token_auth(user: &str, password: &str) -> Self {
+        Self::start_full(Some((user.to_string(), password.to_string())), false, true)
+    }
+
     fn start_inner(credentials: Option<(String, String)>, tls: bool) -> Self {
+        Self::start_full(credentials, tls, false)
+    }
+
+    fn start_full(credentials: Option<(String, String)>, tls: bool, token: bool) -> Self {
         require_tool(REGISTRY_BIN, "docker-registry");
         let dir = tempfile::tempdir().expect("registry temp dir");
         let port = free_port();
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage).expect("registry storage dir");
         let mut auth = String::new();
-        if let Some((u, p)) = &credentials {
+        let mut token_server = None;
+        if token {
+            let (u, p) = credentials.clone().expect("token auth needs credentials");
+            let ts = TokenServer::start(dir.path(), u, p);
+            auth = format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                ts.port,
+                ts.cert.display()
+            );
+            token_server = Some(ts);
+        } else if let Some((u, p)) = &credentials {
             require_tool(HTPASSWD_BIN, "apache2-utils");
             let out = Command::new(HTPASSWD_BIN)
                 .args(["-Bbn", u, p])
@@ -101,8 +123,23 @@ impl TestRegistry {
             require_tool(OPENSSL_BIN, "openssl");
             let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
             let out = Command::new(OPENSSL_BIN)
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-                .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-days",
+                    "2",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
                 .args(["-addext", "basicConstraints=critical,CA:FALSE"])
                 .arg("-keyout")
                 .arg(&key)
@@ -128,6 +165,7 @@ impl TestRegistry {
             child: None,
             credentials,
             tls,
+            token_server,
         };
         r.spawn();
         r
@@ -211,7 +249,177 @@ impl TestRegistry {
 impl Drop for TestRegistry {
     fn drop(&mut self) {
         self.kill();
+        if let Some(ts) = self.token_server.take() {
+            ts.stop();
+        }
     }
+}
+
+const TOKEN_SERVICE: &str = "stevedore-test-registry";
+const TOKEN_ISSUER: &str = "stevedore-test-issuer";
+
+/// A minimal token server (docker's token auth spec) on a std thread.
+struct TokenServer {
+    port: u16,
+    cert: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TokenServer {
+    fn start(dir: &Path, user: String, password: String) -> Self {
+        use base64::Engine;
+        require_tool(OPENSSL_BIN, "openssl");
+        let (cert, key) = (dir.join("token-cert.pem"), dir.join("token-key.pem"));
+        let out = Command::new(OPENSSL_BIN)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=token-issuer",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl req failed: {out:?}");
+        let der = Command::new(OPENSSL_BIN)
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()
+            .expect("run openssl x509");
+        assert!(der.status.success(), "openssl x509 failed: {der:?}");
+        let x5c = base64::engine::general_purpose::STANDARD.encode(&der.stdout);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
+        let port = listener.local_addr().expect("token server addr").port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let _ = serve_token(conn, &expected, &x5c, &key, &user);
+            }
+        });
+        TokenServer {
+            port,
+            cert,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_token(
+    mut conn: TcpStream,
+    expected_auth: &str,
+    x5c: &str,
+    key: &Path,
+    user: &str,
+) -> std::io::Result<()> {
+    use base64::Engine;
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut auth = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                auth = v.trim().to_string();
+            }
+        }
+    }
+    let target = request_line
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let url = url::Url::parse(&format!("http://token{target}")).map_err(std::io::Error::other)?;
+    let respond = |conn: &mut TcpStream, status: &str, body: &str| {
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    if auth != expected_auth {
+        return respond(
+            &mut conn,
+            "401 Unauthorized",
+            r#"{"details":"bad credentials"}"#,
+        );
+    }
+    // grant what each scope asks for
+    let mut access = Vec::new();
+    for (k, v) in url.query_pairs() {
+        if k != "scope" {
+            continue;
+        }
+        for scope in v.split(' ') {
+            let parts: Vec<&str> = scope.splitn(3, ':').collect();
+            if let [typ, name, actions] = parts.as_slice() {
+                access.push(serde_json::json!({"type": typ, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}));
+            }
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": user, "aud": TOKEN_SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now - 10,
+        "jti": format!("{now}-{}", std::process::id()), "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut child = Command::new(OPENSSL_BIN)
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("openssl stdin"))?
+        .write_all(signing_input.as_bytes())?;
+    let sig = child.wait_with_output()?;
+    let jwt = format!("{signing_input}.{}", b64(&sig.stdout));
+    let body =
+        serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300}).to_string();
+    respond(&mut conn, "200 OK", &body)
 }
 
 /// Content and its descriptor.

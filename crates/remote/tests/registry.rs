@@ -322,7 +322,10 @@ async fn tls_registry_is_trusted_through_hosts_toml_ca_or_skip_verify() {
     let refr = reference(&reg, "secure/img:v1");
 
     // untrusted self-signed certificate: refused, naming the registry
-    let e = img.push(&Resolver::new(opts(dir.path())), &refr).await.unwrap_err();
+    let e = img
+        .push(&Resolver::new(opts(dir.path())), &refr)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
     assert!(e.message.contains(&reg.host()), "{e}");
     assert!(e.message.to_lowercase().contains("certificate"), "{e}");
@@ -333,7 +336,10 @@ async fn tls_registry_is_trusted_through_hosts_toml_ca_or_skip_verify() {
     std::fs::copy(reg.ca_cert().unwrap(), host_dir.join("registry-ca.pem")).unwrap();
     std::fs::write(
         host_dir.join("hosts.toml"),
-        format!("server = \"https://{}\"\nca = \"registry-ca.pem\"\n", reg.host()),
+        format!(
+            "server = \"https://{}\"\nca = \"registry-ca.pem\"\n",
+            reg.host()
+        ),
     )
     .unwrap();
     let r = Resolver::new(opts(dir.path()));
@@ -348,4 +354,39 @@ async fn tls_registry_is_trusted_through_hosts_toml_ca_or_skip_verify() {
     .unwrap();
     let r = Resolver::new(opts(dir.path()));
     assert_image_round_trips(&r, &refr, &img).await;
+}
+
+#[tokio::test]
+async fn token_auth_registry_accepts_bearer_tokens_from_its_realm() {
+    let reg = TestRegistry::start_with_token_auth("tok-user", "tok-pass");
+    let img = TestImage::oci(&[("b", b"bearer\n")], "amd64");
+    let refr = reference(&reg, "tokens/img:v1");
+
+    let e = img.push(&resolver(), &refr).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
+    let e = img
+        .push(&resolver_with("tok-user", "bad"), &refr)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
+    assert!(e.message.contains("token"), "{e}");
+
+    let good = resolver_with("tok-user", "tok-pass");
+    img.push(&good, &refr).await.unwrap();
+    assert_image_round_trips(&good, &refr, &img).await;
+    // cross-repository mount needs a token with pull on the source too
+    let other = good
+        .repository(&reference(&reg, "tokens/copy:v1"))
+        .await
+        .unwrap();
+    let layer = &img.blobs[0];
+    let mount = PushBlobOptions {
+        mount_from: Some("tokens/img".into()),
+        ..Default::default()
+    };
+    let reader: PushReader = Box::new(tokio::io::empty());
+    assert_eq!(
+        other.push_blob(&layer.desc, reader, &mount).await.unwrap(),
+        PushOutcome::Mounted
+    );
 }
