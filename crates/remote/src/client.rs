@@ -142,6 +142,8 @@ fn build_http_client(host: &RegistryHost, user_agent: &str) -> Result<reqwest::C
         .use_rustls_tls()
         .user_agent(user_agent)
         .connect_timeout(Duration::from_secs(30))
+        // a transfer stalled this long is broken: fetches resume it with Range
+        .read_timeout(Duration::from_secs(60))
         .pool_idle_timeout(Duration::from_secs(30))
         .tcp_keepalive(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::limited(10));

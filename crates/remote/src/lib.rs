@@ -31,3 +31,37 @@ pub use hosts::{Capabilities, HostOptions, RegistryHost};
 pub use push::{PushBlobOptions, PushOutcome, PushReader};
 pub use reference::Reference;
 pub use verify::Hasher;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The daemon spawns these on tokio: they must be Send.
+    #[allow(dead_code)]
+    async fn futures_are_send(
+        repo: Repository,
+        d: stevedore_types::Descriptor,
+        r: Reference,
+        mut reader: BlobReader,
+    ) {
+        let resolver = Resolver::new(ResolverOptions::default());
+        assert_send(&resolver.repository(&r));
+        assert_send(&repo.resolve(&r));
+        assert_send(&repo.fetch(&d));
+        assert_send(&reader.chunk());
+        let push: PushReader = Box::new(tokio::io::empty());
+        assert_send(&repo.push_blob(&d, push, &PushBlobOptions::default()));
+        assert_send(&repo.push_manifest("t", "m", bytes::Bytes::new()));
+    }
+
+    #[test]
+    fn resolver_and_readers_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Resolver>();
+        check::<Repository>();
+        fn check_send<T: Send>() {}
+        check_send::<BlobReader>();
+    }
+}
