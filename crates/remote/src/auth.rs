@@ -43,6 +43,82 @@ impl Credentials {
 /// Looks up credentials for a registry host (`host[:port]` as connected to).
 pub type CredentialsFn = Arc<dyn Fn(&str) -> Option<Credentials> + Send + Sync>;
 
+/// Credentials from a Docker `config.json` (`{"auths": {"<host>": {"auth": base64(user:pass)}}}`
+/// or `username`/`password` fields). Docker Hub's entry (`https://index.docker.io/v1/`)
+/// also serves `registry-1.docker.io` and `docker.io`. Credential helpers are not run.
+pub fn docker_config_credentials(config_json: &[u8], source: &str) -> Result<CredentialsFn> {
+    #[derive(serde::Deserialize, Default)]
+    struct Entry {
+        #[serde(default)]
+        auth: String,
+        #[serde(default)]
+        username: String,
+        #[serde(default)]
+        password: String,
+        #[serde(default)]
+        identitytoken: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        auths: HashMap<String, Entry>,
+    }
+    let cfg: Config = serde_json::from_slice(config_json)
+        .map_err(|e| Error::invalid(format!("parse docker config {source}: {e}")))?;
+    let mut map: HashMap<String, Credentials> = HashMap::new();
+    for (key, e) in cfg.auths {
+        let creds = if !e.auth.is_empty() {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(e.auth.trim())
+                .map_err(|err| {
+                    Error::invalid(format!(
+                        "docker config {source}: auths.{key:?}.auth is not base64: {err}"
+                    ))
+                })?;
+            let raw = String::from_utf8(raw).map_err(|_| {
+                Error::invalid(format!(
+                    "docker config {source}: auths.{key:?}.auth is not UTF-8"
+                ))
+            })?;
+            Credentials::parse(&raw).map_err(|_| {
+                Error::invalid(format!(
+                    "docker config {source}: auths.{key:?}.auth is not user:password"
+                ))
+            })?
+        } else if !e.identitytoken.is_empty() {
+            Credentials {
+                username: String::new(),
+                secret: e.identitytoken,
+            }
+        } else {
+            Credentials {
+                username: e.username,
+                secret: e.password,
+            }
+        };
+        // "https://host/v1/" -> "host"
+        let host = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        map.insert(host, creds);
+    }
+    Ok(Arc::new(move |host: &str| {
+        if let Some(c) = map.get(host) {
+            return Some(c.clone());
+        }
+        if host == crate::reference::DOCKER_HUB_HOST || host == "docker.io" {
+            return ["index.docker.io", "docker.io", "registry-1.docker.io"]
+                .iter()
+                .find_map(|h| map.get(*h).cloned());
+        }
+        None
+    }))
+}
+
 /// A parsed `WWW-Authenticate` challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
@@ -316,6 +392,23 @@ mod tests {
         assert_eq!(c[0].params["realm"], "a, \"b\"");
         assert_eq!(c[1].params["realm"], "x");
         assert_eq!(c[1].params["service"], "y");
+    }
+
+    #[test]
+    fn docker_config_maps_hosts_and_hub_aliases() {
+        let json = br#"{"auths":{"https://index.docker.io/v1/":{"auth":"aHViOnNlY3JldA=="},"127.0.0.1:5000":{"username":"u","password":"p"}}}"#;
+        let f = docker_config_credentials(json, "config.json").unwrap();
+        assert_eq!(f("registry-1.docker.io").unwrap().username, "hub");
+        assert_eq!(f("registry-1.docker.io").unwrap().secret, "secret");
+        assert_eq!(f("127.0.0.1:5000").unwrap().secret, "p");
+        assert!(f("other.io").is_none());
+        let e = docker_config_credentials(br#"{"auths":{"x":{"auth":"!!"}}}"#, "c.json")
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("c.json") && e.message.contains("auths.\"x\".auth"),
+            "{e}"
+        );
     }
 
     #[test]

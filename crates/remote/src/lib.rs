@@ -24,7 +24,7 @@ pub mod reference;
 pub mod testutil;
 pub mod verify;
 
-pub use auth::{Credentials, CredentialsFn};
+pub use auth::{docker_config_credentials, Credentials, CredentialsFn};
 pub use client::{Repository, Resolver, ResolverOptions};
 pub use fetch::BlobReader;
 pub use hosts::{Capabilities, HostOptions, RegistryHost};
