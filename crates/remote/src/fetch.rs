@@ -72,7 +72,9 @@ impl Repository {
             done: false,
             resumes: 0,
         };
-        r.open().await?;
+        if desc.size < 0 || offset < desc.size as u64 {
+            r.open().await?;
+        }
         Ok(r)
     }
 
@@ -229,7 +231,8 @@ impl BlobReader {
         let opts = self.repo.inner.options.clone();
         let mut attempt = 0u32;
         loop {
-            if self.body.is_none() {
+            let complete = self.desc.size >= 0 && self.pos >= self.desc.size as u64;
+            if self.body.is_none() && !complete {
                 match self.open().await {
                     Ok(()) => {}
                     Err(e)
@@ -243,8 +246,11 @@ impl BlobReader {
                     Err(e) => return Err(e),
                 }
             }
-            let body = self.body.as_mut().expect("opened above");
-            let next = body.next().await;
+            let next = match self.body.as_mut() {
+                Some(body) => body.next().await,
+                // everything was already there (resume at the end): just verify
+                None => None,
+            };
             let size = self.desc.size;
             match next {
                 Some(Ok(mut b)) => {

@@ -252,6 +252,24 @@ async fn resume_from_offset_with_prefix_hash_verifies_whole_blob() {
         got.extend_from_slice(&c);
     }
     assert!(got == data);
+
+    // resuming at the very end needs no request and still verifies
+    let mut all = stevedore_remote::Hasher::new(desc.digest.algorithm());
+    all.update(&data);
+    let mut f = repo
+        .fetch_from(&desc, data.len() as u64, Some(all))
+        .await
+        .unwrap();
+    assert!(f.chunk().await.unwrap().is_none());
+    let mut wrong = stevedore_remote::Hasher::new(desc.digest.algorithm());
+    wrong.update(&data[1..]);
+    wrong.update(b"x");
+    let mut f = repo
+        .fetch_from(&desc, data.len() as u64, Some(wrong))
+        .await
+        .unwrap();
+    let e = f.chunk().await.unwrap_err();
+    assert!(e.message.contains("digest mismatch"), "{e}");
 }
 
 fn manifest_handler(
