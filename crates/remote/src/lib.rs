@@ -4,14 +4,29 @@
 //! (the daemon's pull/push) stream [`BlobReader`] chunks into their own storage.
 //!
 //! ```text
-//! let resolver = Resolver::new(ResolverOptions::default());
-//! let reference = Reference::parse_normalized("127.0.0.1:5000/busybox")?;
-//! let repo = resolver.repository(&reference).await?;
+//! let resolver = Resolver::new(ResolverOptions {
+//!     hosts: HostOptions { hosts_dir: Some("/etc/containerd/certs.d".into()),
+//!                          default_scheme: None /* Some("http") for --plain-http */ },
+//!     credentials: Some(Arc::new(|host| Some(Credentials::parse("u:p").ok()?))),
+//!     ..Default::default()
+//! });
+//! let reference = Reference::parse_normalized("127.0.0.1:5000/busybox")?; // :latest added
+//! let repo = resolver.repository(&reference).await?;   // endpoints: mirrors, then server
 //! let root = repo.resolve(&reference).await?;          // manifest/index descriptor
-//! let manifest = repo.fetch_manifest(&root).await?;    // verified bytes
-//! let mut blob = repo.fetch(&layer).await?;            // verified stream, resumes
-//! while let Some(chunk) = blob.chunk().await? { ... }
+//! let manifest = repo.fetch_manifest(&root).await?;    // verified bytes (<= 4 MiB)
+//! let mut blob = repo.fetch(&layer).await?;            // verified stream, resumes itself
+//! while let Some(chunk) = blob.chunk().await? { write(chunk); progress(blob.position()); }
+//! // after a restart, with the hash of the bytes already ingested:
+//! let mut blob = repo.fetch_from(&layer, ingested, Some(prefix_hasher)).await?;
+//! // push, children first:
+//! repo.push(&desc, reader, &PushBlobOptions { mount_from: Some("other/repo".into()), ..Default::default() }).await?;
+//! repo.push_manifest("v1", &root.media_type, bytes).await?;  // tag after children
 //! ```
+//!
+//! Errors are `stevedore_types::Error`s naming the operation, the reference or
+//! digest and the registry: 401/403 -> PermissionDenied, 404 -> NotFound,
+//! 429 -> ResourceExhausted, 5xx and connection failures (after bounded retries)
+//! -> Unavailable, digest mismatch -> FailedPrecondition, schema1 -> NotImplemented.
 
 pub mod auth;
 pub mod client;

@@ -390,3 +390,46 @@ async fn token_auth_registry_accepts_bearer_tokens_from_its_realm() {
         PushOutcome::Mounted
     );
 }
+
+#[tokio::test]
+async fn skopeo_reads_what_stevedore_pushed_and_stevedore_reads_what_skopeo_copied() {
+    stevedore_remote::testutil::require_tool("/usr/bin/skopeo", "skopeo");
+    let reg = TestRegistry::start();
+    let img = TestImage::index(&[
+        TestImage::docker(&[("a", b"amd\n")], "amd64"),
+        TestImage::docker(&[("a", b"arm\n")], "arm64"),
+    ]);
+    let r = resolver();
+    let refr = reference(&reg, "cross/img:v1");
+    img.push(&r, &refr).await.unwrap();
+
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("/usr/bin/skopeo")
+            .args(args)
+            .output()
+            .expect("run skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let src = format!("docker://{}/cross/img:v1", reg.host());
+    // skopeo sees our exact index bytes
+    let raw = run(&["inspect", "--tls-verify=false", "--raw", &src]);
+    assert_eq!(raw, img.root().data);
+    // and copies every platform's blobs (verifying their digests) to another repository
+    let dst = format!("docker://{}/cross/copy:v2", reg.host());
+    run(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &src,
+        &dst,
+    ]);
+
+    let copy = reference(&reg, "cross/copy:v2");
+    assert_image_round_trips(&r, &copy, &img).await;
+}
