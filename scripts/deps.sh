@@ -7,6 +7,8 @@ PKGS=(
   runc              # OCI runtime
   crun              # alternative OCI runtime
   docker-registry   # local registry for pull/push tests
+  apache2-utils     # htpasswd -Bbn for the registry's basic-auth tests
+  openssl           # self-signed certificates for the registry's TLS tests
   skopeo            # builds docker-archive / OCI test images
   busybox-static    # test image contents
   btrfs-progs       # btrfs snapshotter tests (mkfs.btrfs on a loop device)
