@@ -17,6 +17,7 @@ pub mod namespaces;
 pub mod registry;
 pub mod snapshot_gc;
 pub mod snapshots;
+pub mod transfer;
 pub mod version;
 
 use stevedore_api::status::to_status;

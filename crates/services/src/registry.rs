@@ -174,6 +174,21 @@ pub fn plugins() -> Registry {
         }
         Ok(SnapshotsService::grpc(snapshotters, (*ex).clone(), db))
     }));
+    r.register(grpc("transfer", &[SNAPSHOTTER, EVENT, METADATA], |ctx| {
+        let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+        let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+        let snapshotters = ctx
+            .all_of::<Namespaced>(SNAPSHOTTER)
+            .into_iter()
+            .map(|(id, s)| (id, (*s).clone()))
+            .collect();
+        Ok(crate::transfer::TransferService::grpc(
+            db,
+            snapshotters,
+            (*ex).clone(),
+            ctx.state.join("tmpmounts"),
+        ))
+    }));
     r.register(grpc("version", &[], |_| Ok(VersionService::grpc())));
     r
 }

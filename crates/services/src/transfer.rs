@@ -1,0 +1,789 @@
+//! stevedore's Transfer service: pull runs inside the daemon. The registry's
+//! bytes go straight into the content store (hashed while written, resumable
+//! ingests keyed by digest), layers download concurrently (bounded), and each
+//! layer is unpacked into the snapshotter as soon as it and its parent are
+//! ready, so decompression and apply overlap the downloads of later layers.
+//! Everything is held by a lease until the image record exists and the GC
+//! labels link index -> manifests -> config/layers -> snapshot.
+
+use crate::content::lease_of;
+use crate::convert::descriptor_to_pb;
+use crate::exchange::Exchange;
+use crate::{namespace_of, GrpcService};
+use futures::Stream;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use stevedore_api::services::images::{ImageCreate, ImageUpdate};
+use stevedore_api::services::transfer::{
+    transfer_server::{Transfer, TransferServer},
+    Progress, PullRequest, PushRequest, TransferProgress,
+};
+use stevedore_api::status::to_status;
+use stevedore_content::{Store, WriterOpts};
+use stevedore_images::mediatypes;
+use stevedore_images::spec::{ImageConfig, Index, Manifest};
+use stevedore_metadata::images::Image;
+use stevedore_metadata::Db;
+use stevedore_remote::{
+    Credentials, HostOptions, Reference, Repository, Resolver, ResolverOptions,
+};
+use stevedore_snapshots::Namespaced;
+use stevedore_types::platform::{All, MatchPlatform, Only};
+use stevedore_types::{Descriptor, Digest, Error, ErrorKind, Platform, Result};
+use tokio::sync::{mpsc, Semaphore};
+use tonic::{Request, Response, Status};
+
+/// Parallel layer downloads when the client does not say.
+const DEFAULT_CONCURRENT_DOWNLOADS: usize = 3;
+/// Progress of one blob is reported at most this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+pub struct TransferService {
+    db: Arc<Db>,
+    snapshotters: BTreeMap<String, Namespaced>,
+    exchange: Exchange,
+    scratch: PathBuf,
+}
+
+impl TransferService {
+    pub fn grpc(
+        db: Arc<Db>,
+        snapshotters: BTreeMap<String, Namespaced>,
+        exchange: Exchange,
+        scratch: PathBuf,
+    ) -> GrpcService {
+        GrpcService::new(TransferServer::new(TransferService {
+            db,
+            snapshotters,
+            exchange,
+            scratch,
+        }))
+    }
+}
+
+/// Sends progress to the client; a client that went away does not stop the
+/// transfer (the work is shared and resumable), it just stops hearing.
+#[derive(Clone)]
+struct Reporter {
+    tx: mpsc::Sender<std::result::Result<TransferProgress, Status>>,
+}
+
+impl Reporter {
+    async fn item(&self, desc: &Descriptor, kind: &str, status: &str, offset: i64, message: &str) {
+        let _ = self
+            .tx
+            .send(Ok(TransferProgress {
+                items: vec![Progress {
+                    id: desc.digest.to_string(),
+                    kind: kind.to_string(),
+                    status: status.to_string(),
+                    offset,
+                    total: desc.size,
+                    message: message.to_string(),
+                }],
+                ..Default::default()
+            }))
+            .await;
+    }
+}
+
+/// Accepts a platform if any of several matchers does.
+struct AnyOf(Vec<Box<dyn MatchPlatform>>);
+
+impl MatchPlatform for AnyOf {
+    fn matches(&self, p: &Platform) -> bool {
+        self.0.iter().any(|m| m.matches(p))
+    }
+    fn rank(&self, p: &Platform) -> Option<usize> {
+        self.0.iter().filter_map(|m| m.rank(p)).min()
+    }
+}
+
+fn kind_of(media_type: &str) -> &'static str {
+    if mediatypes::is_index_type(media_type) {
+        "index"
+    } else if mediatypes::is_manifest_type(media_type) {
+        "manifest"
+    } else if mediatypes::is_config_type(media_type) {
+        "config"
+    } else {
+        "layer"
+    }
+}
+
+/// containerd's chain ID: the identity of a stack of layers.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    use sha2::Digest as _;
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => {
+                let mut h = sha2::Sha256::new();
+                h.update(format!("{prev} {d}").as_bytes());
+                Digest::from_sha256_bytes(&h.finalize())
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// One pull, in one namespace, under one lease.
+struct Pull {
+    db: Arc<Db>,
+    ns: String,
+    lease: String,
+    repo: Repository,
+    report: Reporter,
+    downloads: Arc<Semaphore>,
+}
+
+impl Pull {
+    fn content(&self) -> stevedore_metadata::content::NsContent {
+        self.db.content(&self.ns, Some(&self.lease))
+    }
+
+    /// True when the blob is already in this namespace (adding it to the lease).
+    async fn have(&self, d: &Digest) -> Result<bool> {
+        let content = self.content();
+        let (db, ns, lease, d2) = (
+            self.db.clone(),
+            self.ns.clone(),
+            self.lease.clone(),
+            d.clone(),
+        );
+        let found = blocking(move || match content.info(&d2) {
+            Ok(_) => {
+                db.add_lease_resource(
+                    &ns,
+                    &lease,
+                    &stevedore_metadata::leases::Resource::content(&d2),
+                )?;
+                Ok(true)
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// Fetch a blob into the content store, resuming an earlier ingest of it.
+    /// Two pulls of the same blob share the download: the second waits.
+    async fn fetch(&self, desc: &Descriptor) -> Result<()> {
+        let kind = kind_of(&desc.media_type);
+        if self.have(&desc.digest).await? {
+            self.report.item(desc, kind, "exists", desc.size, "").await;
+            return Ok(());
+        }
+        let _permit = self
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| Error::unavailable("pull cancelled"))?;
+        let reference = format!("pull-{}", desc.digest);
+        let started = Instant::now();
+        loop {
+            let content = self.content();
+            let opts = WriterOpts {
+                reference: reference.clone(),
+                total: desc.size,
+                expected: Some(desc.digest.clone()),
+            };
+            let opened = blocking(move || {
+                let w = content.writer(opts)?;
+                let offset = w.status()?.offset;
+                Ok((w, offset))
+            })
+            .await;
+            let (writer, offset) = match opened {
+                Ok(x) => x,
+                Err(e) if e.kind == ErrorKind::Unavailable => {
+                    // another pull is writing it: wait for that one to finish
+                    self.report
+                        .item(desc, kind, "waiting", 0, "shared with another pull")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if self.have(&desc.digest).await? {
+                        self.report.item(desc, kind, "done", desc.size, "").await;
+                        return Ok(());
+                    }
+                    if started.elapsed() > Duration::from_secs(3600) {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind == ErrorKind::AlreadyExists => {
+                    self.report.item(desc, kind, "exists", desc.size, "").await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            return self.download(desc, kind, writer, offset).await;
+        }
+    }
+
+    async fn download(
+        &self,
+        desc: &Descriptor,
+        kind: &'static str,
+        mut writer: Box<dyn stevedore_content::Writer>,
+        offset: i64,
+    ) -> Result<()> {
+        self.report
+            .item(desc, kind, "downloading", offset, "")
+            .await;
+        let mut reader = self
+            .repo
+            .fetch_from(desc, offset.max(0) as u64, None)
+            .await?;
+        // a blocking task owns the writer; chunks flow through a small queue
+        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(16);
+        let d = desc.clone();
+        let sink = tokio::task::spawn_blocking(move || -> Result<()> {
+            while let Some(chunk) = rx.blocking_recv() {
+                writer.write(&chunk)?;
+            }
+            match writer.commit(d.size, Some(&d.digest), HashMap::new()) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind == ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
+        let mut last = Instant::now();
+        let mut pos = offset;
+        let fed: Result<()> = async {
+            while let Some(chunk) = reader.chunk().await? {
+                pos += chunk.len() as i64;
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+                if last.elapsed() >= PROGRESS_INTERVAL {
+                    last = Instant::now();
+                    self.report.item(desc, kind, "downloading", pos, "").await;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        let written = sink
+            .await
+            .map_err(|e| Error::internal(format!("content writer task: {e}")))?;
+        fed?;
+        written.map_err(|e| e.context(format!("store {}", desc.digest)))?;
+        self.report.item(desc, kind, "done", desc.size, "").await;
+        Ok(())
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        desc: &Descriptor,
+    ) -> Result<T> {
+        let content = self.content();
+        let d = desc.clone();
+        blocking(move || {
+            let ra = content.reader_at(&d.digest)?;
+            let mut buf = Vec::new();
+            stevedore_content::read_all(ra.as_ref(), &mut buf)?;
+            serde_json::from_slice(&buf)
+                .map_err(|e| Error::invalid(format!("parse {} ({}): {e}", d.digest, d.media_type)))
+        })
+        .await
+    }
+
+    async fn set_labels(&self, d: &Digest, labels: HashMap<String, String>) -> Result<()> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        let content = self.content();
+        let d = d.clone();
+        blocking(move || {
+            let mut info = content.info(&d)?;
+            let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+            info.labels = labels;
+            content.update(info, &paths)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
+}
+
+/// A manifest to fetch, with what it needs.
+struct Selected {
+    desc: Descriptor,
+    manifest: Manifest,
+    config: ImageConfig,
+}
+
+impl TransferService {
+    async fn pull(
+        &self,
+        ns: String,
+        lease_hdr: Option<String>,
+        req: PullRequest,
+        report: Reporter,
+    ) -> Result<(String, Descriptor)> {
+        let reference = Reference::parse_normalized(&req.reference)?;
+        let opts = req.registry.clone().unwrap_or_default();
+        let credentials = (!opts.username.is_empty()).then(|| {
+            let c = Credentials {
+                username: opts.username.clone(),
+                secret: opts.password.clone(),
+            };
+            Arc::new(move |_host: &str| Some(c.clone())) as stevedore_remote::CredentialsFn
+        });
+        let resolver = Resolver::new(ResolverOptions {
+            hosts: HostOptions {
+                hosts_dir: (!opts.hosts_dir.is_empty()).then(|| PathBuf::from(&opts.hosts_dir)),
+                default_scheme: opts.plain_http.then(|| "http".to_string()),
+            },
+            credentials,
+            ..Default::default()
+        });
+        let matcher: Box<dyn MatchPlatform> = if req.all_platforms {
+            Box::new(All)
+        } else if req.platforms.is_empty() {
+            Box::new(stevedore_types::platform::default_matcher())
+        } else {
+            let mut v: Vec<Box<dyn MatchPlatform>> = Vec::new();
+            for p in &req.platforms {
+                v.push(Box::new(Only::new(p.parse::<Platform>()?)));
+            }
+            Box::new(AnyOf(v))
+        };
+        let repo = resolver.repository(&reference).await?;
+        let root = repo.resolve(&reference).await?;
+        report
+            .item(
+                &root,
+                kind_of(&root.media_type),
+                "resolved",
+                0,
+                &reference.to_string(),
+            )
+            .await;
+
+        // hold everything under a lease until the image record exists
+        let lease = match lease_hdr {
+            Some(l) => l,
+            None => {
+                let id = format!("pull-{}", uuid::Uuid::new_v4());
+                let expire =
+                    humantime::format_rfc3339(SystemTime::now() + Duration::from_secs(24 * 3600))
+                        .to_string();
+                let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire)]);
+                let (db, n, i) = (self.db.clone(), ns.clone(), id.clone());
+                blocking(move || db.create_lease(&n, &i, &labels).map(|_| ())).await?;
+                id
+            }
+        };
+        let pull = Arc::new(Pull {
+            db: self.db.clone(),
+            ns: ns.clone(),
+            lease: lease.clone(),
+            repo,
+            report: report.clone(),
+            downloads: Arc::new(Semaphore::new(if opts.max_concurrent_downloads > 0 {
+                opts.max_concurrent_downloads as usize
+            } else {
+                DEFAULT_CONCURRENT_DOWNLOADS
+            })),
+        });
+        let result = self
+            .pull_under_lease(&pull, &reference, root, matcher.as_ref(), &req)
+            .await;
+        if !lease.starts_with("pull-") || result.is_ok() {
+            // on success the image holds everything; on failure the lease
+            // lapses (24 h) so a retry resumes from the ingested bytes
+        }
+        if result.is_ok() && lease.starts_with("pull-") {
+            let (db, n) = (self.db.clone(), ns.clone());
+            let _ = blocking(move || db.delete_lease(&n, &lease)).await;
+        }
+        result
+    }
+
+    async fn pull_under_lease(
+        &self,
+        pull: &Arc<Pull>,
+        reference: &Reference,
+        root: Descriptor,
+        matcher: &dyn MatchPlatform,
+        req: &PullRequest,
+    ) -> Result<(String, Descriptor)> {
+        pull.fetch(&root).await?;
+        // walk the index (one level of nesting is what registries serve)
+        let mut selected: Vec<Selected> = Vec::new();
+        let mut index_labels: HashMap<String, String> = HashMap::new();
+        let manifests: Vec<Descriptor> = if mediatypes::is_index_type(&root.media_type) {
+            let index: Index = pull.read_json(&root).await?;
+            let mut ms: Vec<(usize, Descriptor)> = index
+                .manifests
+                .into_iter()
+                .filter(|m| {
+                    m.platform
+                        .as_ref()
+                        .map(|p| matcher.matches(p))
+                        .unwrap_or(true)
+                })
+                .map(|m| {
+                    (
+                        m.platform
+                            .as_ref()
+                            .and_then(|p| matcher.rank(p))
+                            .unwrap_or(usize::MAX),
+                        m,
+                    )
+                })
+                .collect();
+            ms.sort_by_key(|(r, _)| *r);
+            if ms.is_empty() {
+                return Err(Error::not_found(format!(
+                    "pull {reference}: no manifest for the requested platform(s)"
+                )));
+            }
+            if !req.all_platforms && req.platforms.len() <= 1 {
+                ms.truncate(1);
+            }
+            ms.into_iter().map(|(_, m)| m).collect()
+        } else if mediatypes::is_manifest_type(&root.media_type) {
+            vec![root.clone()]
+        } else {
+            return Err(Error::unimplemented(format!(
+                "pull {reference}: unsupported root media type {:?}",
+                root.media_type
+            )));
+        };
+        for (i, m) in manifests.iter().enumerate() {
+            if m.digest != root.digest {
+                index_labels.insert(
+                    format!("containerd.io/gc.ref.content.m.{i}"),
+                    m.digest.to_string(),
+                );
+            }
+        }
+        for m in manifests {
+            if m.digest != root.digest {
+                pull.fetch(&m).await?;
+            }
+            let manifest: Manifest = pull.read_json(&m).await?;
+            pull.fetch(&manifest.config).await?;
+            let config: ImageConfig = pull.read_json(&manifest.config).await?;
+            if config.rootfs.diff_ids.len() != manifest.layers.len() {
+                return Err(Error::invalid(format!(
+                    "pull {reference}: manifest {} has {} layers but its config lists {} diff IDs",
+                    m.digest,
+                    manifest.layers.len(),
+                    config.rootfs.diff_ids.len()
+                )));
+            }
+            selected.push(Selected {
+                desc: m,
+                manifest,
+                config,
+            });
+        }
+
+        // download every layer concurrently; unpack the first (best) platform
+        // in order as its layers arrive
+        let snapshotter = if req.snapshotter.is_empty() {
+            "overlayfs"
+        } else {
+            &req.snapshotter
+        };
+        let unpack_into = if req.unpack {
+            Some(self.snapshotters.get(snapshotter).cloned().ok_or_else(|| {
+                Error::invalid(format!("pull: snapshotter {snapshotter:?} is not loaded"))
+            })?)
+        } else {
+            None
+        };
+        let mut fetches = Vec::new();
+        let mut ready: HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>> = HashMap::new();
+        for s in &selected {
+            for l in &s.manifest.layers {
+                if ready.contains_key(&l.digest) || mediatypes::is_non_distributable(&l.media_type)
+                {
+                    continue;
+                }
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                ready.insert(l.digest.clone(), rx);
+                let (p, l) = (pull.clone(), l.clone());
+                fetches.push(tokio::spawn(async move {
+                    let r = p.fetch(&l).await;
+                    let _ = tx.send(Some(r.is_ok()));
+                    r
+                }));
+            }
+        }
+        let unpacked = match (&unpack_into, selected.first()) {
+            (Some(sn), Some(first)) => {
+                Some(self.unpack(pull, sn, snapshotter, first, &ready).await)
+            }
+            _ => None,
+        };
+        for f in fetches {
+            f.await
+                .map_err(|e| Error::internal(format!("download task: {e}")))??;
+        }
+        let top_chain = match unpacked {
+            Some(r) => Some(r?),
+            None => None,
+        };
+
+        // GC labels: index -> manifests -> config/layers -> snapshot
+        pull.set_labels(&root.digest, index_labels).await?;
+        let source_key = format!("containerd.io/distribution.source.{}", reference.domain());
+        for (si, s) in selected.iter().enumerate() {
+            let mut labels = HashMap::from([(
+                "containerd.io/gc.ref.content.config".to_string(),
+                s.manifest.config.digest.to_string(),
+            )]);
+            for (i, l) in s.manifest.layers.iter().enumerate() {
+                labels.insert(
+                    format!("containerd.io/gc.ref.content.l.{i}"),
+                    l.digest.to_string(),
+                );
+                let mut ll = HashMap::from([(
+                    crate::diff::LABEL_UNCOMPRESSED.to_string(),
+                    s.config.rootfs.diff_ids[i].to_string(),
+                )]);
+                ll.insert(source_key.clone(), reference.path().to_string());
+                if !mediatypes::is_non_distributable(&l.media_type) {
+                    pull.set_labels(&l.digest, ll).await?;
+                }
+            }
+            pull.set_labels(&s.desc.digest, labels).await?;
+            if si == 0 {
+                if let Some(chain) = &top_chain {
+                    pull.set_labels(
+                        &s.manifest.config.digest,
+                        HashMap::from([(
+                            format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
+                            chain.to_string(),
+                        )]),
+                    )
+                    .await?;
+                }
+            }
+        }
+
+        // the image record
+        let name = reference.to_string();
+        let image = Image {
+            name: name.clone(),
+            labels: req.labels.clone(),
+            target: Descriptor::new(root.media_type.clone(), root.digest.clone(), root.size),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let (db, ns) = (self.db.clone(), pull.ns.clone());
+        let created = blocking(move || match db.get_image(&ns, &image.name) {
+            Ok(_) => db
+                .update_image(&ns, image, &["target".to_string()])
+                .map(|i| (i, false)),
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                db.create_image(&ns, image).map(|i| (i, true))
+            }
+            Err(e) => Err(e),
+        })
+        .await?;
+        let (img, is_new) = created;
+        if is_new {
+            self.exchange.publish(
+                &pull.ns,
+                "/images/create",
+                &ImageCreate {
+                    name: img.name.clone(),
+                    labels: img.labels.clone(),
+                },
+            );
+        } else {
+            self.exchange.publish(
+                &pull.ns,
+                "/images/update",
+                &ImageUpdate {
+                    name: img.name.clone(),
+                    labels: img.labels.clone(),
+                },
+            );
+        }
+        Ok((name, img.target))
+    }
+
+    /// Unpack one manifest's layers into the snapshotter, in order, each as
+    /// soon as it has arrived. Returns the top chain ID.
+    async fn unpack(
+        &self,
+        pull: &Arc<Pull>,
+        sn: &Namespaced,
+        snapshotter: &str,
+        s: &Selected,
+        ready: &HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>,
+    ) -> Result<Digest> {
+        let chains = chain_ids(&s.config.rootfs.diff_ids);
+        let mut parent = String::new();
+        for (i, layer) in s.manifest.layers.iter().enumerate() {
+            let chain = chains[i].clone();
+            let diff_id = s.config.rootfs.diff_ids[i].clone();
+            let (sn2, ns, c) = (sn.clone(), pull.ns.clone(), chain.to_string());
+            let exists = blocking(move || match sn2.stat(&ns, &c) {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            })
+            .await?;
+            if exists {
+                pull.db_lease_snapshot(snapshotter, &chain.to_string())
+                    .await?;
+                parent = chain.to_string();
+                continue;
+            }
+            if let Some(rx) = ready.get(&layer.digest) {
+                let mut rx = rx.clone();
+                let ok = rx
+                    .wait_for(|v| v.is_some())
+                    .await
+                    .map_err(|_| Error::unavailable("layer download ended"))?
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(Error::unavailable(format!(
+                        "layer {} was not downloaded",
+                        layer.digest
+                    )));
+                }
+            }
+            pull.report.item(layer, "layer", "extracting", 0, "").await;
+            let key = format!("extract-{}-{}", uuid::Uuid::new_v4().simple(), chain.hex());
+            pull.db_lease_snapshot(snapshotter, &key).await?;
+            pull.db_lease_snapshot(snapshotter, &chain.to_string())
+                .await?;
+            let (sn2, ns, db, scratch) = (
+                sn.clone(),
+                pull.ns.clone(),
+                self.db.clone(),
+                self.scratch.clone(),
+            );
+            let (layer2, parent2, chain2) = (layer.clone(), parent.clone(), chain.clone());
+            blocking(move || {
+                let mounts = sn2.prepare(&ns, &key, &parent2, HashMap::new())?;
+                let applied = crate::diff::apply_layer(&db, &ns, &layer2, &mounts, &scratch);
+                let applied = match applied {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = sn2.remove(&ns, &key);
+                        return Err(e);
+                    }
+                };
+                if applied.digest != diff_id {
+                    let _ = sn2.remove(&ns, &key);
+                    return Err(Error::precondition(format!(
+                        "unpack layer {}: uncompressed digest {} does not match diff ID {diff_id}",
+                        layer2.digest, applied.digest
+                    )));
+                }
+                let labels =
+                    HashMap::from([("containerd.io/snapshot.ref".to_string(), chain2.to_string())]);
+                match sn2.commit(&ns, &chain2.to_string(), &key, labels) {
+                    Ok(()) => Ok(()),
+                    // a concurrent unpack committed the same chain first
+                    Err(e) if e.kind == ErrorKind::AlreadyExists => {
+                        let _ = sn2.remove(&ns, &key);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+            pull.report
+                .item(layer, "layer", "extracted", layer.size, "")
+                .await;
+            parent = chain.to_string();
+        }
+        chains
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::invalid("pull: image has no layers"))
+    }
+}
+
+impl Pull {
+    async fn db_lease_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {
+        let r = stevedore_metadata::leases::Resource {
+            id: key.to_string(),
+            kind: format!("snapshots/{snapshotter}"),
+        };
+        let (db, ns, lease) = (self.db.clone(), self.ns.clone(), self.lease.clone());
+        blocking(move || db.add_lease_resource(&ns, &lease, &r)).await
+    }
+}
+
+type ProgressStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<TransferProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Transfer for TransferService {
+    type PullStream = ProgressStream;
+
+    async fn pull(
+        &self,
+        req: Request<PullRequest>,
+    ) -> std::result::Result<Response<Self::PullStream>, Status> {
+        let ns = namespace_of(&req)?;
+        let lease = lease_of(&req);
+        let r = req.into_inner();
+        if r.reference.is_empty() {
+            return Err(Status::invalid_argument("pull: reference is required"));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let report = Reporter { tx: tx.clone() };
+        let this = TransferService {
+            db: self.db.clone(),
+            snapshotters: self.snapshotters.clone(),
+            exchange: self.exchange.clone(),
+            scratch: self.scratch.clone(),
+        };
+        tokio::spawn(async move {
+            let reference = r.reference.clone();
+            let result = this.pull(ns, lease, r, report).await;
+            let msg = match result {
+                Ok((name, target)) => Ok(TransferProgress {
+                    image_name: name,
+                    target: Some(descriptor_to_pb(&target)),
+                    done: true,
+                    ..Default::default()
+                }),
+                Err(e) => {
+                    tracing::warn!(reference, error = %e, "pull failed");
+                    Err(to_status(e.context(format!("pull {reference}"))))
+                }
+            };
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type PushStream = ProgressStream;
+
+    async fn push(
+        &self,
+        _req: Request<PushRequest>,
+    ) -> std::result::Result<Response<Self::PushStream>, Status> {
+        Err(to_status(Error::unimplemented(
+            "daemon-side push is not implemented yet: use `ctr images push`",
+        )))
+    }
+}
