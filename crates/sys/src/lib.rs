@@ -26,9 +26,9 @@ pub fn mkfifo(path: &Path, mode: u32) -> Result<()> {
     match mknodat(CWD, path, FileType::Fifo, Mode::from_raw_mode(mode), 0) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::EXIST) => Ok(()),
-        Err(e) => Err(
-            Error::from(std::io::Error::from(e)).context(format!("mkfifo {}", path.display()))
-        ),
+        Err(e) => {
+            Err(Error::from(std::io::Error::from(e)).context(format!("mkfifo {}", path.display())))
+        }
     }
 }
 
