@@ -9,11 +9,13 @@
 //! Tables:
 //! - `meta`: `&str -> &[u8]`, holds `schema_version` (checked on open).
 //! - `namespaces`: `name -> JSON {labels}`.
+//! - `containers`: `(namespace, id) -> JSON container record` (`containers.rs`).
 //! - every namespaced object table is keyed by `(namespace, id)` so that a
 //!   namespace's objects are one range scan, and emptiness checks are cheap.
 //!
 //! All calls here block (redb does file I/O); async callers use a blocking pool.
 
+pub mod containers;
 pub mod namespaces;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -30,7 +32,7 @@ pub type NsTable = TableDefinition<'static, (&'static str, &'static str), &'stat
 
 /// Namespaced tables, with the word used when a namespace is not empty.
 /// Later components add theirs here so namespace deletion sees them.
-pub const NAMESPACED_TABLES: &[(NsTable, &str)] = &[];
+pub const NAMESPACED_TABLES: &[(NsTable, &str)] = &[(containers::CONTAINERS, "containers")];
 
 /// The open metadata database.
 pub struct Db {

@@ -60,6 +60,11 @@ pub fn plugins() -> Registry {
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
         Ok(EventsService::grpc((*ex).clone()))
     }));
+    r.register(grpc("containers", &[METADATA, EVENT], |ctx| {
+        let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+        let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+        Ok(crate::containers::ContainersService::grpc(db, (*ex).clone()))
+    }));
     r.register(grpc("healthcheck", &[], |_| Ok(HealthService::grpc())));
     r.register(grpc("introspection", &["*"], |ctx| {
         Ok(IntrospectionService::grpc(ctx.records(), ctx.root.clone()))
