@@ -69,7 +69,8 @@ impl Events for Forwarder {
 
 /// A running events server; stops when dropped.
 pub struct EventsServer {
-    server: Server,
+    // a Mutex only to make the server Sync (it is never contended)
+    server: std::sync::Mutex<Server>,
 }
 
 impl EventsServer {
@@ -97,11 +98,14 @@ impl EventsServer {
             .start()
             .await
             .map_err(|e| Error::unavailable(format!("serve ttrpc on {}: {e}", path.display())))?;
-        Ok(EventsServer { server })
+        Ok(EventsServer {
+            server: std::sync::Mutex::new(server),
+        })
     }
 
     /// Stop serving.
-    pub async fn shutdown(mut self) {
-        let _ = self.server.shutdown().await;
+    pub async fn shutdown(self) {
+        let mut server = self.server.into_inner().unwrap_or_else(|p| p.into_inner());
+        let _ = server.shutdown().await;
     }
 }

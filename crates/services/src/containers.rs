@@ -13,8 +13,7 @@ use stevedore_api::services::containers::{
     containers_server::{Containers, ContainersServer},
     Container as PbContainer, CreateContainerRequest, CreateContainerResponse,
     DeleteContainerRequest, GetContainerRequest, GetContainerResponse, ListContainerMessage,
-    ListContainersRequest, ListContainersResponse, UpdateContainerRequest,
-    UpdateContainerResponse,
+    ListContainersRequest, ListContainersResponse, UpdateContainerRequest, UpdateContainerResponse,
 };
 use stevedore_metadata::containers::{AnyBytes, Container, Runtime};
 use stevedore_metadata::Db;

@@ -10,6 +10,7 @@ pub mod health;
 pub mod introspection;
 pub mod namespaces;
 pub mod registry;
+pub mod tasks;
 pub mod version;
 
 use stevedore_api::status::to_status;

@@ -11,7 +11,7 @@ use crate::GrpcService;
 use std::sync::Arc;
 use stevedore_metadata::Db;
 use stevedore_plugin::types::*;
-use stevedore_plugin::{InitContext, InitError, Instance, Registration, Registry};
+use stevedore_plugin::{ConfigSpec, InitContext, InitError, Instance, Registration, Registry};
 use stevedore_types::{Error, Platform};
 
 fn grpc(
@@ -63,7 +63,34 @@ pub fn plugins() -> Registry {
     r.register(grpc("containers", &[METADATA, EVENT], |ctx| {
         let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
-        Ok(crate::containers::ContainersService::grpc(db, (*ex).clone()))
+        Ok(crate::containers::ContainersService::grpc(
+            db,
+            (*ex).clone(),
+        ))
+    }));
+    r.register(
+        Registration::new(RUNTIME_V2, "task", |ctx| {
+            let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+            let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+            ctx.platforms.push(Platform::host());
+            let cfg: crate::tasks::RuntimeConfig = ctx.config_as()?;
+            let rt = crate::tasks::RuntimeV2::init(
+                ctx.state.clone(),
+                ctx.root.clone(),
+                ctx.env.address.clone(),
+                cfg,
+                db,
+                (*ex).clone(),
+            )?;
+            Ok(Arc::new(rt) as Instance)
+        })
+        .requires(&[METADATA, EVENT])
+        .with_config(ConfigSpec::of::<crate::tasks::RuntimeConfig>()),
+    );
+    r.register(grpc("tasks", &[RUNTIME_V2, METADATA], |ctx| {
+        let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+        let rt: Arc<crate::tasks::RuntimeV2> = ctx.get(RUNTIME_V2, "task")?;
+        Ok(crate::tasks::TasksService::grpc(db, rt))
     }));
     r.register(grpc("healthcheck", &[], |_| Ok(HealthService::grpc())));
     r.register(grpc("introspection", &["*"], |ctx| {
