@@ -401,17 +401,34 @@ async fn running_task_supports_exec_pids_pause_metrics_and_kill() {
     assert_eq!(cg.pids.unwrap().current, 1);
     assert!(cg.memory.unwrap().usage.unwrap().usage > 0);
 
-    e.tasks()
-        .kill(req(KillRequest {
-            container_id: id.clone(),
-            exec_id: String::new(),
-            signal: 9,
-            all: false,
-        }))
-        .await
-        .unwrap();
+    // ctr and the stevedore CLI over the same task
+    let ps = e.daemon.ctr_ok(&["-n", NS, "tasks", "ps", &id]);
+    assert!(ps.contains("PID") && ps.contains(&pid.to_string()), "{ps}");
+    let metrics = e.daemon.ctr_ok(&["-n", NS, "tasks", "metrics", &id]);
+    assert!(
+        metrics.contains("memory.usage_in_bytes") && metrics.contains("pids.current"),
+        "{metrics}"
+    );
+    let ls = e.daemon.cli_ok(&["-n", NS, "tasks", "ls"]);
+    assert!(ls.contains(&id) && ls.contains("RUNNING"), "{ls}");
+    let ls = e
+        .daemon
+        .cli_ok(&["-n", NS, "containers", "ls", &format!("id=={id}")]);
+    assert!(ls.contains(&id) && ls.contains("busybox-rootfs"), "{ls}");
+    let info = e.daemon.cli_ok(&["-n", NS, "containers", "info", &id]);
+    assert!(info.contains("\"cgroupsPath\""), "{info}");
+    let err = e.daemon.cli(&["-n", NS, "tasks", "rm", &id]);
+    assert!(!err.status.success(), "deleting a running task fails");
+
+    let mut events = e.subscribe().await;
+    e.daemon
+        .ctr_ok(&["-n", NS, "tasks", "kill", "-s", "SIGKILL", &id]);
     assert_eq!(e.wait(&id, "").await, 137);
-    assert_eq!(e.delete(&id).await, 137);
+    expect_event(&mut events, "/tasks/exit", &id).await;
+    let ls = e.daemon.ctr_ok(&["-n", NS, "tasks", "ls"]);
+    assert!(ls.contains("STOPPED"), "{ls}");
+    e.daemon.ctr_ok(&["-n", NS, "tasks", "rm", &id]);
+    e.daemon.ctr_ok(&["-n", NS, "containers", "rm", &id]);
     let left = ContainersClient::new(e.ch.clone())
         .list(req(ListContainersRequest { filters: vec![] }))
         .await

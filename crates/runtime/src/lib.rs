@@ -10,6 +10,8 @@
 pub mod bundle;
 pub mod events;
 pub mod manager;
+pub mod seccomp;
+mod seccomp_lists;
 pub mod shim;
 mod shimlog;
 pub mod spec;

@@ -111,6 +111,8 @@ impl Env {
         // one parent cgroup for all test runs, a unique leaf per task
         spec.linux.as_mut().unwrap().cgroups_path = format!("/stevedore-test/{}-{id}", self.ns());
         spec.with_args(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        // runc loads the default seccomp profile for real in every test
+        spec.with_default_seccomp();
         TaskSpec {
             spec: spec.to_json(),
             runtime: "io.containerd.runc.v2".into(),

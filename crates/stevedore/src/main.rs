@@ -2,6 +2,7 @@
 
 mod client;
 mod output;
+mod tasks;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +55,12 @@ enum Cmd {
     /// Manage namespaces.
     #[command(subcommand, alias = "ns")]
     Namespaces(NamespacesCmd),
+    /// Manage container records.
+    #[command(subcommand, alias = "c")]
+    Containers(tasks::ContainersCmd),
+    /// Manage tasks (running containers).
+    #[command(subcommand, alias = "t")]
+    Tasks(tasks::TasksCmd),
     /// Print events as they happen (filters: topic==/tasks/exit, namespace==x, ...).
     Events { filters: Vec<String> },
 }
@@ -132,6 +139,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Namespaces(c) => cmd_namespaces(&conn, cli.output, c).await,
         Cmd::Events { filters } => cmd_events(&conn, cli.output, filters).await,
+        Cmd::Containers(c) => tasks::containers(&conn, cli.output, c).await,
+        Cmd::Tasks(c) => tasks::tasks(&conn, cli.output, c).await,
     }
 }
 
