@@ -12,9 +12,10 @@ use stevedore_api::services::containers::{
 };
 use stevedore_api::services::events::{events_client::EventsClient, Envelope, SubscribeRequest};
 use stevedore_api::services::tasks::{
-    tasks_client::TasksClient, CreateTaskRequest, DeleteProcessRequest, DeleteTaskRequest,
-    ExecProcessRequest, GetRequest, KillRequest, ListPidsRequest, ListTasksRequest, MetricsRequest,
-    PauseTaskRequest, ResumeTaskRequest, StartRequest, WaitRequest,
+    tasks_client::TasksClient, CheckpointTaskRequest, CreateTaskRequest, DeleteProcessRequest,
+    DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest, ListPidsRequest,
+    ListTasksRequest, MetricsRequest, PauseTaskRequest, ResumeTaskRequest, StartRequest,
+    UpdateTaskRequest, WaitRequest,
 };
 use stevedore_api::types::Mount;
 use stevedore_e2e::{require_tool, Daemon};
@@ -134,6 +135,10 @@ impl Env {
     async fn create_container(&self, id: &str, args: &[&str]) {
         let mut spec = default_spec(NS, id);
         spec.with_args(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        self.create_container_with(id, spec).await
+    }
+
+    async fn create_container_with(&self, id: &str, spec: stevedore_runtime::spec::Spec) {
         ContainersClient::new(self.ch.clone())
             .create(req(CreateContainerRequest {
                 container: Some(Container {
@@ -158,6 +163,10 @@ impl Env {
     /// and the FIFO reader.
     async fn create_task(&self, id: &str, args: &[&str]) -> (u32, std::thread::JoinHandle<String>) {
         self.create_container(id, args).await;
+        self.create_task_only(id).await
+    }
+
+    async fn create_task_only(&self, id: &str) -> (u32, std::thread::JoinHandle<String>) {
         let out = self.daemon.dir.path().join(format!("{id}.out"));
         let reader = fifo_reader(&out);
         let r = TasksClient::new(self.ch.clone())
@@ -483,4 +492,135 @@ async fn daemon_sigkill_keeps_running_task_and_reports_its_exit_later() {
     // the shim forwards its exit event to the restarted daemon
     expect_event(&mut events, "/tasks/exit", &id).await;
     assert_eq!(e.delete(&id).await, 137);
+}
+
+fn cgroup_file(controller: &str, id: &str, file: &str) -> String {
+    let p = format!("/sys/fs/cgroup/{controller}/{NS}/{id}/{file}");
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("read {p}: {e}"))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spec_resources_land_in_cgroups_and_update_changes_them() {
+    let e = env().await;
+    let id = e.id("limits");
+    let mut spec = default_spec(NS, &id);
+    spec.with_args(&["/bin/sleep".to_string(), "60".to_string()])
+        .with_memory_limit(64 << 20)
+        .with_cpus(0.5)
+        .with_default_seccomp();
+    e.create_container_with(&id, spec).await;
+    let (_, _reader) = e.create_task_only(&id).await;
+    e.start(&id, "").await;
+    assert_eq!(
+        cgroup_file("memory", &id, "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(cgroup_file("cpu", &id, "cpu.cfs_quota_us"), "50000");
+    assert_eq!(cgroup_file("cpu", &id, "cpu.cfs_period_us"), "100000");
+
+    let resources = serde_json::json!({"memory": {"limit": 32u64 << 20}});
+    e.tasks()
+        .update(req(UpdateTaskRequest {
+            container_id: id.clone(),
+            resources: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: serde_json::to_vec(&resources).unwrap(),
+            }),
+            annotations: Default::default(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        cgroup_file("memory", &id, "memory.limit_in_bytes"),
+        (32u64 << 20).to_string()
+    );
+
+    // checkpoint says what is missing: criu, or (with criu) stevedore's support
+    let err = e
+        .tasks()
+        .checkpoint(req(CheckpointTaskRequest {
+            container_id: id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    let has_criu = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| Path::new(d).join("criu").is_file());
+    if has_criu {
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    } else {
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("apt-get install criu"), "{err:?}");
+    }
+
+    e.daemon
+        .ctr_ok(&["-n", NS, "tasks", "kill", "-s", "9", &id]);
+    assert_eq!(e.wait(&id, "").await, 137);
+    assert_eq!(e.delete(&id).await, 137);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_shim_is_reported_exited_and_cleaned_up() {
+    let e = env().await;
+    let id = e.id("shimkill");
+    let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
+    e.start(&id, "").await;
+    let mut events = e.subscribe().await;
+    // the shim is the parent of the task's init process
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cmd = std::fs::read_to_string(format!("/proc/{ppid}/cmdline")).unwrap();
+    assert!(cmd.contains("containerd-shim-runc-v2"), "{cmd}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(ppid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+
+    let exit = expect_event(&mut events, "/tasks/exit", &id).await;
+    let exit =
+        stevedore_api::events::TaskExit::decode(exit.event.unwrap().value.as_slice()).unwrap();
+    assert_eq!(exit.container_id, id);
+    expect_event(&mut events, "/tasks/delete", &id).await;
+    let err = e
+        .tasks()
+        .get(req(GetRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let bundle = e
+        .daemon
+        .state
+        .join("io.containerd.runtime.v2.task")
+        .join(NS)
+        .join(&id);
+    assert!(!bundle.exists(), "bundle removed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container process gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ContainersClient::new(e.ch.clone())
+        .delete(req(DeleteContainerRequest { id: id.clone() }))
+        .await
+        .unwrap();
 }
