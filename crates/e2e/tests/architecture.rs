@@ -13,6 +13,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-diff", 2),
         ("stevedore-content", 2),
         ("stevedore-remote", 2),
+        ("stevedore-runtime", 2),
         ("stevedore-metadata", 3),
         ("stevedore-images", 4),
         ("stevedore-plugin", 5),

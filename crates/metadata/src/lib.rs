@@ -9,6 +9,7 @@
 //! Tables:
 //! - `meta`: `&str -> &[u8]`, holds `schema_version` (checked on open).
 //! - `namespaces`: `name -> JSON {labels}`.
+//! - `containers`: `(namespace, id) -> JSON container record` (`containers.rs`).
 //! - every namespaced object table is keyed by `(namespace, id)` so that a
 //!   namespace's objects are one range scan, and emptiness checks are cheap.
 //! - content (`content_blobs`, `content_ingests`): see [`content`].
@@ -22,6 +23,7 @@ pub mod content;
 pub mod gc;
 pub mod images;
 pub mod leases;
+pub mod containers;
 pub mod namespaces;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -44,6 +46,7 @@ pub const NAMESPACED_TABLES: &[(NsTable, &str)] = &[
     (images::IMAGES, "images"),
     (content::BLOBS, "blobs"),
     (leases::LEASES, "leases"),
+    (containers::CONTAINERS, "containers"),
 ];
 
 /// What a change did, for the GC scheduler.

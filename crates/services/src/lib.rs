@@ -6,6 +6,7 @@
 pub mod content;
 pub mod convert;
 pub mod diff;
+pub mod containers;
 pub mod events;
 pub mod exchange;
 pub mod gc;
@@ -18,6 +19,7 @@ pub mod registry;
 pub mod snapshot_gc;
 pub mod snapshots;
 pub mod transfer;
+pub mod tasks;
 pub mod version;
 
 use stevedore_api::status::to_status;

@@ -137,6 +137,38 @@ pub fn plugins() -> Registry {
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
         Ok(EventsService::grpc((*ex).clone()))
     }));
+    r.register(grpc("containers", &[METADATA, EVENT], |ctx| {
+        let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+        let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+        Ok(crate::containers::ContainersService::grpc(
+            db,
+            (*ex).clone(),
+        ))
+    }));
+    r.register(
+        Registration::new(RUNTIME_V2, "task", |ctx| {
+            let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+            let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+            ctx.platforms.push(Platform::host());
+            let cfg: crate::tasks::RuntimeConfig = ctx.config_as()?;
+            let rt = crate::tasks::RuntimeV2::init(
+                ctx.state.clone(),
+                ctx.root.clone(),
+                ctx.env.address.clone(),
+                cfg,
+                db,
+                (*ex).clone(),
+            )?;
+            Ok(Arc::new(rt) as Instance)
+        })
+        .requires(&[METADATA, EVENT])
+        .with_config(ConfigSpec::of::<crate::tasks::RuntimeConfig>()),
+    );
+    r.register(grpc("tasks", &[RUNTIME_V2, METADATA], |ctx| {
+        let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+        let rt: Arc<crate::tasks::RuntimeV2> = ctx.get(RUNTIME_V2, "task")?;
+        Ok(crate::tasks::TasksService::grpc(db, rt))
+    }));
     r.register(grpc("healthcheck", &[], |_| Ok(HealthService::grpc())));
     r.register(grpc("images", &[METADATA, EVENT, GC], |ctx| {
         let db: Arc<Db> = ctx.get(METADATA, "bolt")?;

@@ -6,6 +6,7 @@ mod images;
 mod output;
 mod snapshots;
 mod transfer;
+mod tasks;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -68,6 +69,12 @@ enum Cmd {
     /// Manage snapshots (prepare, view, mounts, commit, ls, tree, usage, rm).
     #[command(alias = "snapshot")]
     Snapshots(snapshots::SnapshotsArgs),
+    /// Manage container records.
+    #[command(subcommand, alias = "c")]
+    Containers(tasks::ContainersCmd),
+    /// Manage tasks (running containers).
+    #[command(subcommand, alias = "t")]
+    Tasks(tasks::TasksCmd),
     /// Print events as they happen (filters: topic==/tasks/exit, namespace==x, ...).
     Events { filters: Vec<String> },
     /// Manage blobs in the content store.
@@ -158,6 +165,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Content(c) => content::run_content(&conn, cli.output, c).await,
         Cmd::Leases(c) => content::run_leases(&conn, cli.output, c).await,
         Cmd::Snapshots(a) => snapshots::run(&conn, cli.output, a).await,
+        Cmd::Containers(c) => tasks::containers(&conn, cli.output, c).await,
+        Cmd::Tasks(c) => tasks::tasks(&conn, cli.output, c).await,
     }
 }
 

@@ -20,6 +20,18 @@ pub fn fs_magic(path: &Path) -> Result<i64> {
     Ok(st.f_type as i64)
 }
 
+/// Create a FIFO at `path` with `mode`; an existing FIFO is fine.
+pub fn mkfifo(path: &Path, mode: u32) -> Result<()> {
+    use rustix::fs::{mknodat, FileType, Mode, CWD};
+    match mknodat(CWD, path, FileType::Fifo, Mode::from_raw_mode(mode), 0) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => {
+            Err(Error::from(std::io::Error::from(e)).context(format!("mkfifo {}", path.display())))
+        }
+    }
+}
+
 /// True when `path` lives on btrfs.
 pub fn is_btrfs(path: &Path) -> Result<bool> {
     Ok(fs_magic(path)? == BTRFS_SUPER_MAGIC)

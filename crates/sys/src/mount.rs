@@ -258,6 +258,50 @@ impl Drop for MountGuard {
     }
 }
 
+// ---- used by the runtime for bundles ----
+
+fn runtime_io_err(e: rustix::io::Errno, what: String) -> Error {
+    Error::from(std::io::Error::from(e)).context(what)
+}
+
+/// Bind-mount `source` on `target` (recursively), read-only when asked.
+pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
+    use rustix::mount::{mount_bind_recursive, mount_remount, MountFlags};
+    mount_bind_recursive(source, target).map_err(|e| {
+        runtime_io_err(
+            e,
+            format!("bind mount {} on {}", source.display(), target.display()),
+        )
+    })?;
+    if readonly {
+        mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(|e| runtime_io_err(e, format!("remount {} read-only", target.display())))?;
+    }
+    Ok(())
+}
+
+/// Unmount everything mounted on `target` (stacked mounts included), lazily
+/// detaching busy ones. Not mounted (or missing) is not an error.
+pub fn unmount_all(target: &Path) -> Result<()> {
+    use rustix::io::Errno;
+    use rustix::mount::{unmount, UnmountFlags};
+    for _ in 0..64 {
+        match unmount(target, UnmountFlags::NOFOLLOW) {
+            Ok(()) => continue,
+            Err(Errno::INVAL) | Err(Errno::NOENT) => return Ok(()),
+            Err(Errno::BUSY) => {
+                return unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)
+                    .map_err(|e| runtime_io_err(e, format!("unmount {}", target.display())));
+            }
+            Err(e) => return Err(runtime_io_err(e, format!("unmount {}", target.display()))),
+        }
+    }
+    Err(Error::internal(format!(
+        "unmount {}: still mounted after 64 unmounts",
+        target.display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
