@@ -98,7 +98,7 @@ fn validate(c: &Container) -> Result<()> {
     Ok(())
 }
 
-fn decode(id: &str, bytes: &[u8]) -> Result<Container> {
+pub(crate) fn decode(id: &str, bytes: &[u8]) -> Result<Container> {
     serde_json::from_slice(bytes)
         .map_err(|e| Error::internal(format!("container {id:?}: corrupt record: {e}")))
 }

@@ -19,11 +19,12 @@
 //!
 //! All calls here block (redb does file I/O); async callers use a blocking pool.
 
+pub mod containers;
 pub mod content;
 pub mod gc;
+mod gc_containers;
 pub mod images;
 pub mod leases;
-pub mod containers;
 pub mod namespaces;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -93,6 +94,7 @@ impl Db {
                 Arc::new(gc::ContentSource) as Arc<dyn gc::GcSource>,
                 Arc::new(gc::LeaseSource),
                 Arc::new(images::ImageSource),
+                Arc::new(gc_containers::ContainerSource),
             ]),
             hooks: Mutex::new(Vec::new()),
         };

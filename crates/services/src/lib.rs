@@ -3,10 +3,10 @@
 //! gRPC statuses here (through `stevedore_api::status`), and events are
 //! published here after each state change.
 
+pub mod containers;
 pub mod content;
 pub mod convert;
 pub mod diff;
-pub mod containers;
 pub mod events;
 pub mod exchange;
 pub mod gc;
@@ -18,8 +18,8 @@ pub mod namespaces;
 pub mod registry;
 pub mod snapshot_gc;
 pub mod snapshots;
-pub mod transfer;
 pub mod tasks;
+pub mod transfer;
 pub mod version;
 
 use stevedore_api::status::to_status;

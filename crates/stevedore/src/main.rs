@@ -5,8 +5,8 @@ mod content;
 mod images;
 mod output;
 mod snapshots;
-mod transfer;
 mod tasks;
+mod transfer;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
