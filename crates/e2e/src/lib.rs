@@ -327,3 +327,84 @@ impl Drop for Watch {
         let _ = self.child.wait();
     }
 }
+
+/// A test image written by `bench/images/mkimage.py` (deterministic: the same
+/// bytes on every run). See bench/README.md for what each kind contains.
+pub struct Images {
+    /// The output directory given to the generator.
+    pub dir: PathBuf,
+    /// The image reference recorded in the archives (`io.containerd.image.name`).
+    pub name: String,
+    /// Digest of the top manifest (or of the index for `multi`).
+    pub digest: String,
+    /// The OCI image layout directory (`dir/oci`), e.g. for `skopeo copy oci:...`.
+    pub oci_dir: PathBuf,
+    /// The OCI archive (`dir/<kind>-oci.tar`), for `ctr images import`.
+    pub oci_tar: PathBuf,
+    /// The `docker save` archive (`dir/busybox-docker.tar`; busybox only).
+    pub docker_tar: Option<PathBuf>,
+    /// Everything `image.json` records: layers (digest, size, diff_id, files,
+    /// unpacked_size), file counts, and `checks.present` / `checks.absent`
+    /// paths an unpacked rootfs must (not) contain.
+    pub info: serde_json::Value,
+}
+
+/// Path of the image generator in the source tree.
+pub fn mkimage_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/images/mkimage.py")
+}
+
+/// Run the generator: `kind` is `busybox`, `big` or `multi`; `extra` are more
+/// flags (`--compression zstd`, `--scale 0.01`, `--name REF`).
+pub fn make_image(kind: &str, dir: &Path, extra: &[&str]) -> Images {
+    require_tool("python3", "python3");
+    require_tool("zstd", "zstd");
+    let out = Command::new("python3")
+        .arg(mkimage_script())
+        .arg(kind)
+        .arg("--out")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("run python3 bench/images/mkimage.py");
+    assert!(
+        out.status.success(),
+        "mkimage.py {kind} {extra:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.join("image.json")).expect("read image.json");
+    let info: serde_json::Value = serde_json::from_str(&text).expect("parse image.json");
+    let field = |k: &str| info[k].as_str().map(str::to_string);
+    Images {
+        dir: dir.to_path_buf(),
+        name: field("name").expect("image.json name"),
+        digest: field("digest").expect("image.json digest"),
+        oci_dir: dir.join(field("oci_dir").expect("image.json oci_dir")),
+        oci_tar: dir.join(field("oci_tar").expect("image.json oci_tar")),
+        docker_tar: field("docker_tar").map(|t| dir.join(t)),
+        info,
+    }
+}
+
+/// `docker.io/library/busybox:latest` from Debian's busybox-static (one gzip layer).
+pub fn busybox_image(dir: &Path) -> Images {
+    require_tool("busybox", "busybox-static");
+    make_image("busybox", dir, &[])
+}
+
+/// The 5-layer `docker.io/stevedore/big:<compression>` image; `scale` 1.0 is
+/// ~30k files / ~360 MB unpacked, tests want ~0.01 (~300 files, ~3.5 MB).
+pub fn big_image(dir: &Path, compression: &str, scale: f64) -> Images {
+    make_image(
+        "big",
+        dir,
+        &["--compression", compression, "--scale", &scale.to_string()],
+    )
+}
+
+/// `docker.io/stevedore/multi:latest`: an index with linux/amd64 and
+/// linux/arm64/v8 manifests sharing the busybox layer.
+pub fn multi_image(dir: &Path) -> Images {
+    require_tool("busybox", "busybox-static");
+    make_image("multi", dir, &[])
+}
