@@ -1,0 +1,127 @@
+//! The main user flows end to end, driven by the real ctr and the stevedore
+//! CLI against a real stevedored: import, unpack, mount, export, run, pull
+//! from a real registry, and garbage collection of what is removed.
+
+use std::process::Command;
+use stevedore_e2e::{busybox_image, multi_image, require_tool, Daemon, Images};
+use stevedore_remote::testutil::TestRegistry;
+
+fn busybox() -> (tempfile::TempDir, Images) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = busybox_image(dir.path());
+    (dir, img)
+}
+
+/// Push a generated OCI layout into the registry under `name`.
+fn push(img: &Images, reg: &TestRegistry, name: &str) -> String {
+    let skopeo = require_tool("skopeo", "skopeo");
+    let dest = format!("{}/{name}", reg.host());
+    let o = Command::new(skopeo)
+        .args(["copy", "--all", "--dest-tls-verify=false", "--insecure-policy"])
+        .arg(format!("oci:{}", img.oci_dir.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&o.stderr));
+    dest
+}
+
+#[test]
+fn ctr_imports_unpacks_mounts_exports_and_collects() {
+    let d = Daemon::start();
+    let (dir, img) = busybox();
+    let out = d.ctr_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
+    assert!(out.contains("done"), "{out}");
+    let check = d.ctr_ok(&["images", "check"]);
+    assert!(check.contains("complete") && check.contains("true"), "{check}");
+    // the unpacked rootfs has busybox
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    d.ctr_ok(&["images", "mount", &img.name, mnt.to_str().unwrap()]);
+    assert!(mnt.join("bin/busybox").exists());
+    d.ctr_ok(&["images", "unmount", "--rm", mnt.to_str().unwrap()]);
+    // export, then import the export into a second daemon
+    let exported = dir.path().join("export.tar");
+    d.ctr_ok(&["images", "export", exported.to_str().unwrap(), &img.name]);
+    let d2 = Daemon::start();
+    d2.ctr_ok(&["images", "import", exported.to_str().unwrap()]);
+    assert!(d2.ctr_ok(&["images", "ls", "-q"]).contains(&img.name));
+    // a Docker save tar imports too, into the native snapshotter
+    let docker = img.docker_tar.clone().unwrap();
+    d2.ctr_ok(&["images", "import", "--snapshotter", "native", docker.to_str().unwrap()]);
+    assert!(d2.ctr_ok(&["snapshots", "--snapshotter", "native", "ls"]).contains("Committed"));
+    // removing the image with --sync collects its content and snapshots
+    d.ctr_ok(&["images", "rm", "--sync", &img.name]);
+    assert_eq!(d.ctr_ok(&["content", "ls", "-q"]).trim(), "");
+    assert_eq!(d.ctr_ok(&["snapshots", "ls"]).lines().count(), 1, "only the header remains");
+}
+
+#[test]
+fn ctr_run_prints_output_and_propagates_exit_codes() {
+    let d = Daemon::start();
+    let (_dir, img) = busybox();
+    d.ctr_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
+    let out = d.ctr_ok(&["run", "--rm", &img.name, "hello", "echo", "hi"]);
+    assert_eq!(out.trim(), "hi");
+    let o = d.ctr(&["run", "--rm", &img.name, "three", "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    // --env, --cwd and the native snapshotter
+    d.ctr_ok(&["images", "import", "--snapshotter", "native", img.oci_tar.to_str().unwrap()]);
+    let out = d.ctr_ok(&[
+        "run", "--rm", "--snapshotter", "native", "--env", "GREETING=yo", "--cwd", "/tmp",
+        &img.name, "envcwd", "sh", "-c", "echo $GREETING $(pwd)",
+    ]);
+    assert_eq!(out.trim(), "yo /tmp");
+    // nothing is left behind
+    assert_eq!(d.ctr_ok(&["containers", "ls", "-q"]).trim(), "");
+    assert_eq!(d.ctr_ok(&["tasks", "ls", "-q"]).trim(), "");
+}
+
+#[test]
+fn ctr_and_stevedore_pull_from_a_real_registry() {
+    let reg = TestRegistry::start();
+    let (_dir, img) = busybox();
+    let remote = push(&img, &reg, "library/busybox:1");
+    let d = Daemon::start();
+    // the classic client-side flow of ctr
+    d.ctr_ok(&["images", "pull", "--plain-http", &remote]);
+    let check = d.ctr_ok(&["images", "check", &format!("name=={remote}")]);
+    assert!(check.contains("complete") && check.contains("true"), "{check}");
+    // the daemon-side pull of stevedore, into another namespace
+    let out = d.cli_ok(&["-n", "team", "pull", &remote]);
+    assert!(out.contains(&remote) && out.contains(&img.digest), "{out}");
+    let check = d.ctr_ok(&["-n", "team", "images", "check"]);
+    assert!(check.contains("complete") && check.contains("true"), "{check}");
+    // and the pulled image runs
+    let out = d.ctr_ok(&["-n", "team", "run", "--rm", &remote, "p1", "echo", "pulled"]);
+    assert_eq!(out.trim(), "pulled");
+    // a second pull finds everything present
+    let j: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["-n", "team", "-o", "json", "pull", &remote])).unwrap();
+    assert_eq!(j["digest"], img.digest.as_str());
+    // a missing image is a clear NotFound
+    let o = d.cli(&["pull", &format!("{}/library/nope:1", reg.host())]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("NotFound") && err.contains("nope"), "{err}");
+}
+
+#[test]
+fn stevedore_pulls_one_platform_or_all_of_a_multi_platform_image() {
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = multi_image(dir.path());
+    let remote = push(&img, &reg, "stevedore/multi:latest");
+    let d = Daemon::start();
+    d.cli_ok(&["pull", "--no-unpack", "--platform", "linux/arm64", &remote]);
+    // index + the arm64 manifest + its config + the layer; no amd64 manifest
+    let content = d.ctr_ok(&["content", "ls", "-q"]);
+    assert_eq!(content.lines().count(), 4, "{content}");
+    let check = d.ctr_ok(&["images", "check"]);
+    assert!(check.contains("incomplete"), "the host's (amd64) manifest was not pulled: {check}");
+    let d2 = Daemon::start();
+    d2.cli_ok(&["pull", "--all-platforms", "--no-unpack", &remote]);
+    let content = d2.ctr_ok(&["content", "ls", "-q"]);
+    // index + 2 manifests + 2 configs + the shared layer
+    assert!(content.lines().count() >= 5, "{content}");
+}
