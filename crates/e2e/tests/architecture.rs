@@ -9,6 +9,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-types", 0),
         ("stevedore-api", 1),
         ("stevedore-sys", 1),
+        ("stevedore-content", 2),
         ("stevedore-metadata", 3),
         ("stevedore-plugin", 5),
         ("stevedore-services", 5),

@@ -76,9 +76,11 @@ impl Resource {
             }
             "ingests" => {}
             k if k.starts_with("snapshots/") && k.len() > "snapshots/".len() => {}
-            k => return Err(Error::invalid(format!(
+            k => {
+                return Err(Error::invalid(format!(
                 "unsupported resource type {k:?}: use content, ingests or snapshots/<snapshotter>"
-            ))),
+            )))
+            }
         }
         if self.id.is_empty() {
             return Err(Error::invalid("lease resource id must not be empty"));
