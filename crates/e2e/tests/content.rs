@@ -485,7 +485,33 @@ fn gc_keeps_leased_and_collects_unreferenced_content() {
 #[test]
 fn gc_honours_lease_expiry() {
     let d = Daemon::start();
-    d.ctr_ok(&["leases", "create", "--id", "short", "--expires", "1s"]);
+    gc_now(&d, "default");
+    // ctr's --expires rounds to whole seconds; give an exact expiry 1.5 s ahead
+    let when = std::time::SystemTime::now() + Duration::from_millis(1500);
+    let epoch = when
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let at = Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{epoch:.3}"),
+            "+%Y-%m-%dT%H:%M:%S.%3NZ",
+        ])
+        .output()
+        .unwrap();
+    let at = String::from_utf8(at.stdout).unwrap();
+    let label = format!("containerd.io/gc.expire={}", at.trim());
+    d.ctr_ok(&[
+        "leases",
+        "create",
+        "--id",
+        "short",
+        "--expires",
+        "0",
+        &label,
+    ]);
     d.ctr_ok(&["leases", "create", "--id", "long", "--expires", "1h"]);
     let rt = rt();
     let a = data(1000, 7);
@@ -494,7 +520,7 @@ fn gc_honours_lease_expiry() {
         .unwrap();
     rt.block_on(grpc_write(&d, "default", Some("long"), "b", &b, true))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep(Duration::from_millis(1600));
     gc_now(&d, "default");
     let ls = d.ctr_ok(&["content", "ls", "-q"]);
     assert!(!ls.contains(&digest_of(&a).to_string()), "{ls}");
