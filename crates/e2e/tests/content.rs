@@ -653,6 +653,7 @@ fn kill9_at_any_point_of_an_ingest_leaves_valid_blobs_or_none() {
             gc_now(&d, "default");
         }
     }
+    eprintln!("(delay ms, ingest left active, blob committed): {outcomes:?}");
     // whatever state each crash left, ingesting again completes and verifies
     gc_now(&d, "default");
     ok(
