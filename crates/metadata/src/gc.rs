@@ -3,7 +3,8 @@
 //!
 //! # The graph
 //! Nodes are `(kind, namespace, key)`. Roots: leases that have not expired
-//! (`containerd.io/gc.expire`) and everything they hold, objects labelled
+//! (`containerd.io/gc.expire`) and everything they hold (only that, without
+//! following references, for leases labelled `containerd.io/gc.flat`), objects labelled
 //! `containerd.io/gc.root`, unexpired unleased ingests, and whatever other
 //! sources declare (images, containers, ...). Edges: the labels
 //! `containerd.io/gc.ref.content[.<name>|/<name>]` -> content and
@@ -39,6 +40,12 @@ pub const CONTENT: &str = "content";
 pub const INGEST: &str = "ingest";
 pub const LEASE: &str = "lease";
 pub const SNAPSHOT: &str = "snapshot";
+/// Content held by a `containerd.io/gc.flat` lease: kept, references not followed.
+pub const CONTENT_FLAT: &str = "content.flat";
+/// A snapshot held by a flat lease.
+pub const SNAPSHOT_FLAT: &str = "snapshot.flat";
+
+pub const LABEL_GC_FLAT: &str = "containerd.io/gc.flat";
 
 pub const LABEL_GC_ROOT: &str = "containerd.io/gc.root";
 pub const LABEL_GC_REF_CONTENT: &str = "containerd.io/gc.ref.content";
@@ -150,10 +157,16 @@ impl Db {
                 s.roots(tx, now, &mut |n| work.push(n))?;
             }
             while let Some(n) = work.pop() {
+                // a flat root is marked without following its references
+                let (n, follow) = match n.kind {
+                    CONTENT_FLAT => (Node { kind: CONTENT, ..n }, false),
+                    SNAPSHOT_FLAT => (Node { kind: SNAPSHOT, ..n }, false),
+                    _ => (n, true),
+                };
                 if marked.contains(&n) {
                     continue;
                 }
-                if let Some(s) = owner(n.kind) {
+                if let (true, Some(s)) = (follow, owner(n.kind)) {
                     s.references(tx, &n, &mut |m| {
                         if !marked.contains(&m) {
                             work.push(m)
@@ -187,13 +200,18 @@ impl Db {
 /// Leases: unexpired leases are roots, and so is everything they hold.
 pub(crate) struct LeaseSource;
 
-fn resource_node(ns: &str, r: &leases::Resource) -> Option<Node> {
+fn resource_node(ns: &str, r: &leases::Resource, flat: bool) -> Option<Node> {
+    let (content, snapshot) = if flat {
+        (CONTENT_FLAT, SNAPSHOT_FLAT)
+    } else {
+        (CONTENT, SNAPSHOT)
+    };
     match r.kind.as_str() {
-        "content" => Some(Node::new(CONTENT, ns, r.id.clone())),
+        "content" => Some(Node::new(content, ns, r.id.clone())),
         "ingests" => Some(Node::new(INGEST, ns, r.id.clone())),
         k => k
             .strip_prefix("snapshots/")
-            .map(|s| Node::new(SNAPSHOT, ns, format!("{s}/{}", r.id))),
+            .map(|s| Node::new(snapshot, ns, format!("{s}/{}", r.id))),
     }
 }
 
@@ -240,8 +258,9 @@ impl GcSource for LeaseSource {
                 continue;
             }
             emit(Node::new(LEASE, &ns, l.id.clone()));
+            let flat = l.labels.contains_key(LABEL_GC_FLAT);
             for r in leases::resources_of(&rt, &ns, &l.id)? {
-                if let Some(n) = resource_node(&ns, &r) {
+                if let Some(n) = resource_node(&ns, &r, flat) {
                     emit(n);
                 }
             }

@@ -174,7 +174,9 @@ impl Db {
             .push(Box::new(hook));
     }
 
-    pub(crate) fn notify(&self, kind: MutationKind) {
+    /// Tell the hooks (the GC scheduler) about a mutation; stores built on
+    /// this database call it after deleting (`Delete`) or changing records.
+    pub fn notify(&self, kind: MutationKind) {
         for h in self.hooks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             h(kind);
         }

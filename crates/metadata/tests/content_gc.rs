@@ -334,3 +334,26 @@ fn mutation_hooks_see_deletes() {
     let seen = seen.lock().unwrap();
     assert!(seen.contains(&stevedore_metadata::MutationKind::Delete));
 }
+
+#[test]
+fn flat_lease_keeps_only_what_it_holds() {
+    let e = env();
+    let c = e.db.content("default", None);
+    let child = put(&c, "child", b"child", &[]);
+    let flat: HashMap<String, String> =
+        [("containerd.io/gc.flat".to_string(), String::new())].into();
+    e.db.create_lease("default", "flat", &flat).unwrap();
+    let parent = put(
+        &e.db.content("default", Some("flat")),
+        "parent",
+        b"parent",
+        &[("containerd.io/gc.ref.content.0", &child.to_string())],
+    );
+    e.db.garbage_collect().unwrap();
+    assert!(c.info(&parent).is_ok(), "held by the lease");
+    assert_eq!(
+        c.info(&child).unwrap_err().kind,
+        ErrorKind::NotFound,
+        "a flat lease does not follow references"
+    );
+}

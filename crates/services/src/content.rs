@@ -361,13 +361,15 @@ impl WriteSession {
             expected: expected.clone(),
         };
         let mut w = blocking(move || store.writer(opts)).await?;
+        // the writer's status, refreshed by every blocking call on it, so a
+        // WRITE message costs one trip to the blocking pool
+        let (w2, ws) = with_writer(w, |w| w.status()).await?;
+        w = w2;
+        let mut ws = ws.map_err(to_status)?;
         // persists across messages, as containerd's does
         let mut msg = WriteContentResponse::default();
         loop {
             msg.action = req.action;
-            let (w2, ws) = with_writer(w, |w| w.status()).await?;
-            w = w2;
-            let ws = ws.map_err(to_status)?;
             msg.offset = ws.offset;
 
             if !req.expected.is_empty() {
@@ -396,9 +398,12 @@ impl WriteSession {
             })?;
             match action {
                 WriteAction::Stat => {
-                    let (w2, d) = with_writer(w, |w| Ok(w.digest())).await?;
+                    let (w2, r) = with_writer(w, |w| Ok((w.digest(), w.status()?))).await?;
                     w = w2;
-                    msg.digest = d.map_err(to_status)?.to_string();
+                    let (d, st) = r.map_err(to_status)?;
+                    ws = st;
+                    msg.offset = ws.offset;
+                    msg.digest = d.to_string();
                     msg.started_at = Some(ts(ws.started_at));
                     msg.updated_at = Some(ts(ws.updated_at));
                     msg.total = total;
@@ -426,14 +431,15 @@ impl WriteSession {
                             let labels: HashMap<String, String> = labels;
                             w.commit(total, expected.as_ref(), labels)?;
                         }
-                        Ok(w.digest())
+                        Ok((w.digest(), w.status()?))
                     })
                     .await?;
                     w = w2;
                     if restart {
                         msg.offset = 0;
                     }
-                    let d = res.map_err(to_status)?;
+                    let (d, st) = res.map_err(to_status)?;
+                    ws = st;
                     msg.offset += n;
                     msg.digest = d.to_string();
                 }
