@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build stevedore, start stevedored on the default socket, and talk to it with
-# both the stevedore CLI and the real containerd `ctr`.
+# Build stevedore, start stevedored on the default socket, import a busybox
+# image (built locally from Debian's busybox-static), and run a container with
+# the real containerd `ctr` and the stevedore CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -19,6 +20,12 @@ echo "== stevedored is serving on $SOCK (log: /var/log/stevedored.log)"
 stevedore version
 echo "== plugins, as the real containerd ctr sees them"
 ctr --address "$SOCK" plugins ls
-echo "== namespaces"
-stevedore namespaces create quickstart demo=yes 2>/dev/null || true
-ctr --address "$SOCK" namespaces ls
+IMGDIR=$(mktemp -d /tmp/stevedore-quickstart.XXXXXX)
+trap 'rm -rf "$IMGDIR"' EXIT
+python3 bench/images/mkimage.py busybox --out "$IMGDIR" >/dev/null
+echo "== import docker.io/library/busybox:latest (built from busybox-static)"
+ctr --address "$SOCK" images import "$IMGDIR/busybox-oci.tar"
+stevedore images ls
+echo "== run a container"
+ctr --address "$SOCK" run --rm docker.io/library/busybox:latest quickstart-$$ \
+  echo "hello from a container run by stevedored"

@@ -17,12 +17,21 @@ fn push(img: &Images, reg: &TestRegistry, name: &str) -> String {
     let skopeo = require_tool("skopeo", "skopeo");
     let dest = format!("{}/{name}", reg.host());
     let o = Command::new(skopeo)
-        .args(["copy", "--all", "--dest-tls-verify=false", "--insecure-policy"])
+        .args([
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            "--insecure-policy",
+        ])
         .arg(format!("oci:{}", img.oci_dir.display()))
         .arg(format!("docker://{dest}"))
         .output()
         .unwrap();
-    assert!(o.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     dest
 }
 
@@ -33,7 +42,10 @@ fn ctr_imports_unpacks_mounts_exports_and_collects() {
     let out = d.ctr_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
     assert!(out.contains("done"), "{out}");
     let check = d.ctr_ok(&["images", "check"]);
-    assert!(check.contains("complete") && check.contains("true"), "{check}");
+    assert!(
+        check.contains("complete") && check.contains("true"),
+        "{check}"
+    );
     // the unpacked rootfs has busybox
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -48,12 +60,24 @@ fn ctr_imports_unpacks_mounts_exports_and_collects() {
     assert!(d2.ctr_ok(&["images", "ls", "-q"]).contains(&img.name));
     // a Docker save tar imports too, into the native snapshotter
     let docker = img.docker_tar.clone().unwrap();
-    d2.ctr_ok(&["images", "import", "--snapshotter", "native", docker.to_str().unwrap()]);
-    assert!(d2.ctr_ok(&["snapshots", "--snapshotter", "native", "ls"]).contains("Committed"));
+    d2.ctr_ok(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "native",
+        docker.to_str().unwrap(),
+    ]);
+    assert!(d2
+        .ctr_ok(&["snapshots", "--snapshotter", "native", "ls"])
+        .contains("Committed"));
     // removing the image with --sync collects its content and snapshots
     d.ctr_ok(&["images", "rm", "--sync", &img.name]);
     assert_eq!(d.ctr_ok(&["content", "ls", "-q"]).trim(), "");
-    assert_eq!(d.ctr_ok(&["snapshots", "ls"]).lines().count(), 1, "only the header remains");
+    assert_eq!(
+        d.ctr_ok(&["snapshots", "ls"]).lines().count(),
+        1,
+        "only the header remains"
+    );
 }
 
 #[test]
@@ -64,12 +88,34 @@ fn ctr_run_prints_output_and_propagates_exit_codes() {
     let out = d.ctr_ok(&["run", "--rm", &img.name, "hello", "echo", "hi"]);
     assert_eq!(out.trim(), "hi");
     let o = d.ctr(&["run", "--rm", &img.name, "three", "sh", "-c", "exit 3"]);
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // --env, --cwd and the native snapshotter
-    d.ctr_ok(&["images", "import", "--snapshotter", "native", img.oci_tar.to_str().unwrap()]);
+    d.ctr_ok(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "native",
+        img.oci_tar.to_str().unwrap(),
+    ]);
     let out = d.ctr_ok(&[
-        "run", "--rm", "--snapshotter", "native", "--env", "GREETING=yo", "--cwd", "/tmp",
-        &img.name, "envcwd", "sh", "-c", "echo $GREETING $(pwd)",
+        "run",
+        "--rm",
+        "--snapshotter",
+        "native",
+        "--env",
+        "GREETING=yo",
+        "--cwd",
+        "/tmp",
+        &img.name,
+        "envcwd",
+        "sh",
+        "-c",
+        "echo $GREETING $(pwd)",
     ]);
     assert_eq!(out.trim(), "yo /tmp");
     // nothing is left behind
@@ -86,12 +132,18 @@ fn ctr_and_stevedore_pull_from_a_real_registry() {
     // the classic client-side flow of ctr
     d.ctr_ok(&["images", "pull", "--plain-http", &remote]);
     let check = d.ctr_ok(&["images", "check", &format!("name=={remote}")]);
-    assert!(check.contains("complete") && check.contains("true"), "{check}");
+    assert!(
+        check.contains("complete") && check.contains("true"),
+        "{check}"
+    );
     // the daemon-side pull of stevedore, into another namespace
     let out = d.cli_ok(&["-n", "team", "pull", &remote]);
     assert!(out.contains(&remote) && out.contains(&img.digest), "{out}");
     let check = d.ctr_ok(&["-n", "team", "images", "check"]);
-    assert!(check.contains("complete") && check.contains("true"), "{check}");
+    assert!(
+        check.contains("complete") && check.contains("true"),
+        "{check}"
+    );
     // and the pulled image runs
     let out = d.ctr_ok(&["-n", "team", "run", "--rm", &remote, "p1", "echo", "pulled"]);
     assert_eq!(out.trim(), "pulled");
@@ -118,7 +170,10 @@ fn stevedore_pulls_one_platform_or_all_of_a_multi_platform_image() {
     let content = d.ctr_ok(&["content", "ls", "-q"]);
     assert_eq!(content.lines().count(), 4, "{content}");
     let check = d.ctr_ok(&["images", "check"]);
-    assert!(check.contains("incomplete"), "the host's (amd64) manifest was not pulled: {check}");
+    assert!(
+        check.contains("incomplete"),
+        "the host's (amd64) manifest was not pulled: {check}"
+    );
     let d2 = Daemon::start();
     d2.cli_ok(&["pull", "--all-platforms", "--no-unpack", &remote]);
     let content = d2.ctr_ok(&["content", "ls", "-q"]);
