@@ -169,7 +169,6 @@ fn stevedore_pulls_one_platform_or_all_of_a_multi_platform_image() {
     // index + the arm64 manifest + its config + the layer; no amd64 manifest
     let content = d.ctr_ok(&["content", "ls", "-q"]);
     assert_eq!(content.lines().count(), 4, "{content}");
-    let check = d.ctr_ok(&["images", "check"]);
     assert!(
         check.contains("incomplete"),
         "the host's (amd64) manifest was not pulled: {check}"
@@ -179,4 +178,34 @@ fn stevedore_pulls_one_platform_or_all_of_a_multi_platform_image() {
     let content = d2.ctr_ok(&["content", "ls", "-q"]);
     // index + 2 manifests + 2 configs + the shared layer
     assert!(content.lines().count() >= 5, "{content}");
+}
+
+#[test]
+fn stevedore_and_ctr_push_to_a_real_registry() {
+    let reg = TestRegistry::start();
+    let (_dir, img) = busybox();
+    let d = Daemon::start();
+    d.ctr_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
+    // daemon-side push under a new name, children before the manifest
+    let dest = format!("{}/pushed/busybox:v1", reg.host());
+    let out = d.cli_ok(&["push", &dest, &img.name]);
+    assert!(out.contains(&img.digest), "{out}");
+    // the registry serves it: a fresh daemon pulls it back, complete
+    let d2 = Daemon::start();
+    d2.cli_ok(&["pull", &dest]);
+    let check = d2.ctr_ok(&["images", "check"]);
+    assert!(check.contains("complete"), "{check}");
+    // pushing again uploads nothing (the registry has every blob)
+    let o = d.cli(&["push", &dest, &img.name]);
+    assert!(o.status.success());
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(!log.contains("layer") || log.contains("exists"), "{log}");
+    // the classic client-side push of ctr works against stevedored too
+    let dest2 = format!("{}/ctr/busybox:v2", reg.host());
+    d.ctr_ok(&["images", "push", "--plain-http", &dest2, &img.name]);
+    d2.cli_ok(&["pull", &dest2]);
+    // pushing an unknown local image fails clearly
+    let o = d.cli(&["push", &dest, "nope:1"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
 }

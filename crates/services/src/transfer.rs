@@ -403,10 +403,8 @@ impl TransferService {
         let result = self
             .pull_under_lease(&pull, &reference, root, matcher.as_ref(), &req)
             .await;
-        if !lease.starts_with("pull-") || result.is_ok() {
-            // on success the image holds everything; on failure the lease
-            // lapses (24 h) so a retry resumes from the ingested bytes
-        }
+        // on success the image holds everything and the pull's own lease goes;
+        // on failure it lapses (24 h) so a retry resumes from the ingested bytes
         if result.is_ok() && lease.starts_with("pull-") {
             let (db, n) = (self.db.clone(), ns.clone());
             let _ = blocking(move || db.delete_lease(&n, &lease)).await;
@@ -780,10 +778,223 @@ impl Transfer for TransferService {
 
     async fn push(
         &self,
-        _req: Request<PushRequest>,
+        req: Request<PushRequest>,
     ) -> std::result::Result<Response<Self::PushStream>, Status> {
-        Err(to_status(Error::unimplemented(
-            "daemon-side push is not implemented yet: use `ctr images push`",
+        let ns = namespace_of(&req)?;
+        let r = req.into_inner();
+        if r.source.is_empty() {
+            return Err(Status::invalid_argument(
+                "push: the local image name is required",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let report = Reporter { tx: tx.clone() };
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let what = if r.reference.is_empty() {
+                r.source.clone()
+            } else {
+                r.reference.clone()
+            };
+            let msg = match push_image(db, ns, r, report).await {
+                Ok((name, target)) => Ok(TransferProgress {
+                    image_name: name,
+                    target: Some(descriptor_to_pb(&target)),
+                    done: true,
+                    ..Default::default()
+                }),
+                Err(e) => {
+                    tracing::warn!(reference = %what, error = %e, "push failed");
+                    Err(to_status(e.context(format!("push {what}"))))
+                }
+            };
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// An async reader over a blob of the content store, fed by a blocking thread.
+fn content_reader(
+    content: stevedore_metadata::content::NsContent,
+    d: Digest,
+) -> stevedore_remote::PushReader {
+    use tokio::io::AsyncWriteExt;
+    let (mut w, r) = tokio::io::duplex(1 << 20);
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let ra = match content.reader_at(&d) {
+            Ok(ra) => ra,
+            Err(e) => {
+                tracing::warn!(digest = %d, error = %e, "push: cannot read blob");
+                return;
+            }
+        };
+        let mut off = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match ra.read_at(&mut buf, off) {
+                Ok(0) => break,
+                Ok(n) => {
+                    off += n as u64;
+                    if handle.block_on(w.write_all(&buf[..n])).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(digest = %d, error = %e, "push: read failed");
+                    return;
+                }
+            }
+        }
+        let _ = handle.block_on(w.shutdown());
+    });
+    Box::new(r)
+}
+
+/// Push a local image: blobs first (skipping what the registry has, mounting
+/// across repositories of the same registry when the content came from one),
+/// then manifests children before parents, then the tag.
+async fn push_image(
+    db: Arc<Db>,
+    ns: String,
+    r: PushRequest,
+    report: Reporter,
+) -> Result<(String, Descriptor)> {
+    let (db2, n2, src) = (db.clone(), ns.clone(), r.source.clone());
+    let image = blocking(move || db2.get_image(&n2, &src)).await?;
+    let target_ref = if r.reference.is_empty() {
+        &r.source
+    } else {
+        &r.reference
+    };
+    let reference = Reference::parse_normalized(target_ref)?;
+    let opts = r.registry.clone().unwrap_or_default();
+    let credentials = (!opts.username.is_empty()).then(|| {
+        let c = Credentials {
+            username: opts.username.clone(),
+            secret: opts.password.clone(),
+        };
+        Arc::new(move |_host: &str| Some(c.clone())) as stevedore_remote::CredentialsFn
+    });
+    let resolver = Resolver::new(ResolverOptions {
+        hosts: HostOptions {
+            hosts_dir: (!opts.hosts_dir.is_empty()).then(|| PathBuf::from(&opts.hosts_dir)),
+            default_scheme: opts.plain_http.then(|| "http".to_string()),
+        },
+        credentials,
+        ..Default::default()
+    });
+    let matcher: Box<dyn MatchPlatform> = if r.all_platforms || r.platforms.is_empty() {
+        Box::new(All)
+    } else {
+        let mut v: Vec<Box<dyn MatchPlatform>> = Vec::new();
+        for p in &r.platforms {
+            v.push(Box::new(Only::new(p.parse::<Platform>()?)));
+        }
+        Box::new(AnyOf(v))
+    };
+    let repo = resolver.repository(&reference).await?;
+    let content = db.content(&ns, None);
+    let read_json = |d: Descriptor| {
+        let c = content.clone();
+        async move {
+            blocking(move || {
+                let ra = c.reader_at(&d.digest)?;
+                let mut buf = Vec::new();
+                stevedore_content::read_all(ra.as_ref(), &mut buf)?;
+                Ok(buf)
+            })
+            .await
+        }
+    };
+    // children first: blobs, then manifests, then the root
+    let root = image.target.clone();
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    let mut manifests: Vec<Descriptor> = Vec::new();
+    let mut root_bytes = read_json(root.clone()).await?;
+    if mediatypes::is_index_type(&root.media_type) {
+        let mut index: Index = serde_json::from_slice(&root_bytes)
+            .map_err(|e| Error::invalid(format!("parse index {}: {e}", root.digest)))?;
+        let all = index.manifests.len();
+        index.manifests.retain(|m| {
+            m.platform
+                .as_ref()
+                .map(|p| matcher.matches(p))
+                .unwrap_or(true)
+        });
+        if index.manifests.len() != all {
+            return Err(Error::unimplemented(format!(
+                "push {reference}: pushing a subset of a multi-platform index would change its digest; push all platforms"
+            )));
+        }
+        for m in &index.manifests {
+            manifests.push(m.clone());
+        }
+    } else {
+        manifests.push(root.clone());
+    }
+    for m in &manifests {
+        let bytes = read_json(m.clone()).await?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid(format!("parse manifest {}: {e}", m.digest)))?;
+        blobs.push(manifest.config.clone());
+        for l in manifest.layers {
+            if !mediatypes::is_non_distributable(&l.media_type)
+                && !blobs.iter().any(|b| b.digest == l.digest)
+            {
+                blobs.push(l);
+            }
+        }
+    }
+    let source_label = format!("containerd.io/distribution.source.{}", reference.domain());
+    for b in &blobs {
+        let kind = kind_of(&b.media_type);
+        report.item(b, kind, "uploading", 0, "").await;
+        let mount_from = {
+            let (c, d) = (content.clone(), b.digest.clone());
+            blocking(move || c.info(&d))
+                .await
+                .ok()
+                .and_then(|i| i.labels.get(&source_label).cloned())
+        };
+        let outcome = repo
+            .push_blob(
+                b,
+                content_reader(content.clone(), b.digest.clone()),
+                &stevedore_remote::PushBlobOptions {
+                    mount_from,
+                    chunk_size: None,
+                },
+            )
+            .await?;
+        let status = match outcome {
+            stevedore_remote::PushOutcome::Exists => "exists",
+            stevedore_remote::PushOutcome::Mounted => "mounted",
+            stevedore_remote::PushOutcome::Uploaded => "done",
+        };
+        report.item(b, kind, status, b.size, "").await;
+    }
+    for m in manifests.iter().filter(|m| m.digest != root.digest) {
+        let bytes = read_json(m.clone()).await?;
+        repo.push_manifest(&m.digest.to_string(), &m.media_type, bytes.into())
+            .await?;
+        report.item(m, "manifest", "done", m.size, "").await;
+    }
+    let tag = reference
+        .tag()
+        .map(str::to_string)
+        .unwrap_or_else(|| root.digest.to_string());
+    repo.push_manifest(
+        &tag,
+        &root.media_type,
+        std::mem::take(&mut root_bytes).into(),
+    )
+    .await?;
+    report
+        .item(&root, kind_of(&root.media_type), "done", root.size, "")
+        .await;
+    Ok((reference.to_string(), root))
 }
