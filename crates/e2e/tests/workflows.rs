@@ -169,10 +169,6 @@ fn stevedore_pulls_one_platform_or_all_of_a_multi_platform_image() {
     // index + the arm64 manifest + its config + the layer; no amd64 manifest
     let content = d.ctr_ok(&["content", "ls", "-q"]);
     assert_eq!(content.lines().count(), 4, "{content}");
-    assert!(
-        check.contains("incomplete"),
-        "the host's (amd64) manifest was not pulled: {check}"
-    );
     let d2 = Daemon::start();
     d2.cli_ok(&["pull", "--all-platforms", "--no-unpack", &remote]);
     let content = d2.ctr_ok(&["content", "ls", "-q"]);
