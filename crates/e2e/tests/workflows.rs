@@ -205,3 +205,45 @@ fn stevedore_and_ctr_push_to_a_real_registry() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
 }
+
+#[test]
+fn stevedore_imports_and_exports_archives_in_the_daemon() {
+    let d = Daemon::start();
+    let (dir, img) = busybox();
+    let out = d.cli_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
+    assert!(out.contains(&img.name), "{out}");
+    let check = d.ctr_ok(&["images", "check"]);
+    assert!(
+        check.contains("complete") && check.contains("true"),
+        "{check}"
+    );
+    // stevedore's export is byte-identical to ctr's of the same image
+    let ours = dir.path().join("ours.tar");
+    let theirs = dir.path().join("theirs.tar");
+    d.cli_ok(&["images", "export", ours.to_str().unwrap(), &img.name]);
+    d.ctr_ok(&["images", "export", theirs.to_str().unwrap(), &img.name]);
+    assert_eq!(
+        std::fs::read(&ours).unwrap(),
+        std::fs::read(&theirs).unwrap()
+    );
+    // a docker save tar under an OCI name, into another namespace, runs
+    let docker = img.docker_tar.clone().unwrap();
+    d.cli_ok(&[
+        "-n",
+        "other",
+        "images",
+        "import",
+        "--oci-name",
+        "foo/bar",
+        docker.to_str().unwrap(),
+    ]);
+    let ls = d.cli_ok(&["-n", "other", "images", "ls", "-q"]);
+    assert!(ls.contains("foo/bar@sha256:"), "{ls}");
+    // a broken archive fails clearly and leaves no image behind
+    let broken = dir.path().join("broken.tar");
+    let bytes = std::fs::read(&img.oci_tar).unwrap();
+    std::fs::write(&broken, &bytes[..bytes.len() / 2]).unwrap();
+    let o = d.cli(&["-n", "broken", "images", "import", broken.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert_eq!(d.cli_ok(&["-n", "broken", "images", "ls", "-q"]).trim(), "");
+}

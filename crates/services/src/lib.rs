@@ -3,6 +3,7 @@
 //! gRPC statuses here (through `stevedore_api::status`), and events are
 //! published here after each state change.
 
+pub mod archive;
 pub mod containers;
 pub mod content;
 pub mod convert;

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 use stevedore_api::services::images::{ImageCreate, ImageUpdate};
 use stevedore_api::services::transfer::{
     transfer_server::{Transfer, TransferServer},
-    Progress, PullRequest, PushRequest, TransferProgress,
+    ExportChunk, ExportRequest, ImportRequest, Progress, PullRequest, PushRequest,
+    TransferProgress,
 };
 use stevedore_api::status::to_status;
 use stevedore_content::{Store, WriterOpts};
@@ -137,7 +138,7 @@ struct Pull {
     db: Arc<Db>,
     ns: String,
     lease: String,
-    repo: Repository,
+    repo: Option<Repository>,
     report: Reporter,
     downloads: Arc<Semaphore>,
 }
@@ -237,10 +238,11 @@ impl Pull {
         self.report
             .item(desc, kind, "downloading", offset, "")
             .await;
-        let mut reader = self
+        let repo = self
             .repo
-            .fetch_from(desc, offset.max(0) as u64, None)
-            .await?;
+            .as_ref()
+            .ok_or_else(|| Error::internal("fetch without a registry"))?;
+        let mut reader = repo.fetch_from(desc, offset.max(0) as u64, None).await?;
         // a blocking task owns the writer; chunks flow through a small queue
         let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(16);
         let d = desc.clone();
@@ -392,7 +394,7 @@ impl TransferService {
             db: self.db.clone(),
             ns: ns.clone(),
             lease: lease.clone(),
-            repo,
+            repo: Some(repo),
             report: report.clone(),
             downloads: Arc::new(Semaphore::new(if opts.max_concurrent_downloads > 0 {
                 opts.max_concurrent_downloads as usize
@@ -774,6 +776,135 @@ impl Transfer for TransferService {
         )))
     }
 
+    type ImportStream = ProgressStream;
+
+    async fn import(
+        &self,
+        req: Request<tonic::Streaming<ImportRequest>>,
+    ) -> std::result::Result<Response<Self::ImportStream>, Status> {
+        let ns = namespace_of(&req)?;
+        let mut upload = req.into_inner();
+        let first = upload
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("import: empty upload"))?;
+        let options = first.options.ok_or_else(|| {
+            Status::invalid_argument("import: the first message must carry the options")
+        })?;
+        let (data_tx, data_rx) = mpsc::channel::<std::io::Result<bytes::Bytes>>(16);
+        if !first.data.is_empty() {
+            let _ = data_tx.send(Ok(first.data.into())).await;
+        }
+        tokio::spawn(async move {
+            loop {
+                match upload.message().await {
+                    Ok(Some(m)) => {
+                        if data_tx.send(Ok(m.data.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(s) => {
+                        let _ = data_tx
+                            .send(Err(std::io::Error::other(format!(
+                                "upload interrupted: {}",
+                                s.message()
+                            ))))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel(64);
+        let report = Reporter { tx: tx.clone() };
+        let this = TransferService {
+            db: self.db.clone(),
+            snapshotters: self.snapshotters.clone(),
+            exchange: self.exchange.clone(),
+            scratch: self.scratch.clone(),
+        };
+        tokio::spawn(async move {
+            let msg = match this.import_archive(ns, options, data_rx, report).await {
+                Ok(names) => Ok(TransferProgress {
+                    image_name: names.join(","),
+                    done: true,
+                    ..Default::default()
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "import failed");
+                    Err(to_status(e.context("import")))
+                }
+            };
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type ExportStream =
+        Pin<Box<dyn Stream<Item = std::result::Result<ExportChunk, Status>> + Send>>;
+
+    async fn export(
+        &self,
+        req: Request<ExportRequest>,
+    ) -> std::result::Result<Response<Self::ExportStream>, Status> {
+        let ns = namespace_of(&req)?;
+        let r = req.into_inner();
+        if r.names.is_empty() {
+            return Err(Status::invalid_argument("export: name at least one image"));
+        }
+        let mut images = Vec::new();
+        for name in &r.names {
+            let (db, n, name2) = (self.db.clone(), ns.clone(), name.clone());
+            let img = crate::blocking(move || db.get_image(&n, &name2)).await?;
+            let target = Descriptor::new(
+                img.target.media_type.clone(),
+                img.target.digest.clone(),
+                img.target.size,
+            );
+            images.push(stevedore_images::archive::ExportImage::named(name, &target));
+        }
+        let platform: Option<Box<dyn MatchPlatform>> = if r.all_platforms {
+            None
+        } else if r.platforms.is_empty() {
+            Some(Box::new(stevedore_types::platform::Exact(Platform::host())))
+        } else {
+            let mut v: Vec<Box<dyn MatchPlatform>> = Vec::new();
+            for p in &r.platforms {
+                v.push(Box::new(stevedore_types::platform::Exact(
+                    p.parse::<Platform>().map_err(to_status)?,
+                )));
+            }
+            Some(Box::new(AnyOf(v)))
+        };
+        let exporter = stevedore_images::archive::OciExporter {
+            platform,
+            all_platforms: r.all_platforms,
+            skip_docker_manifest: r.skip_manifest_json,
+            skip_non_distributable: r.skip_non_distributable,
+            progress: None,
+        };
+        let (tx, rx) = mpsc::channel::<std::result::Result<ExportChunk, Status>>(8);
+        let content = self.db.content(&ns, None);
+        tokio::task::spawn_blocking(move || {
+            use stevedore_images::archive::Exporter;
+            let adapter = crate::archive::ContentAdapter(content);
+            let mut w =
+                crate::archive::ChannelWriter::new(tx.clone(), |data| Ok(ExportChunk { data }));
+            let r = exporter
+                .export(&adapter, &images, &mut w)
+                .and_then(|_| std::io::Write::flush(&mut w).map_err(Error::from));
+            if let Err(e) = r {
+                let _ = tx.blocking_send(Err(to_status(e.context("export"))));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     type PushStream = ProgressStream;
 
     async fn push(
@@ -997,4 +1128,208 @@ async fn push_image(
         .item(&root, kind_of(&root.media_type), "done", root.size, "")
         .await;
     Ok((reference.to_string(), root))
+}
+
+impl TransferService {
+    /// Import an archive streamed by the client: blobs into the content store
+    /// (under a lease), image records created or retargeted, then each image
+    /// unpacked for this host.
+    async fn import_archive(
+        &self,
+        ns: String,
+        opts: stevedore_api::services::transfer::ImportOptions,
+        data: mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+        report: Reporter,
+    ) -> Result<Vec<String>> {
+        use stevedore_images::archive::{ArchiveImporter, ImportOptions, Importer};
+        let lease = format!("import-{}", uuid::Uuid::new_v4());
+        let expire = humantime::format_rfc3339(SystemTime::now() + Duration::from_secs(24 * 3600))
+            .to_string();
+        let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire)]);
+        let (db, n, l) = (self.db.clone(), ns.clone(), lease.clone());
+        blocking(move || db.create_lease(&n, &l, &labels).map(|_| ())).await?;
+        let matcher: Box<dyn MatchPlatform> = if opts.all_platforms {
+            Box::new(All)
+        } else if opts.platforms.is_empty() {
+            Box::new(stevedore_types::platform::default_matcher())
+        } else {
+            let mut v: Vec<Box<dyn MatchPlatform>> = Vec::new();
+            for p in &opts.platforms {
+                v.push(Box::new(Only::new(p.parse::<Platform>()?)));
+            }
+            Box::new(AnyOf(v))
+        };
+        let mut options = if !opts.oci_name.is_empty() {
+            ImportOptions::oci_name(&opts.oci_name)
+        } else if !opts.base_name.is_empty() {
+            let mut o = ImportOptions::base_name(&opts.base_name);
+            if opts.digests {
+                o.digest_prefix = Some(opts.base_name.clone());
+            }
+            o
+        } else {
+            ImportOptions::ctr_default()
+        };
+        options.platform = matcher;
+        options.labels = opts.labels.clone();
+        if !opts.index_name.is_empty() {
+            options.index_name = Some(opts.index_name.clone());
+        }
+        let content = self.db.content(&ns, Some(&lease));
+        let records = blocking(move || {
+            let adapter = crate::archive::ContentAdapter(content);
+            let mut reader = crate::archive::ChannelReader::new(data);
+            ArchiveImporter::new(options).import(&adapter, &mut reader)
+        })
+        .await?;
+        if records.is_empty() {
+            return Err(Error::invalid(
+                "the archive names no image: use --base-name or --oci-name",
+            ));
+        }
+        let mut names = Vec::new();
+        for rec in &records {
+            let image = Image {
+                name: rec.name.clone(),
+                labels: rec.labels.clone(),
+                target: Descriptor::new(
+                    rec.target.media_type.clone(),
+                    rec.target.digest.clone(),
+                    rec.target.size,
+                ),
+                created_at: 0,
+                updated_at: 0,
+            };
+            let (db, n) = (self.db.clone(), ns.clone());
+            let (img, is_new) = blocking(move || match db.get_image(&n, &image.name) {
+                Ok(_) => db
+                    .update_image(&n, image, &["target".to_string()])
+                    .map(|i| (i, false)),
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    db.create_image(&n, image).map(|i| (i, true))
+                }
+                Err(e) => Err(e),
+            })
+            .await?;
+            if is_new {
+                self.exchange.publish(
+                    &ns,
+                    "/images/create",
+                    &ImageCreate {
+                        name: img.name.clone(),
+                        labels: img.labels.clone(),
+                    },
+                );
+            } else {
+                self.exchange.publish(
+                    &ns,
+                    "/images/update",
+                    &ImageUpdate {
+                        name: img.name.clone(),
+                        labels: img.labels.clone(),
+                    },
+                );
+            }
+            report
+                .item(&img.target, "image", "imported", img.target.size, &img.name)
+                .await;
+            names.push(img.name);
+        }
+        if opts.unpack {
+            let snapshotter = if opts.snapshotter.is_empty() {
+                "overlayfs"
+            } else {
+                opts.snapshotter.as_str()
+            };
+            let sn = self.snapshotters.get(snapshotter).cloned().ok_or_else(|| {
+                Error::invalid(format!("import: snapshotter {snapshotter:?} is not loaded"))
+            })?;
+            let pull = Arc::new(Pull {
+                db: self.db.clone(),
+                ns: ns.clone(),
+                lease: lease.clone(),
+                repo: None,
+                report: report.clone(),
+                downloads: Arc::new(Semaphore::new(1)),
+            });
+            let mut done: Vec<Digest> = Vec::new();
+            for rec in &records {
+                if done.contains(&rec.target.digest) {
+                    continue;
+                }
+                done.push(rec.target.digest.clone());
+                let Some(selected) = select_host_manifest(&pull, &rec.target).await? else {
+                    continue;
+                };
+                let chain = self
+                    .unpack(&pull, &sn, snapshotter, &selected, &HashMap::new())
+                    .await?;
+                pull.set_labels(
+                    &selected.manifest.config.digest,
+                    HashMap::from([(
+                        format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
+                        chain.to_string(),
+                    )]),
+                )
+                .await?;
+                for (i, l) in selected.manifest.layers.iter().enumerate() {
+                    pull.set_labels(
+                        &l.digest,
+                        HashMap::from([(
+                            crate::diff::LABEL_UNCOMPRESSED.to_string(),
+                            selected.config.rootfs.diff_ids[i].to_string(),
+                        )]),
+                    )
+                    .await?;
+                }
+            }
+        }
+        let (db, n) = (self.db.clone(), ns.clone());
+        let _ = blocking(move || db.delete_lease(&n, &lease)).await;
+        Ok(names)
+    }
+}
+
+/// The manifest of `target` this host would run (None when it has none).
+async fn select_host_manifest(pull: &Pull, target: &Descriptor) -> Result<Option<Selected>> {
+    let matcher = stevedore_types::platform::default_matcher();
+    let mdesc = if mediatypes::is_index_type(&target.media_type) {
+        let index: Index = pull.read_json(target).await?;
+        let best = index
+            .manifests
+            .into_iter()
+            .filter(|m| mediatypes::is_manifest_type(&m.media_type))
+            .filter_map(|m| {
+                let rank = match &m.platform {
+                    Some(p) => matcher.rank(p)?,
+                    None => usize::MAX - 1,
+                };
+                Some((rank, m))
+            })
+            .min_by_key(|(r, _)| *r);
+        match best {
+            Some((_, m)) => m,
+            None => return Ok(None),
+        }
+    } else {
+        target.clone()
+    };
+    if pull.content().info(&mdesc.digest).is_err() {
+        return Ok(None);
+    }
+    let manifest: Manifest = pull.read_json(&mdesc).await?;
+    let config: ImageConfig = pull.read_json(&manifest.config).await?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(Error::invalid(format!(
+            "manifest {} has {} layers but its config lists {} diff IDs",
+            mdesc.digest,
+            manifest.layers.len(),
+            config.rootfs.diff_ids.len()
+        )));
+    }
+    Ok(Some(Selected {
+        desc: mdesc,
+        manifest,
+        config,
+    }))
 }

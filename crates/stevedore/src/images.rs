@@ -29,6 +29,52 @@ pub enum ImagesCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Import an image archive (OCI layout or `docker save` tar) and unpack it.
+    Import {
+        /// The archive (`-` for standard input).
+        file: String,
+        /// Keep only images under this name.
+        #[arg(long)]
+        base_name: Option<String>,
+        /// Name the images `<name>:<ref>` and `<name>@<digest>`.
+        #[arg(long)]
+        oci_name: Option<String>,
+        /// Also create `<name>@<digest>` images (with --base-name).
+        #[arg(long)]
+        digests: bool,
+        /// Keep the index itself as an image of this name.
+        #[arg(long)]
+        index_name: Option<String>,
+        #[arg(long)]
+        platform: Vec<String>,
+        #[arg(long, conflicts_with = "platform")]
+        all_platforms: bool,
+        /// Do not unpack into a snapshotter.
+        #[arg(long)]
+        no_unpack: bool,
+        #[arg(long, default_value = "overlayfs")]
+        snapshotter: String,
+        /// Print only the image names.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Export images as an OCI archive (what `ctr images export` writes).
+    Export {
+        /// The archive to write (`-` for standard output).
+        file: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        platform: Vec<String>,
+        #[arg(long, conflicts_with = "platform")]
+        all_platforms: bool,
+        /// Leave out the Docker `manifest.json`.
+        #[arg(long)]
+        skip_manifest_json: bool,
+        /// Leave out non-distributable (foreign) layers.
+        #[arg(long)]
+        skip_non_distributable: bool,
+    },
     /// Remove images (their content is collected by the GC).
     #[command(alias = "remove", alias = "delete")]
     Rm {
@@ -137,6 +183,147 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
                     Err(s) => return Err(rpc_error(&format!("tag image {t:?}"), s)),
                 }
                 println!("{t}");
+            }
+        }
+        ImagesCmd::Import {
+            file,
+            base_name,
+            oci_name,
+            digests,
+            index_name,
+            platform,
+            all_platforms,
+            no_unpack,
+            snapshotter,
+            quiet,
+        } => {
+            use stevedore_api::services::transfer::{
+                transfer_client::TransferClient, ImportOptions, ImportRequest,
+            };
+            use tokio::io::AsyncReadExt;
+            let mut input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if file == "-" {
+                Box::new(tokio::io::stdin())
+            } else {
+                Box::new(
+                    tokio::fs::File::open(&file)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("open archive {file}: {e}"))?,
+                )
+            };
+            let options = ImportOptions {
+                base_name: base_name.unwrap_or_default(),
+                oci_name: oci_name.unwrap_or_default(),
+                digests,
+                platforms: platform,
+                all_platforms,
+                unpack: !no_unpack,
+                snapshotter,
+                labels: Default::default(),
+                index_name: index_name.unwrap_or_default(),
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel::<ImportRequest>(4);
+            tx.send(ImportRequest {
+                options: Some(options),
+                data: Vec::new(),
+            })
+            .await
+            .ok();
+            let what = format!("read archive {file}");
+            let feeder = tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = input.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                    if tx
+                        .send(ImportRequest {
+                            options: None,
+                            data: buf[..n].to_vec(),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+            });
+            let (ch, ns) = conn.svc()?;
+            let stream = TransferClient::with_interceptor(ch, ns)
+                .import(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map_err(|s| rpc_error(&format!("import {file}"), s))?
+                .into_inner();
+            let done = crate::transfer::follow(stream, &format!("import {file}"), quiet, fmt).await;
+            feeder
+                .await
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))?
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            done?;
+        }
+        ImagesCmd::Export {
+            file,
+            names,
+            platform,
+            all_platforms,
+            skip_manifest_json,
+            skip_non_distributable,
+        } => {
+            use std::io::Write;
+            use stevedore_api::services::transfer::{
+                transfer_client::TransferClient, ExportRequest,
+            };
+            let (ch, ns) = conn.svc()?;
+            let mut stream = TransferClient::with_interceptor(ch, ns)
+                .export(ExportRequest {
+                    names: names.clone(),
+                    platforms: platform,
+                    all_platforms,
+                    skip_manifest_json,
+                    skip_non_distributable,
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("export {}", names.join(" ")), s))?
+                .into_inner();
+            let (mut out, tmp): (Box<dyn Write>, Option<std::path::PathBuf>) = if file == "-" {
+                (Box::new(std::io::stdout().lock()), None)
+            } else {
+                let tmp = std::path::PathBuf::from(format!("{file}.partial"));
+                let f = std::fs::File::create(&tmp)
+                    .map_err(|e| anyhow::anyhow!("create {}: {e}", tmp.display()))?;
+                (Box::new(std::io::BufWriter::new(f)), Some(tmp))
+            };
+            let mut total = 0usize;
+            let result: Result<()> = async {
+                while let Some(chunk) = stream
+                    .message()
+                    .await
+                    .map_err(|s| rpc_error(&format!("export {}", names.join(" ")), s))?
+                {
+                    total += chunk.data.len();
+                    out.write_all(&chunk.data)?;
+                }
+                out.flush()?;
+                Ok(())
+            }
+            .await;
+            drop(out);
+            match (result, tmp) {
+                (Err(e), Some(tmp)) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                (Err(e), None) => return Err(e),
+                (Ok(()), Some(tmp)) => {
+                    std::fs::rename(&tmp, &file)
+                        .map_err(|e| anyhow::anyhow!("rename {} to {file}: {e}", tmp.display()))?;
+                    eprintln!(
+                        "exported {} to {file} ({})",
+                        names.join(", "),
+                        human_size(total as i64)
+                    );
+                }
+                (Ok(()), None) => {}
             }
         }
         ImagesCmd::Rm { names, sync } => {

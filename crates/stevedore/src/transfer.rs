@@ -160,7 +160,7 @@ impl Display {
     }
 }
 
-async fn follow(
+pub(crate) async fn follow(
     mut stream: tonic::Streaming<TransferProgress>,
     what: &str,
     quiet: bool,
