@@ -23,6 +23,37 @@ pub fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
     Ok(())
 }
 
+/// Perform a containerd-style mount (`type`, `source`, `options`) on
+/// `target`: `bind`/`rbind` become bind mounts, flag options (ro, nosuid,
+/// nodev, noexec, ...) become mount flags, the rest is filesystem data
+/// (e.g. overlay's `lowerdir=...`).
+pub fn mount(kind: &str, source: &str, target: &Path, options: &[String]) -> Result<()> {
+    use rustix::mount::{mount as sys_mount, MountFlags};
+    let readonly = options.iter().any(|o| o == "ro");
+    if kind == "bind" || options.iter().any(|o| o == "bind" || o == "rbind") {
+        return bind(Path::new(source), target, readonly);
+    }
+    let mut flags = MountFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= MountFlags::RDONLY,
+            "rw" | "defaults" => {}
+            "nosuid" => flags |= MountFlags::NOSUID,
+            "nodev" => flags |= MountFlags::NODEV,
+            "noexec" => flags |= MountFlags::NOEXEC,
+            "noatime" => flags |= MountFlags::NOATIME,
+            "relatime" => flags |= MountFlags::RELATIME,
+            "sync" => flags |= MountFlags::SYNCHRONOUS,
+            other => data.push(other),
+        }
+    }
+    let data = std::ffi::CString::new(data.join(","))
+        .map_err(|_| Error::invalid(format!("mount options of {target:?} contain NUL")))?;
+    sys_mount(source, target, kind, flags, Some(data.as_c_str()))
+        .map_err(|e| io_err(e, format!("mount {kind} {source} on {}", target.display())))
+}
+
 /// Unmount everything mounted on `target` (stacked mounts included), lazily
 /// detaching busy ones. Not mounted (or missing) is not an error.
 pub fn unmount_all(target: &Path) -> Result<()> {
@@ -63,5 +94,20 @@ mod tests {
         assert!(!dst.join("f").exists());
         unmount_all(&dst).unwrap();
         unmount_all(&d.path().join("missing")).unwrap();
+        mount("tmpfs", "tmpfs", &dst, &["nosuid".into(), "size=1m".into()]).unwrap();
+        std::fs::write(dst.join("t"), b"y").unwrap();
+        mount(
+            "bind",
+            src.to_str().unwrap(),
+            &dst,
+            &["rbind".into(), "ro".into()],
+        )
+        .unwrap();
+        assert!(
+            std::fs::write(dst.join("g"), b"z").is_err(),
+            "read-only bind"
+        );
+        unmount_all(&dst).unwrap();
+        assert!(!dst.join("t").exists());
     }
 }
