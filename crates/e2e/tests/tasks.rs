@@ -689,3 +689,71 @@ async fn runc_shim_killed_shim_is_reported_exited_and_cleaned_up() {
 async fn stevedore_shim_killed_shim_is_reported_exited_and_cleaned_up() {
     killed_shim_is_reported_exited_and_cleaned_up(STEVEDORE_SHIM).await
 }
+
+async fn restart_cleans_up_tasks_whose_container_record_is_gone(runtime: &'static str) {
+    let mut e = env(runtime).await;
+    let id = e.id("orphan");
+    let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
+    e.start(&id, "").await;
+    e.daemon.kill9();
+    // while the daemon is down its state loses the container record
+    {
+        let db = stevedore_metadata::Db::open(
+            &e.daemon.root.join("io.containerd.metadata.v1.bolt/meta.db"),
+        )
+        .unwrap();
+        db.delete_container(NS, &id).unwrap();
+    }
+    e.daemon.spawn();
+    e.ch = e.daemon.channel().await;
+    let list = e
+        .tasks()
+        .list(req(ListTasksRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!list.tasks.iter().any(|t| t.id == id), "{list:?}");
+    let bundle = e
+        .daemon
+        .state
+        .join("io.containerd.runtime.v2.task")
+        .join(NS)
+        .join(&id);
+    assert!(!bundle.exists(), "bundle removed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container process gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // and its shim exited
+    let sock = e.daemon.socket.display().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).to_string();
+            cmd.contains("containerd-shim-") && cmd.contains(&sock)
+        });
+        if !alive {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shim of {id} still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_shim_restart_cleans_up_tasks_whose_container_record_is_gone() {
+    restart_cleans_up_tasks_whose_container_record_is_gone(RUNC_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stevedore_shim_restart_cleans_up_tasks_whose_container_record_is_gone() {
+    restart_cleans_up_tasks_whose_container_record_is_gone(STEVEDORE_SHIM).await
+}
