@@ -14,8 +14,8 @@ use stevedore_api::services::events::{events_client::EventsClient, Envelope, Sub
 use stevedore_api::services::tasks::{
     tasks_client::TasksClient, CheckpointTaskRequest, CreateTaskRequest, DeleteProcessRequest,
     DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest, ListPidsRequest,
-    ListTasksRequest, MetricsRequest, PauseTaskRequest, ResumeTaskRequest, StartRequest,
-    UpdateTaskRequest, WaitRequest,
+    ListTasksRequest, MetricsRequest, PauseTaskRequest, ResizePtyRequest, ResumeTaskRequest,
+    StartRequest, UpdateTaskRequest, WaitRequest,
 };
 use stevedore_api::types::Mount;
 use stevedore_e2e::{require_tool, Daemon};
@@ -756,4 +756,64 @@ async fn runc_shim_restart_cleans_up_tasks_whose_container_record_is_gone() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stevedore_shim_restart_cleans_up_tasks_whose_container_record_is_gone() {
     restart_cleans_up_tasks_whose_container_record_is_gone(STEVEDORE_SHIM).await
+}
+
+async fn task_with_terminal_gets_a_pty_of_the_requested_size(runtime: &'static str) {
+    let e = env(runtime).await;
+    let id = e.id("tty");
+    let mut spec = default_spec(NS, &id);
+    spec.with_args(&[
+        "/bin/busybox".to_string(),
+        "sh".to_string(),
+        "-c".to_string(),
+        "busybox tty; busybox stty size".to_string(),
+    ])
+    .with_tty(true);
+    e.create_container_with(&id, spec).await;
+    let out = e.daemon.dir.path().join("tty.out");
+    let reader = fifo_reader(&out);
+    let pid = e
+        .tasks()
+        .create(req(CreateTaskRequest {
+            container_id: id.clone(),
+            rootfs: vec![Mount {
+                r#type: "bind".into(),
+                source: e.rootfs.display().to_string(),
+                target: String::new(),
+                options: vec!["rbind".into(), "rw".into()],
+            }],
+            stdout: out.display().to_string(),
+            terminal: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .pid;
+    assert!(pid > 0);
+    e.tasks()
+        .resize_pty(req(ResizePtyRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+            width: 100,
+            height: 40,
+        }))
+        .await
+        .unwrap();
+    e.start(&id, "").await;
+    assert_eq!(e.wait(&id, "").await, 0);
+    let text = reader.join().unwrap();
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert!(text.contains("40 100"), "{text:?}");
+    assert_eq!(e.delete(&id).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_shim_task_with_terminal_gets_a_pty_of_the_requested_size() {
+    task_with_terminal_gets_a_pty_of_the_requested_size(RUNC_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stevedore_shim_task_with_terminal_gets_a_pty_of_the_requested_size() {
+    task_with_terminal_gets_a_pty_of_the_requested_size(STEVEDORE_SHIM).await
 }

@@ -7,7 +7,8 @@
 //! (opened here and handed to runc), so the shim holds no buffers and runs no
 //! copy loops; one thread per process waits for its exit (the shim is a child
 //! subreaper, so runc's detached processes are reparented to it).
-//! Not yet: terminals (`-t`), checkpoints.
+//! With a terminal the shim does copy: pty master <-> FIFOs, on two threads.
+//! Not yet: checkpoints.
 //!
 //! Actions: `start` (spawn the serving shim, print its address), `delete`
 //! (clean up after a dead shim, print a DeleteResponse), and the internal
@@ -187,6 +188,97 @@ fn open_stdio(stdin: &str, stdout: &str, stderr: &str) -> Result<[Stdio; 3], Str
     Ok([i.into(), o.into(), e.into()])
 }
 
+/// A console socket runc sends the pty master to (`--console-socket`).
+struct ConsoleSocket {
+    path: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl ConsoleSocket {
+    fn new() -> Result<ConsoleSocket, String> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = Path::new("/run/stevedore/c");
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let path = dir.join(format!(
+            "{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .map_err(|e| format!("listen on console socket {}: {e}", path.display()))?;
+        Ok(ConsoleSocket { path, listener })
+    }
+
+    /// Accept runc's connection and receive the pty master.
+    fn receive_master(self) -> Result<OwnedFd, String> {
+        use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        use std::mem::MaybeUninit;
+        let (conn, _) = self
+            .listener
+            .accept()
+            .map_err(|e| format!("accept console: {e}"))?;
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut buf = [0u8; 4096];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        recvmsg(&conn, &mut iov, &mut control, RecvFlags::empty())
+            .map_err(|e| format!("receive console: {e}"))?;
+        let _ = std::fs::remove_file(&self.path);
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(mut fds) = msg {
+                if let Some(fd) = fds.next() {
+                    return Ok(fd);
+                }
+            }
+        }
+        Err("runc sent no console".into())
+    }
+}
+
+/// Copy the pty master to the stdout FIFO (and the stdin FIFO to the master)
+/// on threads; the stdout copy ends when the process's last tty user exits.
+fn copy_console(master: &OwnedFd, stdin: &str, stdout: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let dup = |fd: &OwnedFd| -> Result<std::fs::File, String> {
+        Ok(std::fs::File::from(
+            fd.try_clone().map_err(|e| e.to_string())?,
+        ))
+    };
+    if !stdout.is_empty() {
+        let mut m = dup(master)?;
+        let path = stdout.to_string();
+        std::thread::spawn(move || {
+            let Ok(mut out) = std::fs::OpenOptions::new().write(true).open(&path) else {
+                return;
+            };
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = m.read(&mut buf) {
+                if n == 0 || out.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    if !stdin.is_empty() {
+        let mut m = dup(master)?;
+        let path = stdin.to_string();
+        std::thread::spawn(move || {
+            let Ok(mut input) = std::fs::File::open(&path) else {
+                return;
+            };
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = input.read(&mut buf) {
+                if n == 0 || m.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum St {
     Created,
@@ -204,6 +296,8 @@ struct Proc {
     stdout: String,
     stderr: String,
     spec: Vec<u8>,
+    terminal: bool,
+    console: Option<Arc<OwnedFd>>,
     done: watch::Receiver<bool>,
     done_tx: Arc<watch::Sender<bool>>,
 }
@@ -219,6 +313,8 @@ impl Proc {
             stdout,
             stderr,
             spec,
+            terminal: false,
+            console: None,
             done: rx,
             done_tx: Arc::new(tx),
         }
@@ -404,19 +500,24 @@ impl Task for Handle {
         _: &TtrpcContext,
         r: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
-        if r.terminal {
-            return Err(err(
-                Code::UNIMPLEMENTED,
-                "containerd-shim-stevedore-v1 does not support terminals yet",
-            ));
-        }
         let rootfs = Path::new(&r.bundle).join("rootfs");
         for m in &r.rootfs {
             stevedore_sys::mount::mount(&m.type_, &m.source, &rootfs, &m.options)
                 .map_err(|e| err(Code::INTERNAL, e))?;
         }
-        let stdio = open_stdio(&r.stdin, &r.stdout, &r.stderr)
-            .map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
+        let (stdio, console) = if r.terminal {
+            let null = open_stdio("", "", "").map_err(|e| err(Code::INTERNAL, e))?;
+            (
+                null,
+                Some(ConsoleSocket::new().map_err(|e| err(Code::INTERNAL, e))?),
+            )
+        } else {
+            (
+                open_stdio(&r.stdin, &r.stdout, &r.stderr)
+                    .map_err(|e| err(Code::INVALID_ARGUMENT, e))?,
+                None,
+            )
+        };
         let pidfile = Path::new(&r.bundle).join("init.pid");
         let ns = self.flags.namespace.clone();
         let (bundle, id, pf) = (
@@ -424,20 +525,36 @@ impl Task for Handle {
             r.id.clone(),
             pidfile.display().to_string(),
         );
+        let csock = console.as_ref().map(|c| c.path.display().to_string());
         let res = tokio::task::spawn_blocking(move || {
-            runc(
-                &ns,
-                &["create", "--bundle", &bundle, "--pid-file", &pf, &id],
-                Some(stdio),
-                None,
-            )
-        })
-        .await
-        .map_err(|e| err(Code::INTERNAL, e))?;
+            let mut args = vec!["create", "--bundle", &bundle, "--pid-file", &pf];
+            if let Some(c) = &csock {
+                args.extend(["--console-socket", c.as_str()]);
+            }
+            args.push(&id);
+            runc(&ns, &args, Some(stdio), None)
+        });
+        let master = match console {
+            Some(c) => Some(
+                tokio::task::spawn_blocking(move || c.receive_master())
+                    .await
+                    .map_err(|e| err(Code::INTERNAL, e))?,
+            ),
+            None => None,
+        };
+        let res = res.await.map_err(|e| err(Code::INTERNAL, e))?;
         if let Err(e) = res {
             let _ = stevedore_sys::mount::unmount_all(&rootfs);
             return Err(err(Code::UNKNOWN, e));
         }
+        let master = match master {
+            Some(Ok(m)) => {
+                copy_console(&m, &r.stdin, &r.stdout).map_err(|e| err(Code::INTERNAL, e))?;
+                Some(Arc::new(m))
+            }
+            Some(Err(e)) => return Err(err(Code::INTERNAL, e)),
+            None => None,
+        };
         let pid: u32 = std::fs::read_to_string(&pidfile)
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -449,6 +566,8 @@ impl Task for Handle {
             Vec::new(),
         );
         p.pid = pid;
+        p.terminal = r.terminal;
+        p.console = master;
         self.procs.lock().unwrap().insert(String::new(), p);
         self.0.reap(String::new(), pid);
         let mut ev = TaskCreate::new();
@@ -490,8 +609,19 @@ impl Task for Handle {
             self.publish("/tasks/start", &ev).await;
             p.pid
         } else {
-            let stdio = open_stdio(&p.stdin, &p.stdout, &p.stderr)
-                .map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
+            let (stdio, console) = if p.terminal {
+                let null = open_stdio("", "", "").map_err(|e| err(Code::INTERNAL, e))?;
+                (
+                    null,
+                    Some(ConsoleSocket::new().map_err(|e| err(Code::INTERNAL, e))?),
+                )
+            } else {
+                (
+                    open_stdio(&p.stdin, &p.stdout, &p.stderr)
+                        .map_err(|e| err(Code::INVALID_ARGUMENT, e))?,
+                    None,
+                )
+            };
             let spec = self.bundle().join(format!("{}.json", r.exec_id));
             let pidfile = self.bundle().join(format!("{}.pid", r.exec_id));
             std::fs::write(&spec, &p.spec).map_err(|e| err(Code::INTERNAL, e))?;
@@ -500,17 +630,32 @@ impl Task for Handle {
                 pidfile.display().to_string(),
                 id.clone(),
             );
-            tokio::task::spawn_blocking(move || {
-                runc(
-                    &ns,
-                    &["exec", "--detach", "--pid-file", &pf, "--process", &s, &i],
-                    Some(stdio),
-                    None,
-                )
-            })
-            .await
-            .map_err(|e| err(Code::INTERNAL, e))?
-            .map_err(|e| err(Code::UNKNOWN, e))?;
+            let csock = console.as_ref().map(|c| c.path.display().to_string());
+            let res = tokio::task::spawn_blocking(move || {
+                let mut args = vec!["exec", "--detach", "--pid-file", &pf, "--process", &s];
+                if let Some(c) = &csock {
+                    args.extend(["--console-socket", c.as_str()]);
+                }
+                args.push(&i);
+                runc(&ns, &args, Some(stdio), None)
+            });
+            let master = match console {
+                Some(c) => Some(
+                    tokio::task::spawn_blocking(move || c.receive_master())
+                        .await
+                        .map_err(|e| err(Code::INTERNAL, e))?
+                        .map_err(|e| err(Code::INTERNAL, e))?,
+                ),
+                None => None,
+            };
+            res.await
+                .map_err(|e| err(Code::INTERNAL, e))?
+                .map_err(|e| err(Code::UNKNOWN, e))?;
+            if let Some(m) = &master {
+                copy_console(m, &p.stdin, &p.stdout).map_err(|e| err(Code::INTERNAL, e))?;
+            }
+            let master = master.map(Arc::new);
+            self.set(&r.exec_id, |p| p.console = master);
             let pid: u32 = std::fs::read_to_string(&pidfile)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
@@ -646,12 +791,6 @@ impl Task for Handle {
     }
 
     async fn exec(&self, _: &TtrpcContext, r: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        if r.terminal {
-            return Err(err(
-                Code::UNIMPLEMENTED,
-                "containerd-shim-stevedore-v1 does not support terminals yet",
-            ));
-        }
         if self.procs.lock().unwrap().contains_key(&r.exec_id) {
             return Err(err(
                 Code::ALREADY_EXISTS,
@@ -659,7 +798,8 @@ impl Task for Handle {
             ));
         }
         let spec = r.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
-        let p = Proc::new(r.stdin.clone(), r.stdout.clone(), r.stderr.clone(), spec);
+        let mut p = Proc::new(r.stdin.clone(), r.stdout.clone(), r.stderr.clone(), spec);
+        p.terminal = r.terminal;
         self.procs.lock().unwrap().insert(r.exec_id.clone(), p);
         let mut ev = TaskExecAdded::new();
         ev.container_id = self.flags.id.clone();
@@ -668,11 +808,23 @@ impl Task for Handle {
         Ok(Empty::new())
     }
 
-    async fn resize_pty(&self, _: &TtrpcContext, _: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        Err(err(
-            Code::UNIMPLEMENTED,
-            "containerd-shim-stevedore-v1 does not support terminals yet",
-        ))
+    async fn resize_pty(&self, _: &TtrpcContext, r: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        let p = self.get(&r.exec_id)?;
+        let Some(master) = p.console else {
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("process {:?} has no terminal", r.exec_id),
+            ));
+        };
+        let ws = rustix::termios::Winsize {
+            ws_row: r.height as u16,
+            ws_col: r.width as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(&*master, ws)
+            .map_err(|e| err(Code::INTERNAL, format!("resize pty: {e}")))?;
+        Ok(Empty::new())
     }
 
     async fn close_io(&self, _: &TtrpcContext, _: CloseIORequest) -> ttrpc::Result<Empty> {
