@@ -60,9 +60,13 @@ struct Env {
 }
 
 async fn env(runtime: &'static str) -> Env {
+    env_with_config(runtime, None).await
+}
+
+async fn env_with_config(runtime: &'static str, config: Option<&str>) -> Env {
     require_tool("containerd-shim-runc-v2", "containerd");
     require_tool("runc", "runc");
-    let daemon = Daemon::start();
+    let daemon = Daemon::start_with_config(config);
     let rootfs = busybox_rootfs(daemon.dir.path());
     let ch = daemon.channel().await;
     let suffix: String = daemon
@@ -816,4 +820,40 @@ async fn runc_shim_task_with_terminal_gets_a_pty_of_the_requested_size() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stevedore_shim_task_with_terminal_gets_a_pty_of_the_requested_size() {
     task_with_terminal_gets_a_pty_of_the_requested_size(STEVEDORE_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_maps_a_runtime_name_to_another_shim_binary() {
+    let shim = stevedore_e2e::bin("containerd-shim-stevedore-v1");
+    let config = format!(
+        "[plugins.\"io.containerd.runtime.v2.task\".shims]\n\"io.containerd.runc.v2\" = {:?}\n",
+        shim.display().to_string()
+    );
+    let e = env_with_config(RUNC_SHIM, Some(&config)).await;
+    let id = e.id("mapped");
+    let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
+    e.start(&id, "").await;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cmd = std::fs::read_to_string(format!("/proc/{ppid}/cmdline")).unwrap();
+    assert!(cmd.contains("containerd-shim-stevedore-v1"), "{cmd}");
+    e.tasks()
+        .kill(req(KillRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+            signal: 9,
+            all: false,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(e.wait(&id, "").await, 137);
+    assert_eq!(e.delete(&id).await, 137);
 }
