@@ -20,6 +20,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-services", 5),
         ("stevedored", 6),
         ("stevedore", 6),
+        ("stevedore-shim", 6),
         ("stevedore-e2e", 7),
     ])
 }

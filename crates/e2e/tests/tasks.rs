@@ -1,5 +1,5 @@
 //! Containers and tasks through stevedored's gRPC API with Debian's
-//! `containerd-shim-runc-v2` and runc, on a busybox rootfs bind mount; the
+//! `containerd-shim-runc-v2` and with stevedore's own shim, both over runc, on a busybox rootfs bind mount; the
 //! real `ctr` lists what the API created; a daemon SIGKILL keeps tasks.
 
 use prost::Message;
@@ -14,8 +14,8 @@ use stevedore_api::services::events::{events_client::EventsClient, Envelope, Sub
 use stevedore_api::services::tasks::{
     tasks_client::TasksClient, CheckpointTaskRequest, CreateTaskRequest, DeleteProcessRequest,
     DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest, ListPidsRequest,
-    ListTasksRequest, MetricsRequest, PauseTaskRequest, ResumeTaskRequest, StartRequest,
-    UpdateTaskRequest, WaitRequest,
+    ListTasksRequest, MetricsRequest, PauseTaskRequest, ResizePtyRequest, ResumeTaskRequest,
+    StartRequest, UpdateTaskRequest, WaitRequest,
 };
 use stevedore_api::types::Mount;
 use stevedore_e2e::{require_tool, Daemon};
@@ -24,6 +24,10 @@ use tonic::transport::Channel;
 use tonic::Request;
 
 const NS: &str = "stevedore-e2e";
+/// Debian's containerd-shim-runc-v2.
+const RUNC_SHIM: &str = "io.containerd.runc.v2";
+/// stevedore's own shim (`containerd-shim-stevedore-v1`, found next to stevedored).
+const STEVEDORE_SHIM: &str = "io.containerd.stevedore.v1";
 
 /// A directory with busybox-static and its applets: a minimal rootfs.
 fn busybox_rootfs(dir: &Path) -> PathBuf {
@@ -48,16 +52,21 @@ fn req<T>(msg: T) -> Request<T> {
 }
 
 struct Env {
+    runtime: &'static str,
     daemon: Daemon,
     rootfs: PathBuf,
     ch: Channel,
     suffix: String,
 }
 
-async fn env() -> Env {
+async fn env(runtime: &'static str) -> Env {
+    env_with_config(runtime, None).await
+}
+
+async fn env_with_config(runtime: &'static str, config: Option<&str>) -> Env {
     require_tool("containerd-shim-runc-v2", "containerd");
     require_tool("runc", "runc");
-    let daemon = Daemon::start();
+    let daemon = Daemon::start_with_config(config);
     let rootfs = busybox_rootfs(daemon.dir.path());
     let ch = daemon.channel().await;
     let suffix: String = daemon
@@ -70,6 +79,7 @@ async fn env() -> Env {
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
     Env {
+        runtime,
         daemon,
         rootfs,
         ch,
@@ -86,7 +96,7 @@ impl Drop for Env {
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("containerd-shim-runc-v2") && cmd.contains(&sock) {
+            if cmd.contains("containerd-shim-") && cmd.contains(&sock) {
                 if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() {
                     if let Some(pid) = rustix::process::Pid::from_raw(pid) {
                         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
@@ -145,7 +155,7 @@ impl Env {
                     id: id.into(),
                     image: "busybox-rootfs".into(),
                     runtime: Some(Runtime {
-                        name: "io.containerd.runc.v2".into(),
+                        name: self.runtime.into(),
                         options: None,
                     }),
                     spec: Some(prost_types::Any {
@@ -278,10 +288,12 @@ async fn expect_event(events: &mut tonic::Streaming<Envelope>, topic: &str, id: 
         .unwrap_or_else(|_| panic!("no {topic} event for {id}"))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn task_prints_hi_and_exit_codes_propagate() {
-    let e = env().await;
+async fn task_prints_hi_and_exit_codes_propagate(runtime: &'static str) {
+    let e = env(runtime).await;
     let mut events = e.subscribe().await;
+    // the real `ctr events` decodes the shim's forwarded task events
+    let ctr_events = e.daemon.watch(e.daemon.ctr_command(&["events"]));
+    std::thread::sleep(Duration::from_millis(300));
     let id = e.id("echo");
     let (_, reader) = e.create_task(&id, &["/bin/echo", "hi"]).await;
     e.start(&id, "").await;
@@ -297,6 +309,11 @@ async fn task_prints_hi_and_exit_codes_propagate() {
         expect_event(&mut events, topic, &id).await;
     }
     expect_event(&mut events, "/containers/delete", &id).await;
+    // the payload decoded: ctr prints its fields
+    ctr_events.expect_line(
+        &["/tasks/exit", &id, NS, "exited_at"],
+        Duration::from_secs(10),
+    );
 
     let id = e.id("three");
     let (_, reader) = e.create_task(&id, &["/bin/sh", "-c", "exit 3"]).await;
@@ -315,9 +332,8 @@ async fn task_prints_hi_and_exit_codes_propagate() {
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn running_task_supports_exec_pids_pause_metrics_and_kill() {
-    let e = env().await;
+async fn running_task_supports_exec_pids_pause_metrics_and_kill(runtime: &'static str) {
+    let e = env(runtime).await;
     let id = e.id("sleeper");
     let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
     assert_eq!(e.start(&id, "").await, pid);
@@ -325,10 +341,7 @@ async fn running_task_supports_exec_pids_pause_metrics_and_kill() {
 
     // the real ctr sees the container and the task
     let ls = e.daemon.ctr_ok(&["-n", NS, "containers", "ls"]);
-    assert!(
-        ls.contains(&id) && ls.contains("io.containerd.runc.v2"),
-        "{ls}"
-    );
+    assert!(ls.contains(&id) && ls.contains(e.runtime), "{ls}");
     let ls = e.daemon.ctr_ok(&["-n", NS, "tasks", "ls"]);
     assert!(
         ls.contains(&id) && ls.contains("RUNNING") && ls.contains(&pid.to_string()),
@@ -348,6 +361,9 @@ async fn running_task_supports_exec_pids_pause_metrics_and_kill() {
     // exec a process with its own output FIFO
     let out = e.daemon.dir.path().join("exec.out");
     let reader = fifo_reader(&out);
+    // ctr gives stdout and stderr their own FIFOs; sharing one races in the runc shim
+    let err_path = e.daemon.dir.path().join("exec.err");
+    let err_reader = fifo_reader(&err_path);
     let mut process = default_spec(NS, &id).process.unwrap();
     process.args = vec!["/bin/sh".into(), "-c".into(), "echo exec-ok; exit 5".into()];
     e.tasks()
@@ -355,7 +371,7 @@ async fn running_task_supports_exec_pids_pause_metrics_and_kill() {
             container_id: id.clone(),
             exec_id: "ex1".into(),
             stdout: out.display().to_string(),
-            stderr: out.display().to_string(),
+            stderr: err_path.display().to_string(),
             spec: Some(prost_types::Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
                 value: serde_json::to_vec(&process).unwrap(),
@@ -367,6 +383,7 @@ async fn running_task_supports_exec_pids_pause_metrics_and_kill() {
     e.start(&id, "ex1").await;
     assert_eq!(e.wait(&id, "ex1").await, 5);
     assert_eq!(reader.join().unwrap(), "exec-ok\n");
+    assert_eq!(err_reader.join().unwrap(), "");
     let d = e
         .tasks()
         .delete_process(req(DeleteProcessRequest {
@@ -446,9 +463,8 @@ async fn running_task_supports_exec_pids_pause_metrics_and_kill() {
     assert!(!left.containers.iter().any(|c| c.id == id));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn daemon_sigkill_keeps_running_task_and_reports_its_exit_later() {
-    let mut e = env().await;
+async fn daemon_sigkill_keeps_running_task_and_reports_its_exit_later(runtime: &'static str) {
+    let mut e = env(runtime).await;
     let id = e.id("survivor");
     let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
     e.start(&id, "").await;
@@ -502,9 +518,8 @@ fn cgroup_file(controller: &str, id: &str, file: &str) -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn spec_resources_land_in_cgroups_and_update_changes_them() {
-    let e = env().await;
+async fn spec_resources_land_in_cgroups_and_update_changes_them(runtime: &'static str) {
+    let e = env(runtime).await;
     let id = e.id("limits");
     let mut spec = default_spec(NS, &id);
     spec.with_args(&["/bin/sleep".to_string(), "60".to_string()])
@@ -564,9 +579,8 @@ async fn spec_resources_land_in_cgroups_and_update_changes_them() {
     assert_eq!(e.delete(&id).await, 137);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_shim_is_reported_exited_and_cleaned_up() {
-    let e = env().await;
+async fn killed_shim_is_reported_exited_and_cleaned_up(runtime: &'static str) {
+    let e = env(runtime).await;
     let id = e.id("shimkill");
     let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
     e.start(&id, "").await;
@@ -583,7 +597,12 @@ async fn killed_shim_is_reported_exited_and_cleaned_up() {
         .parse()
         .unwrap();
     let cmd = std::fs::read_to_string(format!("/proc/{ppid}/cmdline")).unwrap();
-    assert!(cmd.contains("containerd-shim-runc-v2"), "{cmd}");
+    assert!(cmd.contains("containerd-shim-"), "{cmd}");
+    // for the record (benchmarks compare shims): the shim's resident memory
+    let status = std::fs::read_to_string(format!("/proc/{ppid}/status")).unwrap_or_default();
+    if let Some(rss) = status.lines().find(|l| l.starts_with("VmRSS:")) {
+        eprintln!("{runtime}: shim {rss}");
+    }
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(ppid).unwrap(),
         rustix::process::Signal::KILL,
@@ -623,4 +642,218 @@ async fn killed_shim_is_reported_exited_and_cleaned_up() {
         .delete(req(DeleteContainerRequest { id: id.clone() }))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_shim_task_prints_hi_and_exit_codes_propagate() {
+    task_prints_hi_and_exit_codes_propagate(RUNC_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stevedore_shim_task_prints_hi_and_exit_codes_propagate() {
+    task_prints_hi_and_exit_codes_propagate(STEVEDORE_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_shim_running_task_supports_exec_pids_pause_metrics_and_kill() {
+    running_task_supports_exec_pids_pause_metrics_and_kill(RUNC_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stevedore_shim_running_task_supports_exec_pids_pause_metrics_and_kill() {
+    running_task_supports_exec_pids_pause_metrics_and_kill(STEVEDORE_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_shim_daemon_sigkill_keeps_running_task_and_reports_its_exit_later() {
+    daemon_sigkill_keeps_running_task_and_reports_its_exit_later(RUNC_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stevedore_shim_daemon_sigkill_keeps_running_task_and_reports_its_exit_later() {
+    daemon_sigkill_keeps_running_task_and_reports_its_exit_later(STEVEDORE_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_shim_spec_resources_land_in_cgroups_and_update_changes_them() {
+    spec_resources_land_in_cgroups_and_update_changes_them(RUNC_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stevedore_shim_spec_resources_land_in_cgroups_and_update_changes_them() {
+    spec_resources_land_in_cgroups_and_update_changes_them(STEVEDORE_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_shim_killed_shim_is_reported_exited_and_cleaned_up() {
+    killed_shim_is_reported_exited_and_cleaned_up(RUNC_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stevedore_shim_killed_shim_is_reported_exited_and_cleaned_up() {
+    killed_shim_is_reported_exited_and_cleaned_up(STEVEDORE_SHIM).await
+}
+
+async fn restart_cleans_up_tasks_whose_container_record_is_gone(runtime: &'static str) {
+    let mut e = env(runtime).await;
+    let id = e.id("orphan");
+    let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
+    e.start(&id, "").await;
+    e.daemon.kill9();
+    // while the daemon is down its state loses the container record
+    {
+        let db = stevedore_metadata::Db::open(
+            &e.daemon.root.join("io.containerd.metadata.v1.bolt/meta.db"),
+        )
+        .unwrap();
+        db.delete_container(NS, &id).unwrap();
+    }
+    e.daemon.spawn();
+    e.ch = e.daemon.channel().await;
+    let list = e
+        .tasks()
+        .list(req(ListTasksRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!list.tasks.iter().any(|t| t.id == id), "{list:?}");
+    let bundle = e
+        .daemon
+        .state
+        .join("io.containerd.runtime.v2.task")
+        .join(NS)
+        .join(&id);
+    assert!(!bundle.exists(), "bundle removed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container process gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // and its shim exited
+    let sock = e.daemon.socket.display().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).to_string();
+            cmd.contains("containerd-shim-") && cmd.contains(&sock)
+        });
+        if !alive {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shim of {id} still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_shim_restart_cleans_up_tasks_whose_container_record_is_gone() {
+    restart_cleans_up_tasks_whose_container_record_is_gone(RUNC_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stevedore_shim_restart_cleans_up_tasks_whose_container_record_is_gone() {
+    restart_cleans_up_tasks_whose_container_record_is_gone(STEVEDORE_SHIM).await
+}
+
+async fn task_with_terminal_gets_a_pty_of_the_requested_size(runtime: &'static str) {
+    let e = env(runtime).await;
+    let id = e.id("tty");
+    let mut spec = default_spec(NS, &id);
+    spec.with_args(&[
+        "/bin/busybox".to_string(),
+        "sh".to_string(),
+        "-c".to_string(),
+        "busybox tty; busybox stty size".to_string(),
+    ])
+    .with_tty(true);
+    e.create_container_with(&id, spec).await;
+    let out = e.daemon.dir.path().join("tty.out");
+    let reader = fifo_reader(&out);
+    let pid = e
+        .tasks()
+        .create(req(CreateTaskRequest {
+            container_id: id.clone(),
+            rootfs: vec![Mount {
+                r#type: "bind".into(),
+                source: e.rootfs.display().to_string(),
+                target: String::new(),
+                options: vec!["rbind".into(), "rw".into()],
+            }],
+            stdout: out.display().to_string(),
+            terminal: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .pid;
+    assert!(pid > 0);
+    e.tasks()
+        .resize_pty(req(ResizePtyRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+            width: 100,
+            height: 40,
+        }))
+        .await
+        .unwrap();
+    e.start(&id, "").await;
+    assert_eq!(e.wait(&id, "").await, 0);
+    let text = reader.join().unwrap();
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert!(text.contains("40 100"), "{text:?}");
+    assert_eq!(e.delete(&id).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runc_shim_task_with_terminal_gets_a_pty_of_the_requested_size() {
+    task_with_terminal_gets_a_pty_of_the_requested_size(RUNC_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stevedore_shim_task_with_terminal_gets_a_pty_of_the_requested_size() {
+    task_with_terminal_gets_a_pty_of_the_requested_size(STEVEDORE_SHIM).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_maps_a_runtime_name_to_another_shim_binary() {
+    let shim = stevedore_e2e::bin("containerd-shim-stevedore-v1");
+    let config = format!(
+        "[plugins.\"io.containerd.runtime.v2.task\".shims]\n\"io.containerd.runc.v2\" = {:?}\n",
+        shim.display().to_string()
+    );
+    let e = env_with_config(RUNC_SHIM, Some(&config)).await;
+    let id = e.id("mapped");
+    let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
+    e.start(&id, "").await;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cmd = std::fs::read_to_string(format!("/proc/{ppid}/cmdline")).unwrap();
+    assert!(cmd.contains("containerd-shim-stevedore-v1"), "{cmd}");
+    e.tasks()
+        .kill(req(KillRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+            signal: 9,
+            all: false,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(e.wait(&id, "").await, 137);
+    assert_eq!(e.delete(&id).await, 137);
 }

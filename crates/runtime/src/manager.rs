@@ -10,7 +10,7 @@ use crate::{Any, Exit};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use stevedore_types::{Error, ErrorKind, Result};
 
 /// The task manager's configuration.
@@ -301,7 +301,9 @@ impl TaskManager {
                 tracing::warn!(id, namespace = ns, "task has no container record: removing");
                 if let Ok(addr) = bundle.read("address") {
                     if let Ok(s) = Shim::connect(bundle.clone(), binary.clone(), &addr).await {
+                        // stop the task and let its shim exit, then clean up
                         let _ = s.kill("", 9, true).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), s.wait("")).await;
                         let _ = s.delete_process("").await;
                         let _ = s.shutdown().await;
                     }

@@ -233,6 +233,9 @@ async fn exit_code_exec_pause_pids_stats_and_kill() {
     // exec a process that writes to its own FIFO
     let eout = e.dir.path().join("exec-out");
     let ereader = fifo_reader(&eout);
+    // ctr gives stdout and stderr their own FIFOs; sharing one races in the runc shim
+    let eerr = e.dir.path().join("exec-err");
+    let _err_reader = fifo_reader(&eerr);
     let mut process = default_spec(&ns, "sleeper").process.unwrap();
     process.args = vec![
         "/bin/sh".into(),
@@ -242,7 +245,7 @@ async fn exit_code_exec_pause_pids_stats_and_kill() {
     shim.exec(&ExecOpts {
         exec_id: "ex1".into(),
         stdout: eout.display().to_string(),
-        stderr: eout.display().to_string(),
+        stderr: eerr.display().to_string(),
         spec: Some(Any {
             type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
             value: serde_json::to_vec(&process).unwrap(),
