@@ -507,6 +507,8 @@ def docker_archive(path, name, config_bytes, layer_tars, diff_ids):
 
 def build(kind, out, compression, scale, name):
     name = name or DEFAULT_NAMES[kind].format(compression=compression)
+    if ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
     oci = os.path.join(out, "oci")
     if os.path.exists(oci):
         shutil.rmtree(oci)
