@@ -247,3 +247,29 @@ fn stevedore_imports_and_exports_archives_in_the_daemon() {
     assert!(!o.status.success());
     assert_eq!(d.cli_ok(&["-n", "broken", "images", "ls", "-q"]).trim(), "");
 }
+
+#[test]
+fn stevedore_images_mount_shows_the_rootfs_and_unmount_cleans_up() {
+    let d = Daemon::start();
+    let (dir, img) = busybox();
+    d.cli_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
+    let mnt = dir.path().join("m");
+    std::fs::create_dir_all(&mnt).unwrap();
+    d.cli_ok(&["images", "mount", &img.name, mnt.to_str().unwrap()]);
+    assert!(mnt.join("bin/busybox").exists());
+    assert!(
+        std::fs::write(mnt.join("x"), "y").is_err(),
+        "a view is read-only"
+    );
+    d.cli_ok(&["images", "unmount", mnt.to_str().unwrap()]);
+    assert!(!mnt.join("bin/busybox").exists());
+    assert_eq!(
+        d.ctr_ok(&["snapshots", "ls"]).lines().count(),
+        2,
+        "only the image's layer"
+    );
+    // --rw gives a writable snapshot
+    d.cli_ok(&["images", "mount", "--rw", &img.name, mnt.to_str().unwrap()]);
+    std::fs::write(mnt.join("x"), "y").unwrap();
+    d.cli_ok(&["images", "unmount", mnt.to_str().unwrap()]);
+}

@@ -75,6 +75,22 @@ pub enum ImagesCmd {
         #[arg(long)]
         skip_non_distributable: bool,
     },
+    /// Mount an image's rootfs on a directory (read-only unless --rw).
+    Mount {
+        image: String,
+        target: std::path::PathBuf,
+        #[arg(long, default_value = "overlayfs")]
+        snapshotter: String,
+        /// A writable snapshot instead of a read-only view.
+        #[arg(long)]
+        rw: bool,
+    },
+    /// Unmount what `images mount` mounted and remove its snapshot.
+    Unmount {
+        target: std::path::PathBuf,
+        #[arg(long, default_value = "overlayfs")]
+        snapshotter: String,
+    },
     /// Remove images (their content is collected by the GC).
     #[command(alias = "remove", alias = "delete")]
     Rm {
@@ -326,6 +342,16 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
                 (Ok(()), None) => {}
             }
         }
+        ImagesCmd::Mount {
+            image,
+            target,
+            snapshotter,
+            rw,
+        } => crate::mount::mount(conn, &image, &target, &snapshotter, rw).await?,
+        ImagesCmd::Unmount {
+            target,
+            snapshotter,
+        } => crate::mount::unmount(conn, &target, &snapshotter).await?,
         ImagesCmd::Rm { names, sync } => {
             let mut failed = 0;
             for (i, name) in names.iter().enumerate() {

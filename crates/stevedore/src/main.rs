@@ -3,6 +3,7 @@
 mod client;
 mod content;
 mod images;
+mod mount;
 mod output;
 mod snapshots;
 mod tasks;
