@@ -273,3 +273,20 @@ fn stevedore_images_mount_shows_the_rootfs_and_unmount_cleans_up() {
     std::fs::write(mnt.join("x"), "y").unwrap();
     d.cli_ok(&["images", "unmount", mnt.to_str().unwrap()]);
 }
+
+#[test]
+fn ctr_images_convert_to_oci_makes_a_runnable_image() {
+    let d = Daemon::start();
+    let (_dir, img) = busybox();
+    let docker = img.docker_tar.clone().unwrap();
+    d.ctr_ok(&["images", "import", docker.to_str().unwrap()]);
+    let oci = format!("{}-oci", img.name);
+    d.ctr_ok(&["images", "convert", "--oci", &img.name, &oci]);
+    let ls = d.ctr_ok(&["images", "ls", &format!("name=={oci}")]);
+    assert!(
+        ls.contains("application/vnd.oci.image.manifest.v1+json"),
+        "{ls}"
+    );
+    let out = d.ctr_ok(&["run", "--rm", &oci, "conv", "echo", "converted"]);
+    assert_eq!(out.trim(), "converted");
+}
