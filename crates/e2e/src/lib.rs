@@ -133,6 +133,12 @@ impl Daemon {
                 }
             }
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                // the scheduler collects once shortly after start; let that
+                // pass so it cannot race the test's first unleased objects
+                let gc_deadline = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < gc_deadline && !self.log().contains("garbage collected") {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -166,9 +166,21 @@ fn ctr_snapshot_lifecycle_on_native() {
 #[test]
 fn stevedore_cli_prepares_commits_and_removes() {
     let d = Daemon::start();
-    d.cli_ok(&["snapshots", "prepare", "a"]);
+    // as in containerd, snapshots outside a lease are garbage unless they are
+    // GC roots: mark them so a collection during the test keeps them
+    let root = "containerd.io/gc.root=test";
+    d.cli_ok(&["snapshots", "prepare", "a", "--label", root]);
     d.cli_ok(&["snapshots", "commit", "a-done", "a"]);
-    d.cli_ok(&["snapshots", "prepare", "b", "a-done", "--label", "team=x"]);
+    d.cli_ok(&[
+        "snapshots",
+        "prepare",
+        "b",
+        "a-done",
+        "--label",
+        "team=x",
+        "--label",
+        root,
+    ]);
     let ls = d.cli_ok(&["snapshots", "ls", "labels.team==x"]);
     let keys: Vec<String> = rows(&ls).into_iter().map(|r| r[0].clone()).collect();
     assert_eq!(keys, ["b"], "{ls}");
