@@ -290,3 +290,49 @@ fn ctr_images_convert_to_oci_makes_a_runnable_image() {
     let out = d.ctr_ok(&["run", "--rm", &oci, "conv", "echo", "converted"]);
     assert_eq!(out.trim(), "converted");
 }
+
+#[test]
+fn stevedore_images_check_inspect_and_convert() {
+    let d = Daemon::start();
+    let (_dir, img) = busybox();
+    let docker = img.docker_tar.clone().unwrap();
+    d.cli_ok(&["images", "import", "-q", docker.to_str().unwrap()]);
+    d.cli_ok(&["images", "convert", "--oci", &img.name, "bb:oci"]);
+    d.cli_ok(&[
+        "images",
+        "convert",
+        "--layer-compression",
+        "zstd",
+        "bb:oci",
+        "bb:zstd",
+    ]);
+    // a full collection keeps the converted trees (children GC labels are set)
+    let lease = d.ctr_ok(&["leases", "create"]).trim().to_string();
+    d.ctr_ok(&["leases", "rm", "--sync", &lease]);
+    let j: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["-o", "json", "images", "check"])).unwrap();
+    for i in j.as_array().unwrap() {
+        assert_eq!(i["complete"], true, "{j}");
+        assert_eq!(i["unpacked"], true, "{j}");
+    }
+    let inspect: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["images", "inspect", "bb:zstd"])).unwrap();
+    assert_eq!(
+        inspect["manifest"]["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    assert_eq!(inspect["config"]["os"], "linux");
+    let out = d.ctr_ok(&["run", "--rm", "bb:zstd", "z", "echo", "zstd"]);
+    assert_eq!(out.trim(), "zstd");
+    // an unknown compression is refused clearly
+    let o = d.cli(&[
+        "images",
+        "convert",
+        "--layer-compression",
+        "lz4",
+        "bb:oci",
+        "x",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown layer compression"));
+}

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 use stevedore_api::services::images::{ImageCreate, ImageUpdate};
 use stevedore_api::services::transfer::{
     transfer_server::{Transfer, TransferServer},
-    ExportChunk, ExportRequest, ImportRequest, Progress, PullRequest, PushRequest,
-    TransferProgress,
+    ConvertRequest, ConvertResponse, ExportChunk, ExportRequest, ImportRequest, Progress,
+    PullRequest, PushRequest, TransferProgress,
 };
 use stevedore_api::status::to_status;
 use stevedore_content::{Store, WriterOpts};
@@ -774,6 +774,106 @@ impl Transfer for TransferService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn convert(
+        &self,
+        req: Request<ConvertRequest>,
+    ) -> std::result::Result<Response<ConvertResponse>, Status> {
+        let ns = namespace_of(&req)?;
+        let r = req.into_inner();
+        if r.source.is_empty() || r.target.is_empty() {
+            return Err(Status::invalid_argument(
+                "convert: source and target names are required",
+            ));
+        }
+        let compression = match r.layer_compression.as_str() {
+            "" => None,
+            "gzip" => Some(stevedore_images::convert::Compression::Gzip),
+            "zstd" => Some(stevedore_images::convert::Compression::Zstd),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "convert: unknown layer compression {other:?} (use gzip or zstd)"
+                )))
+            }
+        };
+        let mut platforms: Vec<Box<dyn MatchPlatform>> = Vec::new();
+        for p in &r.platforms {
+            platforms.push(Box::new(Only::new(
+                p.parse::<Platform>().map_err(to_status)?,
+            )));
+        }
+        let (db, n, source) = (self.db.clone(), ns.clone(), r.source.clone());
+        let src = crate::blocking(move || db.get_image(&n, &source)).await?;
+        let content = self.db.content(&ns, None);
+        let target = src.target.clone();
+        let oci = r.oci;
+        let converted = crate::blocking(move || {
+            let adapter = crate::archive::ContentAdapter(content);
+            let any = AnyOf(platforms);
+            let opts = stevedore_images::convert::ConvertOptions {
+                oci,
+                layer_compression: compression,
+                platform: if any.0.is_empty() { None } else { Some(&any) },
+            };
+            let converted = stevedore_images::convert::convert(&adapter, &target, &opts)?;
+            // the new tree must hold its children for the GC, as containerd's
+            // converter labels them
+            let labeler = stevedore_images::handlers::set_children_labels(
+                &adapter,
+                stevedore_images::handlers::children_handler(&adapter),
+                None,
+            );
+            stevedore_images::handlers::walk(&labeler, std::slice::from_ref(&converted))
+                .map_err(|e| Error::internal(format!("label converted image: {e:?}")))?;
+            Ok(converted)
+        })
+        .await?;
+        let image = Image {
+            name: r.target.clone(),
+            labels: src.labels.clone(),
+            target: Descriptor::new(
+                converted.media_type.clone(),
+                converted.digest.clone(),
+                converted.size,
+            ),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let (db, n) = (self.db.clone(), ns.clone());
+        let (img, is_new) = crate::blocking(move || match db.get_image(&n, &image.name) {
+            Ok(_) => db
+                .update_image(&n, image, &["target".to_string()])
+                .map(|i| (i, false)),
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                db.create_image(&n, image).map(|i| (i, true))
+            }
+            Err(e) => Err(e),
+        })
+        .await?;
+        if is_new {
+            self.exchange.publish(
+                &ns,
+                "/images/create",
+                &ImageCreate {
+                    name: img.name.clone(),
+                    labels: img.labels.clone(),
+                },
+            );
+        } else {
+            self.exchange.publish(
+                &ns,
+                "/images/update",
+                &ImageUpdate {
+                    name: img.name.clone(),
+                    labels: img.labels.clone(),
+                },
+            );
+        }
+        Ok(Response::new(ConvertResponse {
+            name: img.name,
+            target: Some(descriptor_to_pb(&img.target)),
+        }))
     }
 
     type ImportStream = ProgressStream;

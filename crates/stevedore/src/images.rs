@@ -91,6 +91,28 @@ pub enum ImagesCmd {
         #[arg(long, default_value = "overlayfs")]
         snapshotter: String,
     },
+    /// Check that images' content is present and unpacked (filters as for ls).
+    Check {
+        filters: Vec<String>,
+        #[arg(long, default_value = "overlayfs")]
+        snapshotter: String,
+    },
+    /// Print an image's record, manifest (or index) and config as JSON.
+    Inspect { name: String },
+    /// Convert an image into a new one: Docker to OCI media types, layer recompression.
+    Convert {
+        source: String,
+        target: String,
+        /// Rewrite Docker media types to OCI ones.
+        #[arg(long)]
+        oci: bool,
+        /// Recompress layers: gzip or zstd.
+        #[arg(long)]
+        layer_compression: Option<String>,
+        /// Keep only these platforms' manifests (multi-platform images).
+        #[arg(long)]
+        platform: Vec<String>,
+    },
     /// Remove images (their content is collected by the GC).
     #[command(alias = "remove", alias = "delete")]
     Rm {
@@ -352,6 +374,20 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
             target,
             snapshotter,
         } => crate::mount::unmount(conn, &target, &snapshotter).await?,
+        ImagesCmd::Check {
+            filters,
+            snapshotter,
+        } => crate::check::check(conn, fmt, filters, &snapshotter).await?,
+        ImagesCmd::Inspect { name } => crate::check::inspect(conn, &name).await?,
+        ImagesCmd::Convert {
+            source,
+            target,
+            oci,
+            layer_compression,
+            platform,
+        } => {
+            crate::check::convert(conn, &source, &target, oci, layer_compression, platform).await?
+        }
         ImagesCmd::Rm { names, sync } => {
             let mut failed = 0;
             for (i, name) in names.iter().enumerate() {

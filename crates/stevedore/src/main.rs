@@ -1,5 +1,6 @@
 //! stevedore: the command-line client of stevedored.
 
+mod check;
 mod client;
 mod content;
 mod images;

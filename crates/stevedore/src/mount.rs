@@ -25,7 +25,7 @@ fn lease_id(target: &Path) -> String {
     )
 }
 
-async fn read_blob(conn: &Conn, digest: &str) -> Result<Vec<u8>> {
+pub(crate) async fn read_blob(conn: &Conn, digest: &str) -> Result<Vec<u8>> {
     let (ch, ns) = conn.svc()?;
     let mut stream = ContentClient::with_interceptor(ch, ns)
         .read(ReadContentRequest {
@@ -51,7 +51,7 @@ async fn read_blob(conn: &Conn, digest: &str) -> Result<Vec<u8>> {
 }
 
 /// The chain ID of the image's top layer for this host's platform.
-async fn top_chain_id(conn: &Conn, image: &str) -> Result<String> {
+pub(crate) async fn top_chain_id(conn: &Conn, image: &str) -> Result<String> {
     let (ch, ns) = conn.svc()?;
     let img = ImagesClient::with_interceptor(ch, ns)
         .get(GetImageRequest {
