@@ -230,7 +230,12 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
             std::process::exit(0);
         });
     };
+    // large flow-control windows (adapted to the link): blobs stream in and
+    // out in 1 MiB messages, and 64 KiB windows would stall every one of them
     let result = tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(true))
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
