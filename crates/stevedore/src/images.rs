@@ -124,6 +124,30 @@ pub enum ImagesCmd {
     },
 }
 
+/// A live bytes/speed bar on a terminal (None when quiet or not a terminal).
+fn byte_bar(quiet: bool, total: u64, verb: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let template = if total > 0 {
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+    } else {
+        "{msg} {bytes} {bytes_per_sec}"
+    };
+    let b = indicatif::ProgressBar::with_draw_target(
+        (total > 0).then_some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    b.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b.set_message(verb.to_string());
+    Some(b)
+}
+
 /// A byte count for people: 1.5 MiB.
 pub fn human_size(n: i64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -267,11 +291,24 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
             .await
             .ok();
             let what = format!("read archive {file}");
+            let total = if file == "-" {
+                0
+            } else {
+                std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0)
+            };
+            let bar = byte_bar(quiet || fmt == Format::Json, total, "uploading");
+            let feeder_bar = bar.clone();
             let feeder = tokio::spawn(async move {
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
                     let n = input.read(&mut buf).await?;
+                    if let Some(b) = &feeder_bar {
+                        b.inc(n as u64);
+                    }
                     if n == 0 {
+                        if let Some(b) = &feeder_bar {
+                            b.finish_and_clear();
+                        }
                         return Ok::<(), std::io::Error>(());
                     }
                     if tx
@@ -332,6 +369,7 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
                 (Box::new(std::io::BufWriter::new(f)), Some(tmp))
             };
             let mut total = 0usize;
+            let bar = byte_bar(file == "-" || fmt == Format::Json, 0, "exporting");
             let result: Result<()> = async {
                 while let Some(chunk) = stream
                     .message()
@@ -339,7 +377,13 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
                     .map_err(|s| rpc_error(&format!("export {}", names.join(" ")), s))?
                 {
                     total += chunk.data.len();
+                    if let Some(b) = &bar {
+                        b.inc(chunk.data.len() as u64);
+                    }
                     out.write_all(&chunk.data)?;
+                }
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
                 }
                 out.flush()?;
                 Ok(())
