@@ -103,6 +103,42 @@ impl MatchPlatform for AnyOf {
     }
 }
 
+/// A registry resolver from the client's options (hosts directory, plain
+/// HTTP, basic credentials for whatever host asks).
+fn resolver_for(opts: &stevedore_api::services::transfer::RegistryOptions) -> Resolver {
+    let credentials = (!opts.username.is_empty()).then(|| {
+        let c = Credentials {
+            username: opts.username.clone(),
+            secret: opts.password.clone(),
+        };
+        Arc::new(move |_host: &str| Some(c.clone())) as stevedore_remote::CredentialsFn
+    });
+    Resolver::new(ResolverOptions {
+        hosts: HostOptions {
+            hosts_dir: (!opts.hosts_dir.is_empty()).then(|| PathBuf::from(&opts.hosts_dir)),
+            default_scheme: opts.plain_http.then(|| "http".to_string()),
+        },
+        credentials,
+        ..Default::default()
+    })
+}
+
+/// Every platform when `all`, the host's when none is named, else any of the
+/// named ones (each with what it can run).
+fn platform_matcher(platforms: &[String], all: bool) -> Result<Box<dyn MatchPlatform>> {
+    if all {
+        return Ok(Box::new(All));
+    }
+    if platforms.is_empty() {
+        return Ok(Box::new(stevedore_types::platform::default_matcher()));
+    }
+    let mut v: Vec<Box<dyn MatchPlatform>> = Vec::new();
+    for p in platforms {
+        v.push(Box::new(Only::new(p.parse::<Platform>()?)));
+    }
+    Ok(Box::new(AnyOf(v)))
+}
+
 fn kind_of(media_type: &str) -> &'static str {
     if mediatypes::is_index_type(media_type) {
         "index"
@@ -338,32 +374,8 @@ impl TransferService {
     ) -> Result<(String, Descriptor)> {
         let reference = Reference::parse_normalized(&req.reference)?;
         let opts = req.registry.clone().unwrap_or_default();
-        let credentials = (!opts.username.is_empty()).then(|| {
-            let c = Credentials {
-                username: opts.username.clone(),
-                secret: opts.password.clone(),
-            };
-            Arc::new(move |_host: &str| Some(c.clone())) as stevedore_remote::CredentialsFn
-        });
-        let resolver = Resolver::new(ResolverOptions {
-            hosts: HostOptions {
-                hosts_dir: (!opts.hosts_dir.is_empty()).then(|| PathBuf::from(&opts.hosts_dir)),
-                default_scheme: opts.plain_http.then(|| "http".to_string()),
-            },
-            credentials,
-            ..Default::default()
-        });
-        let matcher: Box<dyn MatchPlatform> = if req.all_platforms {
-            Box::new(All)
-        } else if req.platforms.is_empty() {
-            Box::new(stevedore_types::platform::default_matcher())
-        } else {
-            let mut v: Vec<Box<dyn MatchPlatform>> = Vec::new();
-            for p in &req.platforms {
-                v.push(Box::new(Only::new(p.parse::<Platform>()?)));
-            }
-            Box::new(AnyOf(v))
-        };
+        let resolver = resolver_for(&opts);
+        let matcher = platform_matcher(&req.platforms, req.all_platforms)?;
         let repo = resolver.repository(&reference).await?;
         let root = repo.resolve(&reference).await?;
         report
@@ -588,38 +600,34 @@ impl TransferService {
             created_at: 0,
             updated_at: 0,
         };
-        let (db, ns) = (self.db.clone(), pull.ns.clone());
-        let created = blocking(move || match db.get_image(&ns, &image.name) {
+        let img = self.store_image(&pull.ns, image).await?;
+        Ok((name, img.target))
+    }
+
+    /// Create the image record, or retarget it when the name exists (as
+    /// containerd's clients do: Update "target", Create on NotFound), and
+    /// publish the matching event.
+    async fn store_image(&self, ns: &str, image: Image) -> Result<Image> {
+        let (db, n) = (self.db.clone(), ns.to_string());
+        let (img, is_new) = blocking(move || match db.get_image(&n, &image.name) {
             Ok(_) => db
-                .update_image(&ns, image, &["target".to_string()])
+                .update_image(&n, image, &["target".to_string()])
                 .map(|i| (i, false)),
             Err(e) if e.kind == ErrorKind::NotFound => {
-                db.create_image(&ns, image).map(|i| (i, true))
+                db.create_image(&n, image).map(|i| (i, true))
             }
             Err(e) => Err(e),
         })
         .await?;
-        let (img, is_new) = created;
+        let (name, labels) = (img.name.clone(), img.labels.clone());
         if is_new {
-            self.exchange.publish(
-                &pull.ns,
-                "/images/create",
-                &ImageCreate {
-                    name: img.name.clone(),
-                    labels: img.labels.clone(),
-                },
-            );
+            self.exchange
+                .publish(ns, "/images/create", &ImageCreate { name, labels });
         } else {
-            self.exchange.publish(
-                &pull.ns,
-                "/images/update",
-                &ImageUpdate {
-                    name: img.name.clone(),
-                    labels: img.labels.clone(),
-                },
-            );
+            self.exchange
+                .publish(ns, "/images/update", &ImageUpdate { name, labels });
         }
-        Ok((name, img.target))
+        Ok(img)
     }
 
     /// Unpack one manifest's layers into the snapshotter, in order, each as
@@ -840,36 +848,7 @@ impl Transfer for TransferService {
             created_at: 0,
             updated_at: 0,
         };
-        let (db, n) = (self.db.clone(), ns.clone());
-        let (img, is_new) = crate::blocking(move || match db.get_image(&n, &image.name) {
-            Ok(_) => db
-                .update_image(&n, image, &["target".to_string()])
-                .map(|i| (i, false)),
-            Err(e) if e.kind == ErrorKind::NotFound => {
-                db.create_image(&n, image).map(|i| (i, true))
-            }
-            Err(e) => Err(e),
-        })
-        .await?;
-        if is_new {
-            self.exchange.publish(
-                &ns,
-                "/images/create",
-                &ImageCreate {
-                    name: img.name.clone(),
-                    labels: img.labels.clone(),
-                },
-            );
-        } else {
-            self.exchange.publish(
-                &ns,
-                "/images/update",
-                &ImageUpdate {
-                    name: img.name.clone(),
-                    labels: img.labels.clone(),
-                },
-            );
-        }
+        let img = self.store_image(&ns, image).await.map_err(to_status)?;
         Ok(Response::new(ConvertResponse {
             name: img.name,
             target: Some(descriptor_to_pb(&img.target)),
@@ -1103,30 +1082,9 @@ async fn push_image(
     };
     let reference = Reference::parse_normalized(target_ref)?;
     let opts = r.registry.clone().unwrap_or_default();
-    let credentials = (!opts.username.is_empty()).then(|| {
-        let c = Credentials {
-            username: opts.username.clone(),
-            secret: opts.password.clone(),
-        };
-        Arc::new(move |_host: &str| Some(c.clone())) as stevedore_remote::CredentialsFn
-    });
-    let resolver = Resolver::new(ResolverOptions {
-        hosts: HostOptions {
-            hosts_dir: (!opts.hosts_dir.is_empty()).then(|| PathBuf::from(&opts.hosts_dir)),
-            default_scheme: opts.plain_http.then(|| "http".to_string()),
-        },
-        credentials,
-        ..Default::default()
-    });
-    let matcher: Box<dyn MatchPlatform> = if r.all_platforms || r.platforms.is_empty() {
-        Box::new(All)
-    } else {
-        let mut v: Vec<Box<dyn MatchPlatform>> = Vec::new();
-        for p in &r.platforms {
-            v.push(Box::new(Only::new(p.parse::<Platform>()?)));
-        }
-        Box::new(AnyOf(v))
-    };
+    let resolver = resolver_for(&opts);
+    // pushing defaults to every platform the image has
+    let matcher = platform_matcher(&r.platforms, r.all_platforms || r.platforms.is_empty())?;
     let repo = resolver.repository(&reference).await?;
     let content = db.content(&ns, None);
     let read_json = |d: Descriptor| {
@@ -1248,17 +1206,7 @@ impl TransferService {
         let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire)]);
         let (db, n, l) = (self.db.clone(), ns.clone(), lease.clone());
         blocking(move || db.create_lease(&n, &l, &labels).map(|_| ())).await?;
-        let matcher: Box<dyn MatchPlatform> = if opts.all_platforms {
-            Box::new(All)
-        } else if opts.platforms.is_empty() {
-            Box::new(stevedore_types::platform::default_matcher())
-        } else {
-            let mut v: Vec<Box<dyn MatchPlatform>> = Vec::new();
-            for p in &opts.platforms {
-                v.push(Box::new(Only::new(p.parse::<Platform>()?)));
-            }
-            Box::new(AnyOf(v))
-        };
+        let matcher = platform_matcher(&opts.platforms, opts.all_platforms)?;
         let mut options = if !opts.oci_name.is_empty() {
             ImportOptions::oci_name(&opts.oci_name)
         } else if !opts.base_name.is_empty() {
@@ -1300,36 +1248,7 @@ impl TransferService {
                 created_at: 0,
                 updated_at: 0,
             };
-            let (db, n) = (self.db.clone(), ns.clone());
-            let (img, is_new) = blocking(move || match db.get_image(&n, &image.name) {
-                Ok(_) => db
-                    .update_image(&n, image, &["target".to_string()])
-                    .map(|i| (i, false)),
-                Err(e) if e.kind == ErrorKind::NotFound => {
-                    db.create_image(&n, image).map(|i| (i, true))
-                }
-                Err(e) => Err(e),
-            })
-            .await?;
-            if is_new {
-                self.exchange.publish(
-                    &ns,
-                    "/images/create",
-                    &ImageCreate {
-                        name: img.name.clone(),
-                        labels: img.labels.clone(),
-                    },
-                );
-            } else {
-                self.exchange.publish(
-                    &ns,
-                    "/images/update",
-                    &ImageUpdate {
-                        name: img.name.clone(),
-                        labels: img.labels.clone(),
-                    },
-                );
-            }
+            let img = self.store_image(&ns, image).await?;
             report
                 .item(&img.target, "image", "imported", img.target.size, &img.name)
                 .await;
