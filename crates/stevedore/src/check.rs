@@ -1,9 +1,8 @@
 //! `stevedore images check|inspect|convert`.
 
 use crate::client::{rpc_error, Conn};
-use crate::images::human_size;
 use crate::mount::{read_blob, top_chain_id};
-use crate::output::{print_json, Format, Table};
+use crate::output::{human_size, print_json, Format, Table};
 use anyhow::{Context, Result};
 use serde_json::json;
 use stevedore_api::services::content::{content_client::ContentClient, InfoRequest};

@@ -1,7 +1,7 @@
 //! `stevedore content ...` and `stevedore leases ...`.
 
 use crate::client::{rpc_error, Conn};
-use crate::output::{labels_cell, print_json, Format, Table};
+use crate::output::{human_size, labels_cell, print_json, Format, Removals, Table};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use serde_json::json;
@@ -75,22 +75,6 @@ pub enum LeasesCmd {
         #[arg(long)]
         sync: bool,
     },
-}
-
-/// `1.5 MiB`-style sizes.
-pub fn human_size(n: i64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v.abs() >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// `3 seconds ago`-style ages.
@@ -218,25 +202,19 @@ pub async fn run_content(conn: &Conn, fmt: Format, cmd: ContentCmd) -> Result<()
             }
         }
         ContentCmd::Rm { digests } => {
-            let mut failed = 0;
+            let mut removals = Removals::new("blob");
             for d in digests {
-                match c
+                let result = c
                     .delete(content::DeleteContentRequest { digest: d.clone() })
-                    .await
-                {
-                    Ok(_) => println!("{d}"),
-                    Err(s) => {
-                        failed += 1;
-                        eprintln!(
-                            "stevedore: {:#}",
-                            rpc_error(&format!("remove content {d}"), s)
-                        );
-                    }
-                }
+                    .await;
+                removals.done(
+                    &d,
+                    result
+                        .map(|_| ())
+                        .map_err(|s| rpc_error(&format!("remove content {d}"), s)),
+                );
             }
-            if failed > 0 {
-                bail!("{failed} blob(s) could not be removed");
-            }
+            removals.finish()?;
         }
         ContentCmd::Label { digest, labels } => {
             let labels = parse_labels(&labels)?;
@@ -471,41 +449,23 @@ pub async fn run_leases(conn: &Conn, fmt: Format, cmd: LeasesCmd) -> Result<()> 
             }
         }
         LeasesCmd::Rm { ids, sync } => {
-            let mut failed = 0;
+            let mut removals = Removals::new("lease");
             for id in ids {
-                match c
+                let result = c
                     .delete(leases::DeleteRequest {
                         id: id.clone(),
                         sync,
                     })
-                    .await
-                {
-                    Ok(_) => println!("{id}"),
-                    Err(s) => {
-                        failed += 1;
-                        eprintln!(
-                            "stevedore: {:#}",
-                            rpc_error(&format!("remove lease {id:?}"), s)
-                        );
-                    }
-                }
+                    .await;
+                removals.done(
+                    &id,
+                    result
+                        .map(|_| ())
+                        .map_err(|s| rpc_error(&format!("remove lease {id:?}"), s)),
+                );
             }
-            if failed > 0 {
-                bail!("{failed} lease(s) could not be removed");
-            }
+            removals.finish()?;
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_are_human() {
-        assert_eq!(human_size(12), "12 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(3 << 30), "3.0 GiB");
-    }
 }

@@ -1,8 +1,8 @@
 //! `stevedore images ...`: image records.
 
 use crate::client::{rpc_error, Conn};
-use crate::output::{labels_cell, print_json, Format, Table};
-use anyhow::{bail, Result};
+use crate::output::{human_size, labels_cell, print_json, Format, Removals, Table};
+use anyhow::Result;
 use clap::Subcommand;
 use serde_json::json;
 use stevedore_api::services::images::{
@@ -146,22 +146,6 @@ fn byte_bar(quiet: bool, total: u64, verb: &str) -> Option<indicatif::ProgressBa
     );
     b.set_message(verb.to_string());
     Some(b)
-}
-
-/// A byte count for people: 1.5 MiB.
-pub fn human_size(n: i64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
@@ -433,42 +417,24 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
             crate::check::convert(conn, &source, &target, oci, layer_compression, platform).await?
         }
         ImagesCmd::Rm { names, sync } => {
-            let mut failed = 0;
+            let mut removals = Removals::new("image");
             for (i, name) in names.iter().enumerate() {
                 let last = i + 1 == names.len();
-                match c
+                let result = c
                     .delete(DeleteImageRequest {
                         name: name.clone(),
                         sync: sync && last,
                     })
-                    .await
-                {
-                    Ok(_) => println!("{name}"),
-                    Err(s) => {
-                        failed += 1;
-                        eprintln!(
-                            "stevedore: {:#}",
-                            rpc_error(&format!("remove image {name:?}"), s)
-                        );
-                    }
-                }
+                    .await;
+                removals.done(
+                    name,
+                    result
+                        .map(|_| ())
+                        .map_err(|s| rpc_error(&format!("remove image {name:?}"), s)),
+                );
             }
-            if failed > 0 {
-                bail!("{failed} image(s) could not be removed");
-            }
+            removals.finish()?;
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_read_well() {
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(3 << 30), "3.0 GiB");
-    }
 }

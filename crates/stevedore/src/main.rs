@@ -13,7 +13,7 @@ mod transfer;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use client::{rpc_error, Conn};
-use output::{labels_cell, print_json, Format, Table};
+use output::{labels_cell, print_json, Format, Removals, Table};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -358,25 +358,19 @@ async fn cmd_namespaces(conn: &Conn, fmt: Format, cmd: NamespacesCmd) -> Result<
             .map_err(|s| rpc_error(&format!("label namespace {name:?}"), s))?;
         }
         NamespacesCmd::Rm { names } => {
-            let mut failed = 0;
+            let mut removals = Removals::new("namespace");
             for name in names {
-                match c
+                let result = c
                     .delete(namespaces::DeleteNamespaceRequest { name: name.clone() })
-                    .await
-                {
-                    Ok(_) => println!("{name}"),
-                    Err(s) => {
-                        failed += 1;
-                        eprintln!(
-                            "stevedore: {:#}",
-                            rpc_error(&format!("remove namespace {name:?}"), s)
-                        );
-                    }
-                }
+                    .await;
+                removals.done(
+                    &name,
+                    result
+                        .map(|_| ())
+                        .map_err(|s| rpc_error(&format!("remove namespace {name:?}"), s)),
+                );
             }
-            if failed > 0 {
-                bail!("{failed} namespace(s) could not be removed");
-            }
+            removals.finish()?;
         }
     }
     Ok(())

@@ -74,9 +74,64 @@ pub fn labels_cell<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)
     }
 }
 
+/// Removal of several objects: each removed name is printed, each failure
+/// reported, and the whole fails at the end if any did.
+pub struct Removals {
+    noun: &'static str,
+    failed: usize,
+}
+
+impl Removals {
+    pub fn new(noun: &'static str) -> Self {
+        Removals { noun, failed: 0 }
+    }
+
+    /// Record the outcome of removing `name`.
+    pub fn done(&mut self, name: &str, result: anyhow::Result<()>) {
+        match result {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                self.failed += 1;
+                eprintln!("stevedore: {e:#}");
+            }
+        }
+    }
+
+    pub fn finish(self) -> anyhow::Result<()> {
+        if self.failed > 0 {
+            anyhow::bail!("{} {}(s) could not be removed", self.failed, self.noun);
+        }
+        Ok(())
+    }
+}
+
+/// A byte count for people: 1.5 MiB.
+pub fn human_size(n: i64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v.abs() >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_size(12), "12 B");
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
+    }
 
     #[test]
     fn aligns_columns() {

@@ -1,7 +1,7 @@
 //! `stevedore snapshots ...`: ctr's snapshot commands, with tables or JSON.
 
 use crate::client::{rpc_error, Conn};
-use crate::output::{labels_cell, print_json, Format, Table};
+use crate::output::{labels_cell, print_json, Format, Removals, Table};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -319,28 +319,22 @@ pub async fn run(conn: &Conn, fmt: Format, args: SnapshotsArgs) -> Result<()> {
             .map_err(|s| rpc_error(&format!("commit snapshot {key:?} as {name:?}"), s))?;
         }
         SnapshotsCmd::Rm { keys } => {
-            let mut failed = 0;
+            let mut removals = Removals::new("snapshot");
             for key in keys {
-                match c
+                let result = c
                     .remove(pb::RemoveSnapshotRequest {
                         snapshotter: sn.clone(),
                         key: key.clone(),
                     })
-                    .await
-                {
-                    Ok(_) => println!("{key}"),
-                    Err(s) => {
-                        failed += 1;
-                        eprintln!(
-                            "stevedore: {:#}",
-                            rpc_error(&format!("remove snapshot {key:?}"), s)
-                        );
-                    }
-                }
+                    .await;
+                removals.done(
+                    &key,
+                    result
+                        .map(|_| ())
+                        .map_err(|s| rpc_error(&format!("remove snapshot {key:?}"), s)),
+                );
             }
-            if failed > 0 {
-                bail!("{failed} snapshot(s) could not be removed");
-            }
+            removals.finish()?;
         }
     }
     Ok(())

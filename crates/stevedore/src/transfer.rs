@@ -2,8 +2,7 @@
 //! CLI shows its progress (live bars on a terminal, plain lines otherwise).
 
 use crate::client::{rpc_error, Conn};
-use crate::images::human_size;
-use crate::output::{print_json, Format};
+use crate::output::{human_size, print_json, Format};
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
