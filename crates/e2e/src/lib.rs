@@ -283,8 +283,44 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Stop the daemon, then make sure a failed test leaks no shims,
+    /// container processes or mounts: kill the shims started for this
+    /// daemon (their tasks die with them), delete leftover runc state and
+    /// detach leftover rootfs mounts.
     fn drop(&mut self) {
         self.stop();
+        let sock = self.socket.display().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("containerd-shim-") && cmd.contains(&sock) {
+                if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() {
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                }
+            }
+        }
+        let tasks = self.state.join("io.containerd.runtime.v2.task");
+        for ns in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+            let ns_name = ns.file_name().to_string_lossy().to_string();
+            for b in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                // runc state: the Go shim's under /run/containerd/runc/<namespace>,
+                // stevedore's shim's under /run/stevedore/runc/<namespace>
+                for root in ["/run/containerd/runc", "/run/stevedore/runc"] {
+                    let _ = Command::new("runc")
+                        .args(["--root", &format!("{root}/{ns_name}"), "delete", "--force"])
+                        .arg(b.file_name())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(b.path().join("rootfs"))
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 }
 

@@ -59,8 +59,17 @@ struct Env {
     suffix: String,
 }
 
+/// Config that runs `io.containerd.runc.v2` on containerd's Go shim
+/// (stevedored's default for it is stevedore's own shim).
+const GO_SHIM_CONFIG: &str =
+    "[plugins.\"io.containerd.runtime.v2.task\".shims]\n\"io.containerd.runc.v2\" = \"containerd-shim-runc-v2\"\n";
+
 async fn env(runtime: &'static str) -> Env {
-    env_with_config(runtime, None).await
+    if runtime == RUNC_SHIM {
+        env_with_config(runtime, Some(GO_SHIM_CONFIG)).await
+    } else {
+        env_with_config(runtime, None).await
+    }
 }
 
 async fn env_with_config(runtime: &'static str, config: Option<&str>) -> Env {
@@ -84,49 +93,6 @@ async fn env_with_config(runtime: &'static str, config: Option<&str>) -> Env {
         rootfs,
         ch,
         suffix,
-    }
-}
-
-impl Drop for Env {
-    /// A failed test must not leak shims, container processes or mounts:
-    /// kill the shims started for this daemon (their tasks die with them, the
-    /// pid namespace goes) and detach leftover rootfs mounts.
-    fn drop(&mut self) {
-        let sock = self.daemon.socket.display().to_string();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("containerd-shim-") && cmd.contains(&sock) {
-                if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() {
-                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                    }
-                }
-            }
-        }
-        let bundles = self
-            .daemon
-            .state
-            .join("io.containerd.runtime.v2.task")
-            .join(NS);
-        for b in std::fs::read_dir(bundles).into_iter().flatten().flatten() {
-            // the runc shim keeps runc state under /run/containerd/runc/<namespace>
-            let _ = std::process::Command::new("runc")
-                .args([
-                    "--root",
-                    &format!("/run/containerd/runc/{NS}"),
-                    "delete",
-                    "--force",
-                ])
-                .arg(b.file_name())
-                .stderr(std::process::Stdio::null())
-                .status();
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(b.path().join("rootfs"))
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
     }
 }
 
@@ -823,37 +789,37 @@ async fn stevedore_shim_task_with_terminal_gets_a_pty_of_the_requested_size() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn config_maps_a_runtime_name_to_another_shim_binary() {
-    let shim = stevedore_e2e::bin("containerd-shim-stevedore-v1");
-    let config = format!(
-        "[plugins.\"io.containerd.runtime.v2.task\".shims]\n\"io.containerd.runc.v2\" = {:?}\n",
-        shim.display().to_string()
-    );
-    let e = env_with_config(RUNC_SHIM, Some(&config)).await;
-    let id = e.id("mapped");
-    let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
-    e.start(&id, "").await;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ppid: i32 = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let cmd = std::fs::read_to_string(format!("/proc/{ppid}/cmdline")).unwrap();
-    assert!(cmd.contains("containerd-shim-stevedore-v1"), "{cmd}");
-    e.tasks()
-        .kill(req(KillRequest {
-            container_id: id.clone(),
-            exec_id: String::new(),
-            signal: 9,
-            all: false,
-        }))
-        .await
-        .unwrap();
-    assert_eq!(e.wait(&id, "").await, 137);
-    assert_eq!(e.delete(&id).await, 137);
+async fn runc_v2_runs_on_stevedores_shim_by_default_and_config_maps_it_to_the_go_shim() {
+    for (config, expected) in [
+        (None, "containerd-shim-stevedore-v1"),
+        (Some(GO_SHIM_CONFIG), "containerd-shim-runc-v2"),
+    ] {
+        let e = env_with_config(RUNC_SHIM, config).await;
+        let id = e.id("mapped");
+        let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
+        e.start(&id, "").await;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let ppid: i32 = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let cmd = std::fs::read_to_string(format!("/proc/{ppid}/cmdline")).unwrap();
+        assert!(cmd.contains(expected), "{cmd}");
+        e.tasks()
+            .kill(req(KillRequest {
+                container_id: id.clone(),
+                exec_id: String::new(),
+                signal: 9,
+                all: false,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(e.wait(&id, "").await, 137);
+        assert_eq!(e.delete(&id).await, 137);
+    }
 }

@@ -101,7 +101,8 @@ impl Bundle {
                 .map_err(|e| io(e, format!("create {}", b.work.display())))?;
             std::os::unix::fs::symlink(&b.work, b.path.join("work"))
                 .map_err(|e| io(e, "link bundle work dir"))?;
-            write_atomic(&b.path.join("config.json"), spec)
+            write_atomic(&b.path.join("config.json"), spec)?;
+            prepare_for_user_namespace(&b.path, spec)
         })();
         if let Err(e) = result {
             let _ = b.delete();
@@ -179,4 +180,33 @@ mod tests {
         assert!(src.exists());
         assert!(Bundle::create(&state, &root, "ns", "../x", b"{}").is_err());
     }
+}
+
+/// With a user namespace the container's root (the remapped gid 0) must be
+/// able to reach the rootfs: group-own the bundle by that gid, mode 0710
+/// (containerd's `prepareBundleDirectoryPermissions`).
+fn prepare_for_user_namespace(path: &Path, spec: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let v: serde_json::Value =
+        serde_json::from_slice(spec).map_err(|e| Error::invalid(format!("bundle spec: {e}")))?;
+    let gid = v["linux"]["gidMappings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["containerID"].as_u64() == Some(0))
+        .and_then(|m| m["hostID"].as_u64())
+        .unwrap_or(0);
+    if gid == 0 {
+        return Ok(());
+    }
+    let gid =
+        u32::try_from(gid).map_err(|_| Error::invalid("bundle spec: gid mapping out of range"))?;
+    std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+        io(
+            e,
+            format!("chown {} to the remapped root group", path.display()),
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o710))
+        .map_err(|e| io(e, format!("chmod {}", path.display())))
 }

@@ -21,7 +21,8 @@ pub struct ManagerConfig {
     /// `<daemon root>/io.containerd.runtime.v2.task`.
     pub root: PathBuf,
     pub env: ShimEnv,
-    /// Runtime name -> shim binary, overriding name resolution.
+    /// Runtime name -> shim binary (a path, or a name looked up on PATH and
+    /// next to the daemon), overriding name resolution.
     pub shims: HashMap<String, PathBuf>,
 }
 
@@ -73,7 +74,16 @@ impl TaskManager {
 
     fn binary(&self, runtime: &str) -> Result<PathBuf> {
         if let Some(p) = self.cfg.shims.get(runtime) {
-            return Ok(p.clone());
+            if p.components().count() > 1 {
+                return Ok(p.clone());
+            }
+            // a bare binary name: look it up like a runtime's own shim
+            let name = p.display().to_string();
+            return shim::find_binary(&name, &self.cfg.env.publish_binary).ok_or_else(|| {
+                Error::not_found(format!(
+                    "runtime {runtime:?}: shim binary {name} (from the config's shims) not found on PATH or next to stevedored"
+                ))
+            });
         }
         shim::resolve_binary(runtime, &self.cfg.env.publish_binary)
     }

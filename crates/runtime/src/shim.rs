@@ -62,20 +62,22 @@ pub fn resolve_binary(runtime: &str, publish_binary: &Path) -> Result<PathBuf> {
         parts[parts.len() - 2],
         parts[parts.len() - 1]
     );
+    find_binary(&name, publish_binary).ok_or_else(|| {
+        Error::not_found(format!(
+            "runtime {runtime:?}: binary {name} not installed on PATH (Debian: apt-get install containerd)"
+        ))
+    })
+}
+
+/// A shim binary named `name` on PATH or next to the daemon's own binary.
+pub fn find_binary(name: &str, publish_binary: &Path) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     if let Some(d) = publish_binary.parent() {
         dirs.push(d.to_path_buf());
     }
-    dirs.into_iter()
-        .map(|d| d.join(&name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            Error::not_found(format!(
-                "runtime {runtime:?}: binary {name} not installed on PATH (Debian: apt-get install containerd)"
-            ))
-        })
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 fn command(

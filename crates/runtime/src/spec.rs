@@ -254,7 +254,31 @@ pub fn default_capabilities() -> Vec<String> {
     .to_vec()
 }
 
-/// Every capability Linux knows (what `--privileged` grants).
+/// The capabilities this process holds (`CapEff` of /proc/self/status), by
+/// name: what `--privileged` grants, as containerd's
+/// `WithAllCurrentCapabilities` does (asking for more fails in runc when the
+/// caller's bounding set is reduced). Every known one if /proc is unreadable.
+pub fn current_capabilities() -> Vec<String> {
+    let all = all_capabilities();
+    let mask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        });
+    match mask {
+        Some(m) => all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| m & (1u64 << i) != 0)
+            .map(|(_, c)| c)
+            .collect(),
+        None => all,
+    }
+}
+
+/// Every capability Linux knows, in the kernel's numbering order.
 pub fn all_capabilities() -> Vec<String> {
     [
         "CAP_CHOWN",
@@ -556,7 +580,7 @@ impl Spec {
     /// Grant everything: all capabilities, no masked or read-only paths, all
     /// devices allowed, /sys read-write (ctr's `--privileged`).
     pub fn with_privileged(&mut self) -> &mut Self {
-        let caps = all_capabilities();
+        let caps = current_capabilities();
         self.process_mut().capabilities = Some(Capabilities {
             bounding: caps.clone(),
             effective: caps.clone(),

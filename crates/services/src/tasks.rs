@@ -35,13 +35,31 @@ use stevedore_types::{Error, Mount};
 use tonic::{Request, Response, Status};
 
 /// The runtime v2 plugin's config section.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Runtime name -> shim binary path (overrides `containerd-shim-<x>-<v>` lookup).
+    /// Runtime name -> shim binary, a path or a name looked up on PATH and
+    /// next to stevedored (overrides `containerd-shim-<x>-<v>` lookup).
+    /// Entries are merged over the built-in default, which runs
+    /// `io.containerd.runc.v2` on stevedore's own shim; map it to
+    /// `containerd-shim-runc-v2` to use containerd's Go shim instead.
     pub shims: BTreeMap<String, String>,
     /// Start shims with `-debug`.
     pub shim_debug: bool,
+}
+
+/// The runtime name containerd clients use by default.
+pub const RUNC_V2: &str = "io.containerd.runc.v2";
+/// stevedore's own shim binary, the default for [`RUNC_V2`].
+pub const STEVEDORE_SHIM: &str = "containerd-shim-stevedore-v1";
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            shims: [(RUNC_V2.to_string(), STEVEDORE_SHIM.to_string())].into(),
+            shim_debug: false,
+        }
+    }
 }
 
 /// The runtime v2 plugin instance.
@@ -134,9 +152,10 @@ impl RuntimeV2 {
                     publish_binary,
                     debug: cfg.shim_debug,
                 },
-                shims: cfg
+                shims: RuntimeConfig::default()
                     .shims
                     .into_iter()
+                    .chain(cfg.shims)
                     .map(|(k, v)| (k, PathBuf::from(v)))
                     .collect(),
             },

@@ -1,5 +1,6 @@
 //! `containerd-shim-stevedore-v1`: a light runtime v2 shim that drives runc
-//! (or any OCI runtime binary named by `STEVEDORE_OCI_RUNTIME`), speaking
+//! (or the OCI runtime binary named by the runc options' `BinaryName`, e.g.
+//! crun; `STEVEDORE_OCI_RUNTIME` sets the shim's default), speaking
 //! `containerd.task.v2.Task` over ttrpc so both stevedored and containerd can
 //! use it (runtime name `io.containerd.stevedore.v1`).
 //!
@@ -73,8 +74,56 @@ fn parse_flags() -> Flags {
     f
 }
 
+/// The OCI runtime binary chosen at create (`BinaryName` of the runc
+/// options), kept in the bundle as `oci-runtime` so `delete` after a crash
+/// uses the same one.
+static OCI_RUNTIME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn runtime_binary() -> String {
+    if let Some(b) = OCI_RUNTIME.get() {
+        return b.clone();
+    }
     std::env::var("STEVEDORE_OCI_RUNTIME").unwrap_or_else(|_| "runc".into())
+}
+
+/// `binary_name` (field 6) of containerd's runc options
+/// (`containerd.runc.v1.Options`, also sent by ctr as task options).
+fn binary_name_option(any: &Any) -> Result<Option<String>, String> {
+    if !any.type_url.ends_with("containerd.runc.v1.Options")
+        && !any.type_url.ends_with("runtimeoptions.v1.Options")
+    {
+        return Ok(None);
+    }
+    let mut input = containerd_shim_protos::protobuf::CodedInputStream::from_bytes(&any.value);
+    let bad = |e: containerd_shim_protos::protobuf::Error| format!("runtime options: {e}");
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(bad)? {
+        let (field, wire) = (tag >> 3, tag & 7);
+        if field == 6 && wire == 2 {
+            let name = input.read_string().map_err(bad)?;
+            return Ok((!name.is_empty()).then_some(name));
+        }
+        let wt = containerd_shim_protos::protobuf::rt::WireType::new(wire)
+            .ok_or_else(|| format!("runtime options: bad wire type {wire}"))?;
+        input.skip_field(wt).map_err(bad)?;
+    }
+    Ok(None)
+}
+
+/// Remember the OCI runtime for this shim's container.
+fn choose_runtime(bundle: &str, options: Option<&Any>) -> Result<(), String> {
+    let from_bundle = std::fs::read_to_string(Path::new(bundle).join("oci-runtime")).ok();
+    let chosen = match options.map(binary_name_option).transpose()?.flatten() {
+        Some(name) => {
+            std::fs::write(Path::new(bundle).join("oci-runtime"), &name)
+                .map_err(|e| format!("record OCI runtime in {bundle}: {e}"))?;
+            Some(name)
+        }
+        None => from_bundle,
+    };
+    if let Some(name) = chosen {
+        let _ = OCI_RUNTIME.set(name);
+    }
+    Ok(())
 }
 
 fn runc_root(ns: &str) -> String {
@@ -500,6 +549,8 @@ impl Task for Handle {
         _: &TtrpcContext,
         r: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
+        choose_runtime(&r.bundle, r.options.as_ref())
+            .map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
         let rootfs = Path::new(&r.bundle).join("rootfs");
         for m in &r.rootfs {
             let mount = stevedore_types::Mount {
@@ -978,6 +1029,7 @@ fn start(f: &Flags) -> Result<(), String> {
 }
 
 fn delete(f: &Flags) -> Result<(), String> {
+    let _ = choose_runtime(&f.bundle, None);
     let _ = runc(&f.namespace, &["delete", "--force", &f.id], None, None);
     let _ = stevedore_sys::mount::unmount_all(&Path::new(&f.bundle).join("rootfs"));
     let mut resp = DeleteResponse::new();

@@ -60,3 +60,13 @@ pub fn rpc_error(what: &str, s: Status) -> anyhow::Error {
     let code = format!("{:?}", s.code());
     anyhow!("{what}: {} ({code})", s.message())
 }
+
+/// Tag a request with a lease (`containerd-lease` header) so what it
+/// creates is held by that lease.
+pub fn with_lease<T>(
+    lease: &MetadataValue<tonic::metadata::Ascii>,
+    mut r: Request<T>,
+) -> Request<T> {
+    r.metadata_mut().insert("containerd-lease", lease.clone());
+    r
+}

@@ -6,6 +6,7 @@ mod content;
 mod images;
 mod mount;
 mod output;
+mod run;
 mod snapshots;
 mod tasks;
 mod transfer;
@@ -71,6 +72,8 @@ enum Cmd {
     /// Manage snapshots (prepare, view, mounts, commit, ls, tree, usage, rm).
     #[command(alias = "snapshot")]
     Snapshots(snapshots::SnapshotsArgs),
+    /// Create a container from an image and run it (exit code is the container's).
+    Run(Box<run::RunArgs>),
     /// Manage container records.
     #[command(subcommand, alias = "c")]
     Containers(tasks::ContainersCmd),
@@ -167,9 +170,21 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Content(c) => content::run_content(&conn, cli.output, c).await,
         Cmd::Leases(c) => content::run_leases(&conn, cli.output, c).await,
         Cmd::Snapshots(a) => snapshots::run(&conn, cli.output, a).await,
+        Cmd::Run(a) => {
+            let code = run::run(&conn, *a).await?;
+            exit_with(code)
+        }
         Cmd::Containers(c) => tasks::containers(&conn, cli.output, c).await,
         Cmd::Tasks(c) => tasks::tasks(&conn, cli.output, c).await,
     }
+}
+
+/// End the process with a container's exit code (after flushing output).
+pub(crate) fn exit_with(code: u32) -> Result<()> {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code as i32)
 }
 
 async fn cmd_version(conn: &Conn, fmt: Format) -> Result<()> {
@@ -431,4 +446,15 @@ async fn cmd_events(conn: &Conn, fmt: Format, filters: Vec<String>) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -2,7 +2,7 @@
 //! snapshot view (or writable snapshot) mounted on a directory, held by a
 //! lease named after the directory until unmounted.
 
-use crate::client::{rpc_error, Conn};
+use crate::client::{rpc_error, with_lease, Conn};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::Digest as _;
 use std::path::Path;
@@ -52,6 +52,11 @@ pub(crate) async fn read_blob(conn: &Conn, digest: &str) -> Result<Vec<u8>> {
 
 /// The chain ID of the image's top layer for this host's platform.
 pub(crate) async fn top_chain_id(conn: &Conn, image: &str) -> Result<String> {
+    Ok(resolve_image(conn, image).await?.0)
+}
+
+/// For this host's platform: the image's top chain ID and its config JSON.
+pub(crate) async fn resolve_image(conn: &Conn, image: &str) -> Result<(String, Vec<u8>)> {
     let (ch, ns) = conn.svc()?;
     let img = ImagesClient::with_interceptor(ch, ns)
         .get(GetImageRequest {
@@ -79,9 +84,9 @@ pub(crate) async fn top_chain_id(conn: &Conn, image: &str) -> Result<String> {
         bytes = read_blob(conn, &digest).await?;
     }
     let manifest: Manifest = serde_json::from_slice(&bytes).context("parse manifest")?;
+    let config_bytes = read_blob(conn, &manifest.config.digest.to_string()).await?;
     let config: ImageConfig =
-        serde_json::from_slice(&read_blob(conn, &manifest.config.digest.to_string()).await?)
-            .context("parse image config")?;
+        serde_json::from_slice(&config_bytes).context("parse image config")?;
     let mut chain: Option<String> = None;
     for d in &config.rootfs.diff_ids {
         chain = Some(match chain {
@@ -92,7 +97,8 @@ pub(crate) async fn top_chain_id(conn: &Conn, image: &str) -> Result<String> {
             }
         });
     }
-    chain.ok_or_else(|| anyhow!("image {image:?} has no layers"))
+    let chain = chain.ok_or_else(|| anyhow!("image {image:?} has no layers"))?;
+    Ok((chain, config_bytes))
 }
 
 pub async fn mount(
@@ -121,13 +127,6 @@ pub async fn mount(
     let key = target.display().to_string();
     let mut snaps = SnapshotsClient::with_interceptor(ch, ns);
     let lease_value = MetadataValue::try_from(lease.as_str()).context("lease id")?;
-    fn with_lease<T>(
-        v: &MetadataValue<tonic::metadata::Ascii>,
-        mut r: tonic::Request<T>,
-    ) -> tonic::Request<T> {
-        r.metadata_mut().insert("containerd-lease", v.clone());
-        r
-    }
     let mounts = if rw {
         snaps
             .prepare(with_lease(

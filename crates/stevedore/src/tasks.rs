@@ -7,8 +7,7 @@ use clap::Subcommand;
 use serde_json::json;
 use stevedore_api::containerd::v1::types::Status as TaskStatus;
 use stevedore_api::services::containers::{
-    containers_client::ContainersClient, DeleteContainerRequest, GetContainerRequest,
-    ListContainersRequest,
+    containers_client::ContainersClient, GetContainerRequest, ListContainersRequest,
 };
 use stevedore_api::services::tasks::{
     tasks_client::TasksClient, DeleteTaskRequest, KillRequest, ListPidsRequest, ListTasksRequest,
@@ -25,6 +24,8 @@ pub enum ContainersCmd {
         quiet: bool,
         filters: Vec<String>,
     },
+    /// Create a container (spec from the image and flags, snapshot prepared).
+    Create(Box<crate::run::SpecArgs>),
     /// Show a container record, spec included, as JSON.
     Info { id: String },
     /// Remove containers (their task must be deleted first).
@@ -42,6 +43,20 @@ pub enum TasksCmd {
     Ls,
     /// List the processes of a task.
     Ps { id: String },
+    /// Create and start the task of a created container (foreground unless -d).
+    Start {
+        id: String,
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// Run another process in a running task.
+    Exec(crate::run::ExecArgs),
+    /// Reconnect to a running task's stdio (tasks started with -d).
+    Attach { id: String },
+    /// Wait for a task to exit; exits with its status.
+    Wait { id: String },
+    /// Show a task's cgroup figures (memory, CPU, pids).
+    Metrics { id: String },
     /// Signal a task (default SIGTERM).
     Kill {
         id: String,
@@ -49,7 +64,7 @@ pub enum TasksCmd {
         #[arg(long, short = 's', default_value = "TERM")]
         signal: String,
         /// Signal every process of the task.
-        #[arg(long, short = 'a')]
+        #[arg(long)]
         all: bool,
     },
     /// Freeze a task.
@@ -135,6 +150,9 @@ pub async fn containers(conn: &Conn, out: Format, cmd: ContainersCmd) -> Result<
                 t.print();
             }
         }
+        ContainersCmd::Create(a) => {
+            crate::run::create_container(conn, &a).await?;
+        }
         ContainersCmd::Info { id } => {
             let ct = c
                 .get(GetContainerRequest { id: id.clone() })
@@ -160,8 +178,9 @@ pub async fn containers(conn: &Conn, out: Format, cmd: ContainersCmd) -> Result<
         ContainersCmd::Rm { ids } => {
             let mut failed = false;
             for id in ids {
-                if let Err(s) = c.delete(DeleteContainerRequest { id: id.clone() }).await {
-                    eprintln!("{:#}", rpc_error(&format!("remove container {id:?}"), s));
+                // like ctr: the container's snapshot goes with it
+                if let Err(e) = crate::run::remove_container(conn, &id).await {
+                    eprintln!("{e:#}");
                     failed = true;
                 }
             }
@@ -221,6 +240,24 @@ pub async fn tasks(conn: &Conn, out: Format, cmd: TasksCmd) -> Result<()> {
                 tb.print();
             }
         }
+        TasksCmd::Start { id, detach } => {
+            let code = crate::run::start(conn, &id, detach).await?;
+            crate::exit_with(code)?;
+        }
+        TasksCmd::Exec(a) => {
+            let code = crate::run::exec(conn, a).await?;
+            crate::exit_with(code)?;
+        }
+        TasksCmd::Attach { id } => {
+            let code = crate::run::attach(conn, &id).await?;
+            crate::exit_with(code)?;
+        }
+        TasksCmd::Wait { id } => {
+            let code = crate::run::wait(conn, &id).await?;
+            println!("{id}: exit status {code}");
+            crate::exit_with(code)?;
+        }
+        TasksCmd::Metrics { id } => crate::run::metrics(conn, out, &id).await?,
         TasksCmd::Kill { id, signal, all } => {
             let signal = signal_number(&signal)?;
             c.kill(KillRequest {
@@ -255,7 +292,10 @@ pub async fn tasks(conn: &Conn, out: Format, cmd: TasksCmd) -> Result<()> {
                     })
                     .await
                 {
-                    Ok(r) => println!("{id}: exit status {}", r.into_inner().exit_status),
+                    Ok(r) => {
+                        crate::run::remove_fifos(&conn.namespace, &id);
+                        println!("{id}: exit status {}", r.into_inner().exit_status)
+                    }
                     Err(s) => {
                         eprintln!("{:#}", rpc_error(&format!("delete task {id:?}"), s));
                         failed = true;
