@@ -154,34 +154,6 @@ impl Bundle {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn creates_and_deletes_bundle_with_mounted_rootfs() {
-        let d = tempfile::tempdir().unwrap();
-        let (state, root) = (d.path().join("state"), d.path().join("root"));
-        let b = Bundle::create(&state, &root, "ns", "c1", b"{}").unwrap();
-        assert_eq!(std::fs::read(b.path.join("config.json")).unwrap(), b"{}");
-        assert!(b.rootfs().is_dir());
-        assert_eq!(
-            std::fs::read_link(b.path.join("work")).unwrap(),
-            root.join("ns").join("c1")
-        );
-        let e = Bundle::create(&state, &root, "ns", "c1", b"{}").unwrap_err();
-        assert_eq!(e.kind, stevedore_types::ErrorKind::AlreadyExists);
-        let src = d.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        stevedore_sys::mount::bind(&src, &b.rootfs(), false).unwrap();
-        b.delete().unwrap();
-        assert!(!b.path.exists());
-        assert!(!root.join("ns").join("c1").exists());
-        assert!(src.exists());
-        assert!(Bundle::create(&state, &root, "ns", "../x", b"{}").is_err());
-    }
-}
-
 /// With a user namespace the container's root (the remapped gid 0) must be
 /// able to reach the rootfs: group-own the bundle by that gid, mode 0710
 /// (containerd's `prepareBundleDirectoryPermissions`).
@@ -209,4 +181,32 @@ fn prepare_for_user_namespace(path: &Path, spec: &[u8]) -> Result<()> {
     })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o710))
         .map_err(|e| io(e, format!("chmod {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_and_deletes_bundle_with_mounted_rootfs() {
+        let d = tempfile::tempdir().unwrap();
+        let (state, root) = (d.path().join("state"), d.path().join("root"));
+        let b = Bundle::create(&state, &root, "ns", "c1", b"{}").unwrap();
+        assert_eq!(std::fs::read(b.path.join("config.json")).unwrap(), b"{}");
+        assert!(b.rootfs().is_dir());
+        assert_eq!(
+            std::fs::read_link(b.path.join("work")).unwrap(),
+            root.join("ns").join("c1")
+        );
+        let e = Bundle::create(&state, &root, "ns", "c1", b"{}").unwrap_err();
+        assert_eq!(e.kind, stevedore_types::ErrorKind::AlreadyExists);
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        stevedore_sys::mount::bind(&src, &b.rootfs(), false).unwrap();
+        b.delete().unwrap();
+        assert!(!b.path.exists());
+        assert!(!root.join("ns").join("c1").exists());
+        assert!(src.exists());
+        assert!(Bundle::create(&state, &root, "ns", "../x", b"{}").is_err());
+    }
 }
