@@ -38,10 +38,11 @@ use stevedore_api::services::tasks::{
     StartRequest, UpdateTaskRequest, WaitRequest,
 };
 use stevedore_api::services::transfer::{
-    transfer_client::TransferClient, ConvertRequest, ExportRequest, PushRequest,
+    transfer_client::TransferClient, ConvertRequest, ExportRequest, PushRequest, RegistryOptions,
 };
 use stevedore_api::types::Descriptor;
 use stevedore_e2e::{busybox_image, Daemon};
+use stevedore_remote::testutil::TestRegistry;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -182,6 +183,66 @@ async fn partial_ingest(ch: &Channel, ns: &str, reference: &str, bytes: &[u8]) -
     .unwrap();
     resp.message().await.unwrap().unwrap();
     start
+}
+
+/// Export, push and convert of `image` from `ns` fail with NotFound.
+/// (`push_to` is a real registry repository: a push that read another
+/// namespace's blobs would succeed.)
+async fn transfers_refused(ch: &Channel, ns: &str, image: &str, push_to: &str, why: &str) {
+    let mut tc = TransferClient::new(ch.clone());
+    let export = tc
+        .export(req(
+            ns,
+            ExportRequest {
+                names: vec![image.to_string()],
+                ..Default::default()
+            },
+        ))
+        .await;
+    match export {
+        Err(s) => assert_eq!(s.code(), Code::NotFound, "{why}: transfer export: {s:?}"),
+        Ok(r) => assert_code(
+            r.into_inner().message().await,
+            Code::NotFound,
+            &format!("{why}: transfer export"),
+        ),
+    }
+    let push = tc
+        .push(req(
+            ns,
+            PushRequest {
+                source: image.to_string(),
+                reference: push_to.to_string(),
+                registry: Some(RegistryOptions {
+                    plain_http: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await;
+    match push {
+        Err(s) => assert_eq!(s.code(), Code::NotFound, "{why}: transfer push: {s:?}"),
+        Ok(r) => assert_code(
+            r.into_inner().message().await,
+            Code::NotFound,
+            &format!("{why}: transfer push"),
+        ),
+    }
+    assert_code(
+        tc.convert(req(
+            ns,
+            ConvertRequest {
+                source: image.to_string(),
+                target: format!("{image}-converted"),
+                oci: true,
+                ..Default::default()
+            },
+        ))
+        .await,
+        Code::NotFound,
+        &format!("{why}: transfer convert"),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,30 +453,6 @@ async fn content_images_leases_diff_and_transfer_of_one_namespace_are_invisible_
         Code::NotFound,
         "image delete",
     );
-    // B may create the same name; it points at content B does not have
-    ic.create(req(
-        b,
-        CreateImageRequest {
-            image: Some(Image {
-                name: image.clone(),
-                target: target.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    ))
-    .await
-    .expect("the same image name in another namespace");
-    ic.delete(req(
-        b,
-        DeleteImageRequest {
-            name: image.clone(),
-            sync: true,
-        },
-    ))
-    .await
-    .unwrap();
-
     // --- leases
     let mut lc = LeasesClient::new(ch.clone());
     let lease_ids = |ns: String| {
@@ -527,59 +564,57 @@ async fn content_images_leases_diff_and_transfer_of_one_namespace_are_invisible_
         "a refused apply wrote into the mounts"
     );
 
-    // --- transfer: export, push and convert take image names of the caller's namespace
-    let mut tc = TransferClient::new(ch.clone());
-    let export = tc
-        .export(req(
-            b,
-            ExportRequest {
-                names: vec![image.clone()],
+    let registry = TestRegistry::start();
+    let push_to = format!("{}/iso/stolen:latest", registry.host());
+    // --- transfer: export, push and convert take image names of the
+    // caller's namespace and read only that namespace's content
+    transfers_refused(&ch, b, &image, &push_to, "no such image in B").await;
+    ic.create(req(
+        b,
+        CreateImageRequest {
+            image: Some(Image {
+                name: image.clone(),
+                target: target.clone(),
                 ..Default::default()
-            },
-        ))
-        .await;
-    match export {
-        Err(s) => assert_eq!(s.code(), Code::NotFound, "transfer export: {s:?}"),
-        Ok(r) => assert_code(
-            r.into_inner().message().await,
-            Code::NotFound,
-            "transfer export",
-        ),
-    }
-    let push = tc
+            }),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    transfers_refused(&ch, b, &image, &push_to, "B's image over A's content").await;
+    ic.delete(req(
+        b,
+        DeleteImageRequest {
+            name: image.clone(),
+            sync: true,
+        },
+    ))
+    .await
+    .unwrap();
+
+    // --- A is untouched, and A itself may push its image to that registry
+    let mut pushed = TransferClient::new(ch.clone())
         .push(req(
-            b,
+            a,
             PushRequest {
                 source: image.clone(),
-                reference: "127.0.0.1:1/nowhere:latest".into(),
+                reference: push_to.clone(),
+                registry: Some(RegistryOptions {
+                    plain_http: true,
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
         ))
-        .await;
-    match push {
-        Err(s) => assert_eq!(s.code(), Code::NotFound, "transfer push: {s:?}"),
-        Ok(r) => assert_code(
-            r.into_inner().message().await,
-            Code::NotFound,
-            "transfer push",
-        ),
+        .await
+        .unwrap()
+        .into_inner();
+    let mut done = false;
+    while let Some(p) = pushed.message().await.unwrap() {
+        done |= p.done;
     }
-    assert_code(
-        tc.convert(req(
-            b,
-            ConvertRequest {
-                source: image.clone(),
-                target: format!("{image}-converted"),
-                oci: true,
-                ..Default::default()
-            },
-        ))
-        .await,
-        Code::NotFound,
-        "transfer convert",
-    );
-
-    // --- A is untouched
+    assert!(done, "A's push did not finish");
     let after = content_list(&ch, a).await;
     assert_eq!(after.len(), a_blobs.len());
     assert!(after.iter().all(|i| !i.labels.contains_key("stolen")));

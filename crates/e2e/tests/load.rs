@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stevedore_api::services::content::{
     content_client::ContentClient, InfoRequest, ListContentRequest, WriteAction,
