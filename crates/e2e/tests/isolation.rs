@@ -577,7 +577,6 @@ async fn content_images_leases_diff_and_transfer_of_one_namespace_are_invisible_
                 target: target.clone(),
                 ..Default::default()
             }),
-            ..Default::default()
         },
     ))
     .await
@@ -1213,7 +1212,6 @@ async fn event_subscribers_filtered_by_namespace_see_only_that_namespace() {
             }),
             ..Default::default()
         }),
-        ..Default::default()
     };
     // subscriptions are live once a first event gets through; B acts first,
     // then A, several rounds, so A's subscriber would have seen B's by then
