@@ -27,15 +27,15 @@ use stevedore_api::services::leases::{
     DeleteResourceRequest, ListRequest as ListLeasesRequest, ListResourcesRequest, Resource,
 };
 use stevedore_api::services::snapshots::{
-    snapshots_client::SnapshotsClient, CommitSnapshotRequest, Info as SnapshotInfo,
+    snapshots_client::SnapshotsClient, CleanupRequest, CommitSnapshotRequest, Info as SnapshotInfo,
     ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
     StatSnapshotRequest, UpdateSnapshotRequest, UsageRequest, ViewSnapshotRequest,
 };
 use stevedore_api::services::tasks::{
-    tasks_client::TasksClient, CloseIoRequest, CreateTaskRequest, DeleteProcessRequest,
-    DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest, ListPidsRequest,
-    ListTasksRequest, MetricsRequest, PauseTaskRequest, ResizePtyRequest, ResumeTaskRequest,
-    StartRequest, UpdateTaskRequest, WaitRequest,
+    tasks_client::TasksClient, CheckpointTaskRequest, CloseIoRequest, CreateTaskRequest,
+    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest,
+    ListPidsRequest, ListTasksRequest, MetricsRequest, PauseTaskRequest, ResizePtyRequest,
+    ResumeTaskRequest, StartRequest, UpdateTaskRequest, WaitRequest,
 };
 use stevedore_api::services::transfer::{
     transfer_client::TransferClient, ConvertRequest, ExportRequest, PushRequest, RegistryOptions,
@@ -243,6 +243,63 @@ async fn transfers_refused(ch: &Channel, ns: &str, image: &str, push_to: &str, w
         Code::NotFound,
         &format!("{why}: transfer convert"),
     );
+}
+
+/// Write `bytes` through a fresh ingest and commit them with their digest.
+async fn ingest_commit(ch: &Channel, ns: &str, reference: &str, bytes: &[u8]) {
+    let digest = stevedore_content::digest_of(bytes).to_string();
+    let total = bytes.len() as i64;
+    let (tx, rx) = mpsc::channel(4);
+    for m in [
+        WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: reference.into(),
+            total,
+            data: bytes.to_vec(),
+            ..Default::default()
+        },
+        WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            total,
+            offset: total,
+            expected: digest.clone(),
+            ..Default::default()
+        },
+    ] {
+        tx.send(m).await.unwrap();
+    }
+    drop(tx);
+    let mut resp = ContentClient::new(ch.clone())
+        .write(req(ns, ReceiverStream::new(rx)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut committed = String::new();
+    while let Some(m) = resp.message().await.unwrap() {
+        committed = m.digest;
+    }
+    assert_eq!(committed, digest);
+}
+
+/// A blob's bytes as `ns` reads them.
+async fn read_all(ch: &Channel, ns: &str, digest: &str) -> Vec<u8> {
+    let mut s = ContentClient::new(ch.clone())
+        .read(req(
+            ns,
+            ReadContentRequest {
+                digest: digest.into(),
+                offset: 0,
+                size: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        out.extend(m.data);
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,6 +649,33 @@ async fn content_images_leases_diff_and_transfer_of_one_namespace_are_invisible_
     .await
     .unwrap();
 
+    // --- shared bytes: B proves it has one of A's blobs by writing it, then
+    // deletes its record and collects garbage; A's blob stays whole
+    let small = a_blobs
+        .iter()
+        .min_by_key(|i| i.size)
+        .unwrap()
+        .digest
+        .clone();
+    let bytes = read_all(&ch, a, &small).await;
+    ingest_commit(&ch, b, "copy-of-a", &bytes).await;
+    assert_eq!(read_all(&ch, b, &small).await, bytes);
+    cc.delete(req(
+        b,
+        DeleteContentRequest {
+            digest: small.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    d.ctr_ok(&["-n", b, "leases", "create", "--id", "gc"]);
+    d.ctr_ok(&["-n", b, "leases", "rm", "--sync", "gc"]);
+    assert_eq!(
+        read_all(&ch, a, &small).await,
+        bytes,
+        "B's delete + GC took A's blob"
+    );
+
     // --- A is untouched, and A itself may push its image to that registry
     let mut pushed = TransferClient::new(ch.clone())
         .push(req(
@@ -834,6 +918,15 @@ async fn snapshots_of_one_namespace_are_invisible_and_keys_are_per_namespace() {
     ))
     .await
     .unwrap();
+    // a cleanup asked for from B removes only what no namespace records
+    sc.cleanup(req(
+        b,
+        CleanupRequest {
+            snapshotter: sn.clone(),
+        },
+    ))
+    .await
+    .unwrap();
     // A still has both, unlabelled
     let after = list(a.to_string()).await;
     assert_eq!(after.len(), 2, "{after:?}");
@@ -851,6 +944,20 @@ async fn snapshots_of_one_namespace_are_invisible_and_keys_are_per_namespace() {
         .into_inner()
         .mounts;
     assert!(!m.is_empty());
+    let dirs: Vec<&str> = m[0]
+        .options
+        .iter()
+        .filter_map(|o| o.split_once('=').map(|(_, v)| v))
+        .flat_map(|v| v.split(':'))
+        .filter(|p| p.starts_with('/'))
+        .collect();
+    assert!(!dirs.is_empty(), "{m:?}");
+    for p in dirs {
+        assert!(
+            std::path::Path::new(p).is_dir(),
+            "{p} gone after B's cleanup"
+        );
+    }
     let usage = d.ctr_ok(&["-n", a, "snapshots", "usage"]);
     assert!(usage.contains(&chain), "{usage}");
 }
@@ -890,6 +997,15 @@ async fn containers_and_a_running_task_cannot_be_seen_or_touched_from_another_na
         .into_inner()
         .containers
         .is_empty());
+    let mut stream = cc
+        .list_stream(req(b, ListContainersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        stream.message().await.unwrap().is_none(),
+        "B streams A's container"
+    );
     assert_code(
         cc.get(req(b, GetContainerRequest { id: id.into() })).await,
         Code::NotFound,
@@ -1096,6 +1212,18 @@ async fn containers_and_a_running_task_cannot_be_seen_or_touched_from_another_na
         .await,
         Code::NotFound,
         "task delete",
+    );
+    assert_code(
+        tc.checkpoint(req(
+            b,
+            CheckpointTaskRequest {
+                container_id: cid(),
+                ..Default::default()
+            },
+        ))
+        .await,
+        Code::NotFound,
+        "task checkpoint",
     );
     // there is no container of that id in B to create a task for
     assert_code(
