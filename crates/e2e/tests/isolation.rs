@@ -281,6 +281,42 @@ async fn ingest_commit(ch: &Channel, ns: &str, reference: &str, bytes: &[u8]) {
     assert_eq!(committed, digest);
 }
 
+/// Commit `digest` of `size` under `reference` without sending any byte
+/// (an ingest opened with the expected digest, then committed).
+async fn commit_by_digest(
+    ch: &Channel,
+    ns: &str,
+    reference: &str,
+    digest: &str,
+    size: i64,
+) -> Result<String, tonic::Status> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(WriteContentRequest {
+        action: WriteAction::Stat as i32,
+        r#ref: reference.into(),
+        total: size,
+        expected: digest.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut resp = ContentClient::new(ch.clone())
+        .write(req(ns, ReceiverStream::new(rx)))
+        .await?
+        .into_inner();
+    let offset = resp.message().await?.map(|m| m.offset).unwrap_or(0);
+    tx.send(WriteContentRequest {
+        action: WriteAction::Commit as i32,
+        total: size,
+        offset,
+        expected: digest.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    Ok(resp.message().await?.map(|m| m.digest).unwrap_or_default())
+}
+
 /// A blob's bytes as `ns` reads them.
 async fn read_all(ch: &Channel, ns: &str, digest: &str) -> Vec<u8> {
     let mut s = ContentClient::new(ch.clone())
@@ -674,6 +710,30 @@ async fn content_images_leases_diff_and_transfer_of_one_namespace_are_invisible_
         read_all(&ch, a, &small).await,
         bytes,
         "B's delete + GC took A's blob"
+    );
+
+    // containerd's default "shared" content policy: naming a digest and size
+    // that exist on disk commits them into the namespace without the bytes
+    let big = a_blobs.iter().max_by_key(|i| i.size).unwrap();
+    let wrong = commit_by_digest(&ch, b, "claim-wrong-size", &big.digest, big.size + 1).await;
+    assert!(wrong.is_err(), "committed with a wrong size: {wrong:?}");
+    assert_code(
+        cc.info(req(
+            b,
+            InfoRequest {
+                digest: big.digest.clone(),
+            },
+        ))
+        .await,
+        Code::NotFound,
+        "content info after a refused claim",
+    );
+    let r = commit_by_digest(&ch, b, "claim", &big.digest, big.size).await;
+    assert_eq!(r.unwrap(), big.digest);
+    let claimed = read_all(&ch, b, &big.digest).await;
+    assert_eq!(
+        stevedore_content::digest_of(&claimed).to_string(),
+        big.digest
     );
 
     // --- A is untouched, and A itself may push its image to that registry
