@@ -1771,3 +1771,55 @@ fn containers_reach_the_daemon_socket_only_when_it_is_mounted() {
     ]);
     assert_eq!(out.trim(), "present");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_holding_snapshots_is_listed_and_cannot_be_deleted() {
+    let d = Daemon::start();
+    let ns = names(&d).a;
+    let ch = d.channel().await;
+    let mut sc = SnapshotsClient::new(ch.clone());
+    for snapshotter in ["overlayfs", "native"] {
+        sc.prepare(req(
+            &ns,
+            PrepareSnapshotRequest {
+                snapshotter: snapshotter.into(),
+                key: "only".into(),
+                parent: String::new(),
+                labels: HashMap::from([("containerd.io/gc.root".into(), "test".into())]),
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    // the snapshot brought its namespace into being, as in containerd
+    let ls = d.ctr_ok(&["namespaces", "ls", "-q"]);
+    assert!(ls.lines().any(|l| l == ns), "{ls}");
+    let o = d.ctr(&["namespaces", "rm", &ns]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "namespace with snapshots removed");
+    assert!(
+        err.contains("must be empty")
+            && err.contains("snapshots on \"overlayfs\" snapshotter")
+            && err.contains("snapshots on \"native\" snapshotter"),
+        "{err}"
+    );
+    let ls = d.ctr_ok(&["namespaces", "ls", "-q"]);
+    assert!(
+        ls.lines().any(|l| l == ns),
+        "namespace deleted under its snapshots: {ls}"
+    );
+    for snapshotter in ["overlayfs", "native"] {
+        sc.remove(req(
+            &ns,
+            RemoveSnapshotRequest {
+                snapshotter: snapshotter.into(),
+                key: "only".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    d.ctr_ok(&["namespaces", "rm", &ns]);
+    let ls = d.ctr_ok(&["namespaces", "ls", "-q"]);
+    assert!(!ls.lines().any(|l| l == ns), "{ls}");
+}
