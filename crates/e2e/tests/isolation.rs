@@ -454,6 +454,13 @@ async fn content_images_leases_diff_and_transfer_of_one_namespace_are_invisible_
         Code::NotFound,
         "content abort",
     );
+    for r in [format!("../{a}/same-ref"), format!("{a}/same-ref")] {
+        assert_code(
+            cc.status(req(b, StatusRequest { r#ref: r.clone() })).await,
+            Code::NotFound,
+            &format!("content status {r}"),
+        );
+    }
     assert_eq!(
         partial_ingest(&ch, b, "same-ref", b"B's own").await,
         0,
@@ -900,6 +907,39 @@ async fn snapshots_of_one_namespace_are_invisible_and_keys_are_per_namespace() {
         Code::NotFound,
         "snapshot mounts",
     );
+    // keys and parents that look like paths stay inside B
+    for key in [
+        format!("../{a}/work"),
+        format!("/{a}/work"),
+        format!("{a}/work"),
+    ] {
+        assert_code(
+            sc.mounts(req(
+                b,
+                MountsRequest {
+                    snapshotter: sn.clone(),
+                    key: key.clone(),
+                },
+            ))
+            .await,
+            Code::NotFound,
+            &format!("snapshot mounts {key}"),
+        );
+        assert_code(
+            sc.view(req(
+                b,
+                ViewSnapshotRequest {
+                    snapshotter: sn.clone(),
+                    key: "peek".into(),
+                    parent: key.replace("work", &chain),
+                    labels: HashMap::new(),
+                },
+            ))
+            .await,
+            Code::NotFound,
+            &format!("snapshot view on {key}"),
+        );
+    }
     assert_code(
         sc.commit(req(
             b,
