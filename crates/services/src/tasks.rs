@@ -1,9 +1,8 @@
 //! The runtime v2 plugin (`io.containerd.runtime.v2 task`: the task manager,
 //! the ttrpc events endpoint (`[ttrpc] address`, by default `<socket>.ttrpc`),
-//! restart recovery) and the
-//! Tasks gRPC service over it. Task events come from the shims (forwarded to
-//! the exchange); the daemon publishes `/tasks/exit` and `/tasks/delete`
-//! itself only for a shim that died.
+//! restart recovery) and the Tasks gRPC service over it. Task events come
+//! from the shims (forwarded to the exchange); the daemon publishes
+//! `/tasks/exit` and `/tasks/delete` itself only for a shim that died.
 
 use crate::exchange::Exchange;
 use crate::{namespace_of, GrpcService};
