@@ -13,6 +13,7 @@ PKGS=(
   busybox-static    # test image contents
   btrfs-progs       # btrfs snapshotter tests (mkfs.btrfs on a loop device)
   golang-github-containerd-containerd-dev  # containerd's 1.6 API protos (regen only)
+  python3 util-linux  # test images (mkimage.py), socket probes as other users (setpriv)
   jq zstd pigz hyperfine
 )
 missing=()

@@ -117,6 +117,12 @@ pub trait GcSource: Send + Sync {
     fn cleanup(&self, _db: &Db) -> Result<usize> {
         Ok(0)
     }
+    /// What this source still holds in namespace `ns` outside the metadata
+    /// tables (e.g. `snapshots on "overlayfs" snapshotter`), as containerd
+    /// names it; deleting the namespace is refused while anything is listed.
+    fn namespace_objects(&self, _ns: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// What one collection did.

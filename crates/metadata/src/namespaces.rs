@@ -186,15 +186,44 @@ impl Db {
         })
     }
 
-    /// Delete an empty namespace.
+    /// Create a namespace if it does not exist (objects kept outside this
+    /// database, such as snapshots, bring their namespace into being too).
+    pub fn ensure_namespace(&self, name: &str) -> Result<bool> {
+        // the common case (it exists) costs a read, not a durable commit
+        let exists = self.view(|tx| {
+            let t = tx
+                .open_table(NAMESPACES)
+                .map_err(|e| db_err("open namespaces", e))?;
+            Ok(t.get(name)
+                .map_err(|e| db_err("get namespace", e))?
+                .is_some())
+        })?;
+        if exists {
+            return Ok(false);
+        }
+        self.update(|tx| ensure(tx, name))
+    }
+
+    /// Delete an empty namespace: no records in the namespaced tables and
+    /// nothing that a GC source (snapshotters) still holds in it.
     pub fn delete_namespace(&self, name: &str) -> Result<()> {
+        let sources = self
+            .gc_sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         self.update(|tx| {
-            let mut busy = Vec::new();
+            let mut busy: Vec<String> = Vec::new();
             for (table, what) in NAMESPACED_TABLES {
                 let t = tx.open_table(*table).map_err(|e| db_err("open table", e))?;
                 if ns_has_any(&t, name)? {
-                    busy.push(*what);
+                    busy.push(what.to_string());
                 }
+            }
+            // inside the write transaction: a collection (which removes
+            // snapshots under the same lock) cannot interleave
+            for source in &sources {
+                busy.extend(source.namespace_objects(name)?);
             }
             if !busy.is_empty() {
                 return Err(Error::precondition(format!(

@@ -140,6 +140,8 @@ pub struct Environment {
     pub state: PathBuf,
     /// The gRPC socket address (shims and events use it).
     pub address: PathBuf,
+    /// The ttrpc socket shims forward events to.
+    pub ttrpc_address: PathBuf,
     /// `type.id` -> config section.
     pub plugin_config: BTreeMap<String, toml::Value>,
     pub disabled: HashSet<String>,
@@ -458,6 +460,7 @@ mod tests {
             root: "/tmp/r".into(),
             state: "/tmp/s".into(),
             address: "/tmp/s/sock".into(),
+            ttrpc_address: "/tmp/s/sock.ttrpc".into(),
             plugin_config: BTreeMap::new(),
             disabled: HashSet::new(),
         }

@@ -155,6 +155,7 @@ pub fn plugins() -> Registry {
                 ctx.state.clone(),
                 ctx.root.clone(),
                 ctx.env.address.clone(),
+                ctx.env.ttrpc_address.clone(),
                 cfg,
                 db,
                 (*ex).clone(),

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use stevedore_metadata::gc::{is_root, label_refs, GcSource, Node, SNAPSHOT};
 use stevedore_metadata::Db;
 use stevedore_snapshots::Namespaced;
+use stevedore_types::filters::Filter;
 use stevedore_types::Result;
 
 /// A snapshot's parent name and labels.
@@ -40,6 +41,16 @@ fn split(key: &str) -> (&str, &str) {
 impl GcSource for SnapshotSource {
     fn kinds(&self) -> &[&'static str] {
         &[SNAPSHOT]
+    }
+
+    fn namespace_objects(&self, ns: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (name, s) in &self.snapshotters {
+            if !s.list(ns, &Filter::default())?.is_empty() {
+                out.push(format!("snapshots on {name:?} snapshotter"));
+            }
+        }
+        Ok(out)
     }
 
     fn roots(

@@ -76,6 +76,15 @@ impl SnapshotsService {
         blocking(move || db.add_lease_resource(&ns, &lease, &r)).await
     }
 
+    /// A snapshot brings its namespace into being, as in containerd.
+    async fn ensure_namespace(&self, ns: &str) -> Result<(), Status> {
+        let Some(db) = self.db.clone() else {
+            return Ok(());
+        };
+        let ns = ns.to_string();
+        blocking(move || db.ensure_namespace(&ns).map(drop)).await
+    }
+
     fn get(&self, name: &str) -> Result<Namespaced, Status> {
         let name = if name.is_empty() {
             DEFAULT_SNAPSHOTTER
@@ -133,6 +142,7 @@ impl Snapshots for SnapshotsService {
         req: Request<PrepareSnapshotRequest>,
     ) -> Result<Response<PrepareSnapshotResponse>, Status> {
         let ns = namespace_of(&req)?;
+        self.ensure_namespace(&ns).await?;
         self.lease(&req, &ns, &req.get_ref().snapshotter, &req.get_ref().key)
             .await?;
         let r = req.into_inner();
@@ -157,6 +167,7 @@ impl Snapshots for SnapshotsService {
         req: Request<ViewSnapshotRequest>,
     ) -> Result<Response<ViewSnapshotResponse>, Status> {
         let ns = namespace_of(&req)?;
+        self.ensure_namespace(&ns).await?;
         self.lease(&req, &ns, &req.get_ref().snapshotter, &req.get_ref().key)
             .await?;
         let r = req.into_inner();

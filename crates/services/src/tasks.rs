@@ -1,8 +1,8 @@
 //! The runtime v2 plugin (`io.containerd.runtime.v2 task`: the task manager,
-//! the ttrpc events endpoint at `<socket>.ttrpc`, restart recovery) and the
-//! Tasks gRPC service over it. Task events come from the shims (forwarded to
-//! the exchange); the daemon publishes `/tasks/exit` and `/tasks/delete`
-//! itself only for a shim that died.
+//! the ttrpc events endpoint (`[ttrpc] address`, by default `<socket>.ttrpc`),
+//! restart recovery) and the Tasks gRPC service over it. Task events come
+//! from the shims (forwarded to the exchange); the daemon publishes
+//! `/tasks/exit` and `/tasks/delete` itself only for a shim that died.
 
 use crate::exchange::Exchange;
 use crate::{namespace_of, GrpcService};
@@ -126,11 +126,11 @@ impl RuntimeV2 {
         state: PathBuf,
         root: PathBuf,
         grpc_address: PathBuf,
+        ttrpc: PathBuf,
         cfg: RuntimeConfig,
         db: Arc<Db>,
         exchange: Exchange,
     ) -> Result<RuntimeV2, Error> {
-        let ttrpc = PathBuf::from(format!("{}.ttrpc", grpc_address.display()));
         let publish_binary = std::env::current_exe()
             .map_err(|e| Error::from(e).context("find the daemon's own binary"))?;
         let ex = exchange.clone();

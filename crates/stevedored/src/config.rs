@@ -24,6 +24,7 @@ pub struct Config {
     /// Plugins (`type.id`) whose failure stops the daemon.
     pub required_plugins: Vec<String>,
     pub grpc: GrpcConfig,
+    pub ttrpc: TtrpcConfig,
     pub debug: DebugConfig,
     /// Per-plugin sections keyed by `type.id`.
     pub plugins: BTreeMap<String, toml::Value>,
@@ -36,6 +37,19 @@ pub struct GrpcConfig {
     /// Owner of the socket.
     pub uid: u32,
     /// Group of the socket (members may use the API; mode is 0660).
+    pub gid: u32,
+}
+
+/// The ttrpc socket shims forward events to (containerd's `[ttrpc]`). An
+/// empty address means `<grpc address>.ttrpc` with the gRPC socket's owner and
+/// group, as containerd does.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TtrpcConfig {
+    pub address: PathBuf,
+    /// Owner of the socket.
+    pub uid: u32,
+    /// Group of the socket (mode is 0660).
     pub gid: u32,
 }
 
@@ -57,6 +71,7 @@ impl Default for Config {
             disabled_plugins: Vec::new(),
             required_plugins: Vec::new(),
             grpc: GrpcConfig::default(),
+            ttrpc: TtrpcConfig::default(),
             debug: DebugConfig::default(),
             plugins: BTreeMap::new(),
         }
@@ -95,6 +110,18 @@ impl Config {
         }
         cfg.check_plugins(origin, registry)?;
         Ok(cfg)
+    }
+
+    /// The ttrpc socket's path, owner and group: containerd's defaulting
+    /// (`<grpc address>.ttrpc`, the gRPC socket's ids) when no address is set.
+    pub fn ttrpc_socket(&self) -> (PathBuf, u32, u32) {
+        if self.ttrpc.address.as_os_str().is_empty() {
+            let mut p = self.grpc.address.clone().into_os_string();
+            p.push(".ttrpc");
+            (p.into(), self.grpc.uid, self.grpc.gid)
+        } else {
+            (self.ttrpc.address.clone(), self.ttrpc.uid, self.ttrpc.gid)
+        }
     }
 
     /// Load from a file; a missing file at the default path means defaults.
@@ -163,6 +190,25 @@ mod tests {
             c.grpc.address,
             PathBuf::from("/run/stevedore/stevedore.sock")
         );
+    }
+
+    #[test]
+    fn ttrpc_socket_defaults_to_the_grpc_socket_and_its_ids() {
+        let c = Config::parse(
+            "[grpc]\naddress = \"/r/s.sock\"\nuid = 5\ngid = 7",
+            "t",
+            &reg(),
+        )
+        .unwrap();
+        assert_eq!(c.ttrpc_socket(), (PathBuf::from("/r/s.sock.ttrpc"), 5, 7));
+        let c = Config::parse(
+            "[grpc]\ngid = 7\n[ttrpc]\naddress = \"/x/t.sock\"\nuid = 1\ngid = 2",
+            "t",
+            &reg(),
+        )
+        .unwrap();
+        assert_eq!(c.ttrpc_socket(), (PathBuf::from("/x/t.sock"), 1, 2));
+        assert!(Config::parse("[ttrpc]\nmode = 1", "t", &reg()).is_err());
     }
 
     #[test]

@@ -156,15 +156,22 @@ async fn bind_socket(cfg: &Config) -> Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+    restrict_socket(path, cfg.grpc.uid, cfg.grpc.gid)?;
+    Ok(listener)
+}
+
+/// Mode 0660 and the configured owner and group (containerd's `uid`/`gid`):
+/// only they may connect. A socket is bound with the umask's mode (no write
+/// for others), so nobody else can connect before this runs either.
+fn restrict_socket(path: &Path, uid: u32, gid: u32) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod 0660 {}", path.display()))?;
     rustix::fs::chown(
         path,
-        Some(rustix::fs::Uid::from_raw(cfg.grpc.uid)),
-        Some(rustix::fs::Gid::from_raw(cfg.grpc.gid)),
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
     )
-    .with_context(|| format!("chown {}", path.display()))?;
-    Ok(listener)
+    .with_context(|| format!("chown {uid}:{gid} {}", path.display()))
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<()> {
@@ -177,10 +184,12 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
     create_dir(&cfg.root, 0o711)?;
     create_dir(&cfg.state, 0o711)?;
     let listener = bind_socket(&cfg).await?;
+    let (ttrpc_address, ttrpc_uid, ttrpc_gid) = cfg.ttrpc_socket();
     let env = Environment {
         root: cfg.root.clone(),
         state: cfg.state.clone(),
         address: cfg.grpc.address.clone(),
+        ttrpc_address: ttrpc_address.clone(),
         plugin_config: cfg.plugins.clone(),
         disabled: cfg.disabled_plugins.iter().cloned().collect::<HashSet<_>>(),
     };
@@ -197,6 +206,13 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
             bail!("plugin initialisation failed: {e}");
         }
     };
+    // the runtime plugin serves the ttrpc socket (when it is enabled)
+    if ttrpc_address.exists() {
+        if let Err(e) = restrict_socket(&ttrpc_address, ttrpc_uid, ttrpc_gid) {
+            let _ = std::fs::remove_file(&address);
+            return Err(e);
+        }
+    }
     let mut routes = tonic::service::RoutesBuilder::default();
     for (id, inst) in plugins.instances_of(GRPC) {
         match inst.clone().downcast::<GrpcService>() {
