@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo build --release --bins --locked
-install -m 0755 target/release/stevedored target/release/stevedore /usr/local/bin/
+install -m 0755 target/release/stevedored target/release/stevedore \
+    target/release/containerd-shim-stevedore-v1 /usr/local/bin/
 SOCK=/run/stevedore/stevedore.sock
 if ! stevedore --address "$SOCK" version >/dev/null 2>&1; then
   mkdir -p /var/log
@@ -29,3 +30,6 @@ stevedore images ls
 echo "== run a container"
 ctr --address "$SOCK" run --rm docker.io/library/busybox:latest quickstart-$$ \
   echo "hello from a container run by stevedored"
+echo "== and with the stevedore CLI (stevedore's own shim drives runc)"
+stevedore run --rm docker.io/library/busybox:latest quickstart-cli-$$ \
+  sh -c 'echo "hello from stevedore run, pid $$ in its own pid namespace"'
