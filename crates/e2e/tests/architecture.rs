@@ -16,6 +16,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-runtime", 2),
         ("stevedore-metadata", 3),
         ("stevedore-images", 4),
+        ("stevedore-fsck", 4),
         ("stevedore-plugin", 5),
         ("stevedore-services", 5),
         ("stevedored", 6),
