@@ -3,6 +3,7 @@
 mod check;
 mod client;
 mod content;
+mod fsck;
 mod images;
 mod mount;
 mod output;
@@ -85,6 +86,8 @@ enum Cmd {
     /// Manage leases (holds that keep content from garbage collection).
     #[command(subcommand)]
     Leases(content::LeasesCmd),
+    /// Check a stopped daemon's root offline (blobs, ingests, records, snapshots); --repair fixes.
+    Check(fsck::CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -125,6 +128,9 @@ struct QuietArg {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Check(a) = &cli.cmd {
+        return fsck::run(a, cli.output);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -169,6 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Snapshots(a) => snapshots::run(&conn, cli.output, a).await,
         Cmd::Containers(c) => tasks::containers(&conn, cli.output, c).await,
         Cmd::Tasks(c) => tasks::tasks(&conn, cli.output, c).await,
+        Cmd::Check(_) => bail!("check reads the root offline, not through the socket"),
     }
 }
 
