@@ -224,7 +224,7 @@ fn open_db(root: &Path) -> Result<Db> {
 pub(crate) fn running_or(e: Error, root: &Path) -> Error {
     if e.kind == ErrorKind::Unavailable && e.message.contains("already open") {
         Error::precondition(format!(
-            "stevedored is running on this root ({}); stop it first",
+            "stevedored is running on this root; stop it first (its databases under {} are locked)",
             root.display()
         ))
     } else {
