@@ -146,7 +146,10 @@ impl Harness {
                 (
                     op,
                     format!("import {}", tar.file_name().unwrap().to_string_lossy()),
-                    format!("exec \"$CTR\" --address \"$ADDR\" images import {}", tar.display()),
+                    format!(
+                        "exec \"$CTR\" --address \"$ADDR\" images import {}",
+                        tar.display()
+                    ),
                 )
             }
             Op::SnapshotPrepareCommit => {
@@ -361,7 +364,11 @@ fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
         let when = format!("iteration {i} ({what}, killed after {delay:?}, seed {seed})");
         eprintln!(
             "crash: {when}{}",
-            if finished { " [client had finished]" } else { "" }
+            if finished {
+                " [client had finished]"
+            } else {
+                ""
+            }
         );
         let report = h.verify_offline(&format!("{when}: after SIGKILL"));
         for f in report.leftovers() {
@@ -437,7 +444,12 @@ fn stevedore_check_refuses_a_running_daemon_then_finds_and_repairs_a_corrupt_blo
     );
     d.stop();
     let o = cli(&[]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     // rot the blob
     let hex = dg.strip_prefix("sha256:").unwrap();
     let blob = root
@@ -454,10 +466,18 @@ fn stevedore_check_refuses_a_running_daemon_then_finds_and_repairs_a_corrupt_blo
     assert!(blob.exists(), "a dry run removes nothing");
     let o = cli(&["--repair"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("repaired: remove the blob and its records"), "{out}");
+    assert!(
+        out.contains("repaired: remove the blob and its records"),
+        "{out}"
+    );
     assert!(!blob.exists());
     let o = cli(&[]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     // the daemon starts on the repaired root and no longer lists the blob
     d.spawn();
     let ls = d.ctr_ok(&["content", "ls", "-q"]);
