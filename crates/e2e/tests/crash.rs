@@ -8,7 +8,7 @@
 //! no crash leftover (ingest, blob, snapshot directory) may survive.
 //!
 //! Reproducible: the seed is printed; `STEVEDORE_CRASH_SEED=<n>` replays a
-//! run and `STEVEDORE_CRASH_ITERATIONS=<n>` sets its length (default 32,
+//! run and `STEVEDORE_CRASH_ITERATIONS=<n>` sets its length (default 40,
 //! bounded by `STEVEDORE_CRASH_SECONDS`, default 75, so CI stays quick).
 
 use std::collections::BTreeMap;
@@ -124,7 +124,13 @@ impl Harness {
 
     /// A shell script for one operation, chosen against the current state.
     fn script(&mut self, i: usize, op: Op) -> (Op, String, String) {
-        let images = self.ctr_lines(&["images", "ls", "-q"]);
+        let mut images = self.ctr_lines(&["images", "ls", "-q"]);
+        if images.is_empty() && matches!(op, Op::ImageRmGc | Op::ContainerCreate) {
+            // these need an image: import one first, without a crash
+            let tar = self.rng.pick(&self.images).oci_tar.clone();
+            self.d.ctr_ok(&["images", "import", tar.to_str().unwrap()]);
+            images = self.ctr_lines(&["images", "ls", "-q"]);
+        }
         let pick_image = |rng: &mut Rng, imgs: &[Images]| rng.pick(imgs).oci_tar.clone();
         match op {
             Op::ContentIngest => {
@@ -219,8 +225,9 @@ impl Harness {
                     format!("{}; true", cmds.join("; ")),
                 )
             }
-            // nothing to remove or run yet: import instead
-            Op::ImageRmGc | Op::ContainerCreate => self.script(i, Op::ImageImport),
+            Op::ImageRmGc | Op::ContainerCreate => {
+                unreachable!("an image was imported above: {images:?}")
+            }
         }
     }
 
@@ -309,7 +316,7 @@ fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
             .unwrap()
             .as_nanos() as u64
     });
-    let iterations = env_u64("STEVEDORE_CRASH_ITERATIONS").unwrap_or(32) as usize;
+    let iterations = env_u64("STEVEDORE_CRASH_ITERATIONS").unwrap_or(40) as usize;
     let budget = Duration::from_secs(env_u64("STEVEDORE_CRASH_SECONDS").unwrap_or(75));
     eprintln!(
         "crash: seed {seed} (replay: STEVEDORE_CRASH_SEED={seed} STEVEDORE_CRASH_ITERATIONS={iterations})"

@@ -241,6 +241,12 @@ pub fn check(opts: &Options) -> Result<Report> {
             root.display()
         )));
     }
+    if !root.join(METADATA_DB).is_file() {
+        return Err(Error::not_found(format!(
+            "check {}: no metadata database {METADATA_DB} (is this the stevedored root?)",
+            root.display()
+        )));
+    }
     // open every database first: a running daemon is refused before any work
     let snapshotters = snapshots::open_all(root)?;
     let db = Arc::new(open_db(root)?);

@@ -343,6 +343,81 @@ fn a_missing_root_is_an_error_naming_it() {
 }
 
 #[test]
+fn a_directory_without_a_metadata_database_is_not_taken_for_a_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = check(&Options {
+        root: dir.path().to_path_buf(),
+        repair: false,
+    })
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.contains("no metadata database"), "{e}");
+    // and the check created nothing there
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn unescapes_mountinfo_paths() {
     assert_eq!(snapshots::unescape("/a\\040b\\134c"), "/a b\\c".to_string());
+}
+
+#[test]
+fn a_lease_holding_something_that_never_was_is_a_leftover_and_repair_drops_the_reference() {
+    let f = Fixture::new();
+    {
+        let db = Db::open(&f.root().join(METADATA_DB)).unwrap();
+        db.create_lease(NS, "l1", &HashMap::new()).unwrap();
+        let ghost = stevedore_metadata::leases::Resource::content(&digest_of(b"never written"));
+        db.add_lease_resource(NS, "l1", &ghost).unwrap();
+        db.add_lease_resource(
+            NS,
+            "l1",
+            &stevedore_metadata::leases::Resource::content(&f.loose),
+        )
+        .unwrap();
+    }
+    let r = f.check(false);
+    assert!(r.is_clean());
+    assert_eq!(
+        kinds(&r),
+        vec![("lease-reference-dangling", "default/lease l1".into())]
+    );
+    assert!(r.findings[0]
+        .detail
+        .contains(&digest_of(b"never written").to_string()));
+    f.check(true);
+    assert_all_clear(&f.check(false));
+    let db = Db::open(&f.root().join(METADATA_DB)).unwrap();
+    assert_eq!(db.list_lease_resources(NS, "l1").unwrap().len(), 1);
+}
+
+/// Unmounts on drop, so a failing assertion leaves no mount behind.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_mount_left_under_the_root_is_a_problem() {
+    let f = Fixture::new();
+    let target = f.root().join("io.containerd.runtime.v2.task/leftover");
+    std::fs::create_dir_all(&target).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&target)
+        .status()
+        .expect("run mount (util-linux)");
+    assert!(st.success(), "mount tmpfs on {}", target.display());
+    let guard = Unmount(target.clone());
+    let r = f.check(false);
+    assert_eq!(
+        kinds(&r),
+        vec![("mount-left", target.display().to_string())]
+    );
+    assert!(!r.is_clean());
+    drop(guard);
+    assert_all_clear(&f.check(false));
 }
