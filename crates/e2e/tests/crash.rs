@@ -310,6 +310,7 @@ fn kill_group(child: &mut Child) {
 #[test]
 fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
     let ctr = stevedore_e2e::require_tool("ctr", "containerd");
+    stevedore_e2e::require_tool("runc", "runc");
     let seed = env_u64("STEVEDORE_CRASH_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -354,6 +355,7 @@ fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
         ops: BTreeMap::new(),
     };
     let mut survived = 0;
+    let mut interrupted = 0;
     for i in 0..iterations {
         if started.elapsed() > budget {
             eprintln!("crash: time budget {budget:?} reached after {i} iterations");
@@ -366,6 +368,9 @@ fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
         let mut client = h.start(&script);
         std::thread::sleep(delay);
         let finished = matches!(client.try_wait(), Ok(Some(_)));
+        if !finished {
+            interrupted += 1;
+        }
         h.d.kill9();
         kill_group(&mut client);
         let when = format!("iteration {i} ({what}, killed after {delay:?}, seed {seed})");
@@ -406,10 +411,14 @@ fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
     let img = &h.images[0];
     h.d.ctr_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
     h.d.ctr_ok(&["images", "check"]);
+    // and what the crashes left unpacked runs: every layer was applied whole
+    let out =
+        h.d.ctr_ok(&["run", "--rm", &img.name, "crash-final", "echo", "alive"]);
+    assert_eq!(out.trim(), "alive");
     h.d.stop();
     let report = h.verify_offline("final, after a clean stop");
     eprintln!(
-        "crash: {survived} iterations survived, {} invariant checks ({} objects verified), operations {:?}, crash leftovers seen {:?}, {:.1}s, seed {seed}",
+        "crash: {survived} iterations survived ({interrupted} killed mid-operation), {} invariant checks ({} objects verified), operations {:?}, crash leftovers seen {:?}, {:.1}s, seed {seed}",
         h.invariants,
         h.objects,
         h.ops,
