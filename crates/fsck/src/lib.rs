@@ -88,6 +88,9 @@ pub struct Finding {
     pub repair: String,
     /// True once `--repair` did it.
     pub repaired: bool,
+    /// Why `--repair` could not do it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair_error: Option<String>,
     #[serde(skip)]
     action: Option<Action>,
 }
@@ -209,6 +212,7 @@ impl Collector {
             detail: detail.into(),
             repair: repair.into(),
             repaired: false,
+            repair_error: None,
             action,
         });
     }
@@ -282,10 +286,14 @@ fn repair(db: &Arc<Db>, snapshotters: &snapshots::Opened, report: &mut Report) -
                 match snapshotters.remove(snapshotter, key) {
                     Ok(()) => {
                         f.repaired = true;
+                        f.repair_error = None;
                         progress = true;
                     }
                     Err(e) if e.kind == ErrorKind::NotFound => f.repaired = true,
-                    Err(_) => pending = true,
+                    Err(e) => {
+                        f.repair_error = Some(e.to_string());
+                        pending = true;
+                    }
                 }
             }
         }
@@ -312,9 +320,9 @@ fn repair(db: &Arc<Db>, snapshotters: &snapshots::Opened, report: &mut Report) -
     for i in idx {
         let action = report.findings[i].action.clone().expect("filtered");
         let done = match &action {
-            Action::RemoveSnapshot { snapshotter, key } => Err(Error::precondition(format!(
-                "snapshot {snapshotter}/{key}: still has children; not removed"
-            ))),
+            Action::RemoveSnapshot { .. } => {
+                continue; // tried above; its error is recorded
+            }
             Action::SnapshotCleanup { snapshotter } => {
                 if cleaned.contains(snapshotter) {
                     Ok(())
@@ -348,8 +356,11 @@ fn repair(db: &Arc<Db>, snapshotters: &snapshots::Opened, report: &mut Report) -
             } => db.remove_ingest_record(namespace, reference),
             Action::RemovePath(p) => remove_path(p),
         };
-        done.map_err(|e| e.context(format!("repair {}", report.findings[i].object)))?;
-        report.findings[i].repaired = true;
+        // one failure does not stop the others; the report says what stayed
+        match done {
+            Ok(()) => report.findings[i].repaired = true,
+            Err(e) => report.findings[i].repair_error = Some(e.to_string()),
+        }
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! root (the `stevedore-fsck` library). Unlike every other subcommand it
 //! does not talk to the socket: it reads the root directly, and refuses
 //! while stevedored holds it. Exit codes: 0 no problems (leftovers are
-//! allowed), 1 problems found, 2 the check itself failed.
+//! allowed), 1 problems found (also when `--repair` fixed them: run it again
+//! to confirm), 2 the check itself failed.
 
 use crate::output::{print_json, Format};
 use clap::Args;
@@ -13,6 +14,9 @@ use std::process::ExitCode;
 use stevedore_fsck::{check, Finding, Options, Report};
 
 #[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 no problems (leftovers a crash leaves are allowed), 1 problems found, 2 the check failed (e.g. stevedored is running on this root)."
+)]
 pub struct CheckArgs {
     /// The daemon's root directory (stevedored must be stopped).
     #[arg(long, default_value = "/var/lib/stevedore")]
@@ -84,6 +88,9 @@ fn print_section(title: &str, items: &[&Finding], repair: bool) {
                 (false, _) => "would",
             };
             println!("      {verb}: {}", f.repair);
+            if let Some(e) = &f.repair_error {
+                println!("      error: {e}");
+            }
         }
     }
 }
