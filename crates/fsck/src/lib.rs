@@ -27,8 +27,10 @@
 //! - [`Severity::Leftover`]: what a crash legitimately leaves and the daemon
 //!   removes itself, when its stores open or at the next garbage collection
 //!   (temp ingests, blobs and ingests no record names, snapshot directories
-//!   no record names, lease references to objects that are gone). Reported,
-//!   removed by `--repair`, but not a failure.
+//!   no record names, lease references to objects that are gone), and
+//!   states containerd allows (a container whose image was removed).
+//!   Reported, removed by `--repair` where removal makes sense, but not a
+//!   failure.
 //!
 //! Without `repair` nothing is changed (the report says what would be
 //! removed). With it, removals run in dependency order: broken snapshots
@@ -70,7 +72,8 @@ pub struct Options {
 pub enum Severity {
     /// Corrupt data or a record the daemon cannot fix by itself.
     Problem,
-    /// Left by a crash; the daemon removes it at start or at the next GC.
+    /// Left by a crash (the daemon removes it at start or at the next GC),
+    /// or a state containerd allows.
     Leftover,
 }
 
@@ -316,21 +319,18 @@ fn repair(db: &Arc<Db>, snapshotters: &snapshots::Opened, report: &mut Report) -
         .filter(|&i| report.findings[i].action.is_some() && !report.findings[i].repaired)
         .collect();
     idx.sort_by_key(|&i| order(report.findings[i].action.as_ref().expect("filtered")));
-    let mut cleaned: Vec<String> = Vec::new();
+    // one cleanup per snapshotter serves all its orphan directories
+    let mut cleaned: BTreeMap<String, Result<()>> = BTreeMap::new();
     for i in idx {
         let action = report.findings[i].action.clone().expect("filtered");
         let done = match &action {
             Action::RemoveSnapshot { .. } => {
                 continue; // tried above; its error is recorded
             }
-            Action::SnapshotCleanup { snapshotter } => {
-                if cleaned.contains(snapshotter) {
-                    Ok(())
-                } else {
-                    cleaned.push(snapshotter.clone());
-                    snapshotters.cleanup(snapshotter)
-                }
-            }
+            Action::SnapshotCleanup { snapshotter } => cleaned
+                .entry(snapshotter.clone())
+                .or_insert_with(|| snapshotters.cleanup(snapshotter))
+                .clone(),
             Action::RemoveContainer { namespace, id } => {
                 ignore_not_found(db.delete_container(namespace, id))
             }
