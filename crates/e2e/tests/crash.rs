@@ -8,8 +8,10 @@
 //! no crash leftover (ingest, blob, snapshot directory) may survive.
 //!
 //! Reproducible: the seed is printed; `STEVEDORE_CRASH_SEED=<n>` replays a
-//! run and `STEVEDORE_CRASH_ITERATIONS=<n>` sets its length (default 40,
-//! bounded by `STEVEDORE_CRASH_SECONDS`, default 75, so CI stays quick).
+//! run's operations, snapshotters and where in its kill window each kill
+//! lands (the windows adapt to how long operations take on the machine);
+//! `STEVEDORE_CRASH_ITERATIONS=<n>` sets its length (default 40, bounded by
+//! `STEVEDORE_CRASH_SECONDS`, default 75, so CI stays quick).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -54,8 +56,9 @@ enum Op {
 }
 
 impl Op {
-    /// Kills land uniformly within this many milliseconds of the start:
-    /// about how long the operation takes here (ctr itself starts in ~20 ms).
+    /// Where kills start landing: uniformly within this many milliseconds of
+    /// the start, about how long the operation takes (ctr itself starts in
+    /// ~20 ms). The window then adapts, see [`Windows`].
     fn kill_window_ms(self) -> u64 {
         match self {
             Op::ContentIngest => 150,
@@ -65,6 +68,22 @@ impl Op {
             Op::ContainerCreate => 150,
             Op::SnapshotRemove => 150,
         }
+    }
+}
+
+/// Per-operation kill windows that follow how long operations take on this
+/// machine: a kill that came after the client finished shrinks the window,
+/// one that interrupted it widens it, so most kills land mid-operation.
+struct Windows(BTreeMap<Op, u64>);
+
+impl Windows {
+    fn get(&mut self, op: Op) -> u64 {
+        *self.0.entry(op).or_insert_with(|| op.kill_window_ms())
+    }
+    fn learn(&mut self, op: Op, interrupted: bool) {
+        let w = self.get(op);
+        let w = if interrupted { w * 5 / 4 } else { w * 3 / 4 };
+        self.0.insert(op, w.clamp(20, 3000));
     }
 }
 
@@ -124,6 +143,14 @@ impl Harness {
 
     /// A shell script for one operation, chosen against the current state.
     fn script(&mut self, i: usize, op: Op) -> (Op, String, String) {
+        // both snapshotters that work on any filesystem: overlayfs renames,
+        // native copies whole trees (long creates to crash in)
+        let sn = *self.rng.pick(&["overlayfs", "native"]);
+        let (op, what, script) = self.script_on(i, op, sn);
+        (op, format!("{what} [{sn}]"), script)
+    }
+
+    fn script_on(&mut self, i: usize, op: Op, sn: &str) -> (Op, String, String) {
         let mut images = self.ctr_lines(&["images", "ls", "-q"]);
         if images.is_empty() && matches!(op, Op::ImageRmGc | Op::ContainerCreate) {
             // these need an image: import one first, without a crash
@@ -153,14 +180,14 @@ impl Harness {
                     op,
                     format!("import {}", tar.file_name().unwrap().to_string_lossy()),
                     format!(
-                        "exec \"$CTR\" --address \"$ADDR\" images import {}",
+                        "exec \"$CTR\" --address \"$ADDR\" images import --snapshotter {sn} {}",
                         tar.display()
                     ),
                 )
             }
             Op::SnapshotPrepareCommit => {
                 let committed: Vec<String> = self
-                    .ctr_lines(&["snapshots", "ls"])
+                    .ctr_lines(&["snapshots", "--snapshotter", sn, "ls"])
                     .into_iter()
                     .skip(1)
                     .filter(|l| l.ends_with("Committed"))
@@ -175,8 +202,8 @@ impl Harness {
                     op,
                     format!("snapshot prepare+commit on {parent:?}"),
                     format!(
-                        "\"$CTR\" --address \"$ADDR\" snapshots prepare snap-{i}-a {parent} && \
-                         \"$CTR\" --address \"$ADDR\" snapshots commit snap-{i} snap-{i}-a"
+                        "\"$CTR\" --address \"$ADDR\" snapshots --snapshotter {sn} prepare snap-{i}-a {parent} && \
+                         \"$CTR\" --address \"$ADDR\" snapshots --snapshotter {sn} commit snap-{i} snap-{i}-a"
                     ),
                 )
             }
@@ -194,14 +221,14 @@ impl Harness {
                     op,
                     format!("container create on {name}"),
                     format!(
-                        "exec \"$CTR\" --address \"$ADDR\" containers create {name} crash-ctr-{i} /bin/true"
+                        "exec \"$CTR\" --address \"$ADDR\" containers create --snapshotter {sn} {name} crash-ctr-{i} /bin/true"
                     ),
                 )
             }
             Op::SnapshotRemove => {
                 // newest first, so children go before their parents
                 let mut keys: Vec<String> = self
-                    .ctr_lines(&["snapshots", "ls"])
+                    .ctr_lines(&["snapshots", "--snapshotter", sn, "ls"])
                     .into_iter()
                     .skip(1)
                     .filter_map(|l| l.split_whitespace().next().map(str::to_string))
@@ -217,7 +244,9 @@ impl Harness {
                 });
                 let cmds: Vec<String> = keys
                     .iter()
-                    .map(|k| format!("\"$CTR\" --address \"$ADDR\" snapshots rm {k}"))
+                    .map(|k| {
+                        format!("\"$CTR\" --address \"$ADDR\" snapshots --snapshotter {sn} rm {k}")
+                    })
                     .collect();
                 (
                     op,
@@ -356,6 +385,7 @@ fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
     };
     let mut survived = 0;
     let mut interrupted = 0;
+    let mut windows = Windows(BTreeMap::new());
     for i in 0..iterations {
         if started.elapsed() > budget {
             eprintln!("crash: time budget {budget:?} reached after {i} iterations");
@@ -363,7 +393,7 @@ fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
         }
         let op = *h.rng.pick(OPS);
         let (op, what, script) = h.script(i, op);
-        let delay = Duration::from_millis(h.rng.below(op.kill_window_ms()));
+        let delay = Duration::from_millis(h.rng.below(windows.get(op)));
         *h.ops.entry(format!("{op:?}")).or_default() += 1;
         let mut client = h.start(&script);
         std::thread::sleep(delay);
@@ -371,6 +401,7 @@ fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
         if !finished {
             interrupted += 1;
         }
+        windows.learn(op, !finished);
         h.d.kill9();
         kill_group(&mut client);
         let when = format!("iteration {i} ({what}, killed after {delay:?}, seed {seed})");
