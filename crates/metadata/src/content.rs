@@ -585,3 +585,58 @@ impl Writer for NsWriter {
         Ok(actual)
     }
 }
+
+/// One ingest record as stored, for offline checks (`stevedore check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestEntry {
+    pub namespace: String,
+    pub reference: String,
+    /// Set for a shared ingest (the blob was on disk already: no local ingest).
+    pub expected: Option<String>,
+    /// Unix nanoseconds after which an unleased ingest is garbage.
+    pub expires: Option<u64>,
+}
+
+impl Db {
+    /// Every ingest record of every namespace (works without a content
+    /// store attached).
+    pub fn ingest_records(&self) -> Result<Vec<IngestEntry>> {
+        self.view(|tx| {
+            let t = tx
+                .open_table(INGESTS)
+                .map_err(|e| db_err("open ingests", e))?;
+            let mut out = Vec::new();
+            for r in t.iter().map_err(|e| db_err("scan ingests", e))? {
+                let (k, v) = r.map_err(|e| db_err("scan ingests", e))?;
+                let (ns, reference) = k.value();
+                let rec = decode_ingest(reference, v.value())?;
+                out.push(IngestEntry {
+                    namespace: ns.to_string(),
+                    reference: reference.to_string(),
+                    expected: rec.expected,
+                    expires: rec.expires,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Remove one ingest record (not its local ingest); absent is fine.
+    pub fn remove_ingest_record(&self, ns: &str, reference: &str) -> Result<()> {
+        self.update(|tx| {
+            let mut t = tx
+                .open_table(INGESTS)
+                .map_err(|e| db_err("open ingests", e))?;
+            t.remove((ns, reference))
+                .map_err(|e| db_err("delete ingest", e))?;
+            Ok(())
+        })?;
+        self.notify(MutationKind::Delete);
+        Ok(())
+    }
+}
+
+/// The local store's ingest name for a namespaced ref (`<namespace>/<ref>`).
+pub fn local_ingest_ref(ns: &str, reference: &str) -> String {
+    backend_ref(ns, reference)
+}

@@ -21,8 +21,9 @@
 //! commits (fsync) last. A crash before the commit leaves a directory no record
 //! names (the id was never committed, so it is allocated again later: a stale
 //! `<id>` directory found then is removed before the rename). Remove deletes
-//! the record and renames `<id>` to `rm-<id>` in one transaction, then destroys
-//! the directory after the commit. So no record ever names a missing or
+//! the record in one transaction and, only after it committed, renames `<id>`
+//! to `rm-<id>` and destroys that (ids are never reused, so a crash in
+//! between leaves `<id>` without a record). So no record ever names a missing or
 //! half-built directory, and every leftover is a directory without a record,
 //! which [`Engine::cleanup`] removes (creations and removals in flight hold
 //! a shared gate that cleanup takes exclusively).
@@ -525,20 +526,22 @@ impl<B: Backend> Snapshotter for Engine<B> {
             }
             let dir = self.dir_of(rec.id);
             let doomed = self.root.join("snapshots").join(format!("rm-{}", rec.id));
-            if dir.exists() {
-                std::fs::rename(&dir, &doomed).map_err(|e| {
-                    Error::from(e)
-                        .context(format!("remove snapshot {key:?}: rename {}", dir.display()))
-                })?;
-            }
             (rec, dir, doomed)
         };
-        if let Err(e) = tx.commit() {
-            let _ = std::fs::rename(&doomed, &dir);
-            return Err(db_err("commit", e));
+        // the record goes first: renaming the directory before the commit
+        // would leave, after a crash between the two, a record naming a
+        // missing directory (ids are never reused, so `<id>` without a
+        // record is an ordinary leftover for cleanup)
+        tx.commit().map_err(|e| db_err("commit", e))?;
+        let mut target = doomed;
+        if dir.exists() {
+            if let Err(e) = std::fs::rename(&dir, &target) {
+                tracing::warn!(key, dir = %dir.display(), error = %e, "snapshot removed; could not rename its directory");
+                target = dir;
+            }
         }
-        if doomed.exists() {
-            if let Err(e) = self.backend.destroy(&doomed) {
+        if target.exists() {
+            if let Err(e) = self.backend.destroy(&target) {
                 tracing::warn!(key, id = rec.id, error = %e, "snapshot removed; its directory is left for cleanup");
             }
         }

@@ -3,6 +3,7 @@
 mod check;
 mod client;
 mod content;
+mod fsck;
 mod images;
 mod mount;
 mod output;
@@ -88,6 +89,8 @@ enum Cmd {
     /// Manage leases (holds that keep content from garbage collection).
     #[command(subcommand)]
     Leases(content::LeasesCmd),
+    /// Check a stopped daemon's root offline (blobs, ingests, records, snapshots); --repair fixes.
+    Check(fsck::CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -128,6 +131,9 @@ struct QuietArg {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Check(a) = &cli.cmd {
+        return fsck::run(a, cli.output);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -176,6 +182,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Containers(c) => tasks::containers(&conn, cli.output, c).await,
         Cmd::Tasks(c) => tasks::tasks(&conn, cli.output, c).await,
+        Cmd::Check(_) => bail!("check reads the root offline, not through the socket"),
     }
 }
 

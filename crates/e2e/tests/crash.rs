@@ -1,0 +1,532 @@
+//! Crash consistency: SIGKILL stevedored in the middle of real client work
+//! (the real `ctr`), over many seeded iterations, and check after every
+//! crash, offline with the `stevedore-fsck` library, that nothing is corrupt:
+//! blobs match their digests, committed snapshots have their directories and
+//! parents, every image's content is present (or the image is gone),
+//! containers have their snapshots, no mount is left under the root. Then the
+//! daemon must restart on the same root and serve; after a garbage collection
+//! no crash leftover (ingest, blob, snapshot directory) may survive.
+//!
+//! Reproducible: the seed is printed; `STEVEDORE_CRASH_SEED=<n>` replays a
+//! run's operations, snapshotters and where in its kill window each kill
+//! lands (the windows adapt to how long operations take on the machine);
+//! `STEVEDORE_CRASH_ITERATIONS=<n>` sets its length (default 40, bounded by
+//! `STEVEDORE_CRASH_SECONDS`, default 75, so CI stays quick).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use stevedore_e2e::{busybox_image, multi_image, Daemon, Images};
+use stevedore_fsck::{check, mount_points, Options, Report};
+
+/// splitmix64: small, seedable, good enough to pick operations and delays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Op {
+    ContentIngest,
+    ImageImport,
+    SnapshotPrepareCommit,
+    ImageRmGc,
+    ContainerCreate,
+    SnapshotRemove,
+}
+
+impl Op {
+    /// Where kills start landing: uniformly within this many milliseconds of
+    /// the start, about how long the operation takes (ctr itself starts in
+    /// ~20 ms). The window then adapts, see [`Windows`].
+    fn kill_window_ms(self) -> u64 {
+        match self {
+            Op::ContentIngest => 150,
+            Op::ImageImport => 450,
+            Op::SnapshotPrepareCommit => 120,
+            Op::ImageRmGc => 200,
+            Op::ContainerCreate => 150,
+            Op::SnapshotRemove => 150,
+        }
+    }
+}
+
+/// Per-operation kill windows that follow how long operations take on this
+/// machine: a kill that came after the client finished shrinks the window,
+/// one that interrupted it widens it, so most kills land mid-operation.
+struct Windows(BTreeMap<Op, u64>);
+
+impl Windows {
+    fn get(&mut self, op: Op) -> u64 {
+        *self.0.entry(op).or_insert_with(|| op.kill_window_ms())
+    }
+    fn learn(&mut self, op: Op, interrupted: bool) {
+        let w = self.get(op);
+        let w = if interrupted { w * 5 / 4 } else { w * 3 / 4 };
+        self.0.insert(op, w.clamp(20, 3000));
+    }
+}
+
+const OPS: &[Op] = &[
+    Op::ContentIngest,
+    Op::ImageImport,
+    Op::SnapshotPrepareCommit,
+    Op::ImageRmGc,
+    Op::ContainerCreate,
+    Op::SnapshotRemove,
+];
+
+/// Leftovers a garbage collection must have removed.
+const COLLECTED_BY_GC: &[&str] = &[
+    "blob-unreferenced",
+    "ingest-unrecorded",
+    "ingest-incomplete",
+    "snapshot-dir-orphan",
+];
+
+struct Harness {
+    d: Daemon,
+    rng: Rng,
+    images: Vec<Images>,
+    payloads: Vec<PathBuf>,
+    ctr: PathBuf,
+    invariants: usize,
+    objects: usize,
+    leftovers: BTreeMap<&'static str, usize>,
+    ops: BTreeMap<String, usize>,
+}
+
+impl Harness {
+    /// Start `script` (a shell script of ctr commands) in its own process
+    /// group, so that killing the group stops every ctr it started.
+    fn start(&self, script: &str) -> Child {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c")
+            .arg(script)
+            .env("CTR", &self.ctr)
+            .env("ADDR", &self.d.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        c.spawn().expect("spawn client script")
+    }
+
+    fn ctr_lines(&self, args: &[&str]) -> Vec<String> {
+        self.d
+            .ctr_ok(args)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// A shell script for one operation, chosen against the current state.
+    fn script(&mut self, i: usize, op: Op) -> (Op, String, String) {
+        // both snapshotters that work on any filesystem: overlayfs renames,
+        // native copies whole trees (long creates to crash in)
+        let sn = *self.rng.pick(&["overlayfs", "native"]);
+        let (op, what, script) = self.script_on(i, op, sn);
+        (op, format!("{what} [{sn}]"), script)
+    }
+
+    fn script_on(&mut self, i: usize, op: Op, sn: &str) -> (Op, String, String) {
+        let mut images = self.ctr_lines(&["images", "ls", "-q"]);
+        if images.is_empty() && matches!(op, Op::ImageRmGc | Op::ContainerCreate) {
+            // these need an image: import one first, without a crash
+            let tar = self.rng.pick(&self.images).oci_tar.clone();
+            self.d.ctr_ok(&["images", "import", tar.to_str().unwrap()]);
+            images = self.ctr_lines(&["images", "ls", "-q"]);
+        }
+        let pick_image = |rng: &mut Rng, imgs: &[Images]| rng.pick(imgs).oci_tar.clone();
+        match op {
+            Op::ContentIngest => {
+                // a small pool of payloads and refs: later crashes resume earlier ingests
+                let k = self.rng.below(self.payloads.len() as u64) as usize;
+                let p = &self.payloads[k];
+                let dg = digest_of_file(p);
+                (
+                    op,
+                    format!("ingest payload {k}"),
+                    format!(
+                        "exec \"$CTR\" --address \"$ADDR\" content ingest --expected-digest {dg} crash-ref-{k} < {}",
+                        p.display()
+                    ),
+                )
+            }
+            Op::ImageImport => {
+                let tar = pick_image(&mut self.rng, &self.images);
+                (
+                    op,
+                    format!("import {}", tar.file_name().unwrap().to_string_lossy()),
+                    format!(
+                        "exec \"$CTR\" --address \"$ADDR\" images import --snapshotter {sn} {}",
+                        tar.display()
+                    ),
+                )
+            }
+            Op::SnapshotPrepareCommit => {
+                let committed: Vec<String> = self
+                    .ctr_lines(&["snapshots", "--snapshotter", sn, "ls"])
+                    .into_iter()
+                    .skip(1)
+                    .filter(|l| l.ends_with("Committed"))
+                    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                    .collect();
+                let parent = if committed.is_empty() || self.rng.below(3) == 0 {
+                    String::new()
+                } else {
+                    self.rng.pick(&committed).clone()
+                };
+                (
+                    op,
+                    format!("snapshot prepare+commit on {parent:?}"),
+                    format!(
+                        "\"$CTR\" --address \"$ADDR\" snapshots --snapshotter {sn} prepare snap-{i}-a {parent} && \
+                         \"$CTR\" --address \"$ADDR\" snapshots --snapshotter {sn} commit snap-{i} snap-{i}-a"
+                    ),
+                )
+            }
+            Op::ImageRmGc if !images.is_empty() => {
+                let name = self.rng.pick(&images).clone();
+                (
+                    op,
+                    format!("rm --sync {name}"),
+                    format!("exec \"$CTR\" --address \"$ADDR\" images rm --sync {name}"),
+                )
+            }
+            Op::ContainerCreate if !images.is_empty() => {
+                let name = self.rng.pick(&images).clone();
+                (
+                    op,
+                    format!("container create on {name}"),
+                    format!(
+                        "exec \"$CTR\" --address \"$ADDR\" containers create --snapshotter {sn} {name} crash-ctr-{i} /bin/true"
+                    ),
+                )
+            }
+            Op::SnapshotRemove => {
+                // newest first, so children go before their parents
+                let mut keys: Vec<String> = self
+                    .ctr_lines(&["snapshots", "--snapshotter", sn, "ls"])
+                    .into_iter()
+                    .skip(1)
+                    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                    .filter(|k| k.starts_with("snap-"))
+                    .collect();
+                keys.sort_by_key(|k| {
+                    std::cmp::Reverse(
+                        k.trim_start_matches("snap-")
+                            .trim_end_matches("-a")
+                            .parse::<u64>()
+                            .unwrap_or(0),
+                    )
+                });
+                let cmds: Vec<String> = keys
+                    .iter()
+                    .map(|k| {
+                        format!("\"$CTR\" --address \"$ADDR\" snapshots --snapshotter {sn} rm {k}")
+                    })
+                    .collect();
+                (
+                    op,
+                    format!("snapshots rm of {} snapshots", keys.len()),
+                    format!("{}; true", cmds.join("; ")),
+                )
+            }
+            Op::ImageRmGc | Op::ContainerCreate => {
+                unreachable!("an image was imported above: {images:?}")
+            }
+        }
+    }
+
+    /// The offline check of the stopped daemon's root: no problem at all,
+    /// no mount left under the root or the state directory.
+    fn verify_offline(&mut self, when: &str) -> Report {
+        let report = check(&Options {
+            root: self.d.root.clone(),
+            repair: false,
+        })
+        .unwrap_or_else(|e| panic!("{when}: check failed: {e}\n{}", self.d.log()));
+        let problems: Vec<_> = report.problems().collect();
+        assert!(
+            problems.is_empty(),
+            "{when}: corruption found:\n{problems:#?}\ndaemon log tail:\n{}",
+            tail(&self.d.log())
+        );
+        let state = self.d.state.canonicalize().unwrap_or(self.d.state.clone());
+        let root = self.d.root.canonicalize().unwrap_or(self.d.root.clone());
+        let left: Vec<PathBuf> = mount_points()
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.starts_with(&root) || m.starts_with(&state))
+            .collect();
+        assert!(left.is_empty(), "{when}: mounts left behind: {left:?}");
+        // blob digests, snapshot dirs and chains, image trees, containers,
+        // lease references, ingests, mounts: one invariant per object checked
+        self.invariants += report.total_checked() + 1;
+        self.objects += report.total_checked();
+        report
+    }
+
+    /// The daemon restarts on the same root and answers reads of every kind.
+    fn restart_and_probe(&mut self, when: &str) {
+        self.d.spawn();
+        for args in [
+            &["images", "ls"][..],
+            &["content", "ls"],
+            &["content", "active"],
+            &["snapshots", "ls"],
+            &["containers", "ls"],
+            &["leases", "ls"],
+        ] {
+            let o = self.d.ctr(args);
+            assert!(
+                o.status.success(),
+                "{when}: ctr {args:?} after restart: {}\n{}",
+                String::from_utf8_lossy(&o.stderr),
+                tail(&self.d.log())
+            );
+            self.invariants += 1;
+        }
+    }
+
+    fn gc(&self) {
+        self.d
+            .ctr_ok(&["leases", "create", "--id", "crash-gc-trigger"]);
+        self.d
+            .ctr_ok(&["leases", "rm", "--sync", "crash-gc-trigger"]);
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn digest_of_file(p: &Path) -> String {
+    let bytes = std::fs::read(p).unwrap();
+    stevedore_content::digest_of(&bytes).to_string()
+}
+
+fn kill_group(child: &mut Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = child.wait();
+}
+
+#[test]
+fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
+    let ctr = stevedore_e2e::require_tool("ctr", "containerd");
+    stevedore_e2e::require_tool("runc", "runc");
+    let seed = env_u64("STEVEDORE_CRASH_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    let iterations = env_u64("STEVEDORE_CRASH_ITERATIONS").unwrap_or(40) as usize;
+    let budget = Duration::from_secs(env_u64("STEVEDORE_CRASH_SECONDS").unwrap_or(75));
+    eprintln!(
+        "crash: seed {seed} (replay: STEVEDORE_CRASH_SEED={seed} STEVEDORE_CRASH_ITERATIONS={iterations})"
+    );
+    let started = Instant::now();
+    let d = Daemon::start();
+    let work = d.dir.path().join("work");
+    let busybox = busybox_image(&work.join("busybox"));
+    let multi = multi_image(&work.join("multi"));
+    let mut rng = Rng(seed);
+    // payloads: a few MB each, so a kill lands mid-stream often
+    let mut payloads = Vec::new();
+    for k in 0..3 {
+        let size = (1 << 20) + rng.below(6 << 20) as usize;
+        let mut bytes = Vec::with_capacity(size);
+        while bytes.len() < size {
+            bytes.extend_from_slice(&rng.next().to_le_bytes());
+        }
+        let p = work.join(format!("payload-{k}"));
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(&bytes[..size])
+            .unwrap();
+        payloads.push(p);
+    }
+    let mut h = Harness {
+        d,
+        rng,
+        images: vec![busybox, multi],
+        payloads,
+        ctr,
+        invariants: 0,
+        objects: 0,
+        leftovers: BTreeMap::new(),
+        ops: BTreeMap::new(),
+    };
+    let mut survived = 0;
+    let mut interrupted = 0;
+    let mut windows = Windows(BTreeMap::new());
+    for i in 0..iterations {
+        if started.elapsed() > budget {
+            eprintln!("crash: time budget {budget:?} reached after {i} iterations");
+            break;
+        }
+        let op = *h.rng.pick(OPS);
+        let (op, what, script) = h.script(i, op);
+        let delay = Duration::from_millis(h.rng.below(windows.get(op)));
+        *h.ops.entry(format!("{op:?}")).or_default() += 1;
+        let mut client = h.start(&script);
+        std::thread::sleep(delay);
+        let finished = matches!(client.try_wait(), Ok(Some(_)));
+        if !finished {
+            interrupted += 1;
+        }
+        windows.learn(op, !finished);
+        h.d.kill9();
+        kill_group(&mut client);
+        let when = format!("iteration {i} ({what}, killed after {delay:?}, seed {seed})");
+        eprintln!(
+            "crash: {when}{}",
+            if finished {
+                " [client had finished]"
+            } else {
+                ""
+            }
+        );
+        let report = h.verify_offline(&format!("{when}: after SIGKILL"));
+        for f in report.leftovers() {
+            let n = h.leftovers.entry(f.kind).or_default();
+            if *n == 0 {
+                eprintln!("crash:   first {}: {} ({})", f.kind, f.object, f.detail);
+            }
+            *n += 1;
+        }
+        h.restart_and_probe(&when);
+        // a collection removes whatever the crash left that nothing holds
+        h.gc();
+        h.d.kill9();
+        let report = h.verify_offline(&format!("{when}: after GC"));
+        let uncollected: Vec<_> = report
+            .leftovers()
+            .filter(|f| COLLECTED_BY_GC.contains(&f.kind))
+            .collect();
+        assert!(
+            uncollected.is_empty(),
+            "{when}: garbage collection left crash leftovers:\n{uncollected:#?}"
+        );
+        h.invariants += 1;
+        h.restart_and_probe(&when);
+        survived += 1;
+    }
+    // the client still works end to end on the crashed-and-restarted root
+    let img = &h.images[0];
+    h.d.ctr_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
+    h.d.ctr_ok(&["images", "check"]);
+    // and what the crashes left unpacked runs: every layer was applied whole
+    let out =
+        h.d.ctr_ok(&["run", "--rm", &img.name, "crash-final", "echo", "alive"]);
+    assert_eq!(out.trim(), "alive");
+    h.d.stop();
+    let report = h.verify_offline("final, after a clean stop");
+    eprintln!(
+        "crash: {survived} iterations survived ({interrupted} killed mid-operation), {} invariant checks ({} objects verified), operations {:?}, crash leftovers seen {:?}, {:.1}s, seed {seed}",
+        h.invariants,
+        h.objects,
+        h.ops,
+        h.leftovers,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(report.is_clean());
+    assert!(survived > 0, "no iteration ran");
+}
+
+#[test]
+fn stevedore_check_refuses_a_running_daemon_then_finds_and_repairs_a_corrupt_blob() {
+    let mut d = Daemon::start();
+    let input = d.dir.path().join("blob");
+    std::fs::write(&input, b"bytes that will rot").unwrap();
+    let dg = digest_of_file(&input);
+    let mut c = d
+        .ctr_command(&["content", "ingest", "--expected-digest", &dg, "rot"])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+    let root = d.root.clone();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(stevedore_e2e::bin("stevedore"))
+            .arg("check")
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = cli(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("stevedored is running on this root; stop it first"),
+        "{err}"
+    );
+    d.stop();
+    let o = cli(&[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // rot the blob
+    let hex = dg.strip_prefix("sha256:").unwrap();
+    let blob = root
+        .join("io.containerd.content.v1.content/blobs/sha256")
+        .join(hex);
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::write(&blob, b"bytes that have rotted").unwrap();
+    let o = cli(&["-o", "json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["problems"], 1, "{v:#}");
+    assert_eq!(v["findings"][0]["kind"], "blob-corrupt");
+    assert_eq!(v["findings"][0]["object"], dg.as_str());
+    assert!(blob.exists(), "a dry run removes nothing");
+    let o = cli(&["--repair"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("repaired: remove the blob and its records"),
+        "{out}"
+    );
+    assert!(!blob.exists());
+    let o = cli(&[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // the daemon starts on the repaired root and no longer lists the blob
+    d.spawn();
+    let ls = d.ctr_ok(&["content", "ls", "-q"]);
+    assert!(!ls.contains(&dg), "{ls}");
+}

@@ -1,0 +1,423 @@
+//! Roots built by the real stores (content store, metadata database,
+//! overlayfs snapshotter), then damaged the way crashes and bugs would.
+
+use super::*;
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use stevedore_content::local::LocalStore;
+use stevedore_content::{digest_of, Store, WriterOpts};
+use stevedore_images::mediatypes::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
+use stevedore_metadata::containers::Container;
+use stevedore_metadata::content::ContentOptions;
+use stevedore_metadata::images::Image;
+use stevedore_snapshots::Snapshotter;
+use stevedore_types::{Descriptor, Digest};
+
+const NS: &str = "default";
+
+/// A root holding: a stand-alone blob, an image (manifest, config, layer),
+/// a committed snapshot with an active child, and a container on the child.
+struct Fixture {
+    dir: tempfile::TempDir,
+    loose: Digest,
+    layer: Digest,
+    manifest: Digest,
+}
+
+fn desc(media_type: &str, bytes: &[u8]) -> Descriptor {
+    Descriptor {
+        media_type: media_type.into(),
+        digest: digest_of(bytes),
+        size: bytes.len() as i64,
+        urls: vec![],
+        annotations: Default::default(),
+        platform: None,
+    }
+}
+
+fn put(db: &Arc<Db>, bytes: &[u8]) -> Digest {
+    let d = digest_of(bytes);
+    let mut w = db
+        .content(NS, None)
+        .writer(WriterOpts::new(format!("ref-{d}")))
+        .unwrap();
+    w.write(bytes).unwrap();
+    w.commit(bytes.len() as i64, Some(&d), HashMap::new())
+        .unwrap();
+    d
+}
+
+impl Fixture {
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn snapshots_root(&self) -> PathBuf {
+        self.root().join("io.containerd.snapshotter.v1.overlayfs")
+    }
+
+    fn blob(&self, d: &Digest) -> PathBuf {
+        self.root()
+            .join(CONTENT_DIR)
+            .join("blobs/sha256")
+            .join(d.hex())
+    }
+
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let store = LocalStore::open(&root.join(CONTENT_DIR)).unwrap();
+        let db = Arc::new(Db::open(&root.join(METADATA_DB)).unwrap());
+        db.attach_content(store, ContentOptions::default()).unwrap();
+        let loose = put(&db, b"a loose blob");
+        let layer_bytes = b"not really a tar, but content all the same".to_vec();
+        let config_bytes =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let layer = put(&db, &layer_bytes);
+        put(&db, config_bytes);
+        let manifest_json = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": desc(OCI_CONFIG, config_bytes),
+            "layers": [desc(OCI_LAYER, &layer_bytes)],
+        })
+        .to_string();
+        let manifest = put(&db, manifest_json.as_bytes());
+        db.create_image(
+            NS,
+            Image {
+                name: "docker.io/library/t:1".into(),
+                labels: HashMap::new(),
+                target: desc(OCI_MANIFEST, manifest_json.as_bytes()),
+                created_at: 0,
+                updated_at: 0,
+            },
+        )
+        .unwrap();
+        let snaps = stevedore_snapshots::overlay::open(
+            &root.join("io.containerd.snapshotter.v1.overlayfs"),
+        )
+        .unwrap();
+        snaps.prepare("default/base-a", "", HashMap::new()).unwrap();
+        snaps
+            .commit("default/base", "default/base-a", HashMap::new())
+            .unwrap();
+        snaps
+            .prepare("default/ctr-1", "default/base", HashMap::new())
+            .unwrap();
+        db.create_container(
+            NS,
+            Container {
+                id: "ctr-1".into(),
+                image: "docker.io/library/t:1".into(),
+                runtime: stevedore_metadata::containers::Runtime {
+                    name: "io.containerd.runc.v2".into(),
+                    options: None,
+                },
+                snapshotter: "overlayfs".into(),
+                snapshot_key: "ctr-1".into(),
+                spec: Some(stevedore_metadata::containers::AnyBytes {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                    value: b"{}".to_vec(),
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        Fixture {
+            dir,
+            loose,
+            layer,
+            manifest,
+        }
+    }
+
+    fn check(&self, repair: bool) -> Report {
+        check(&Options {
+            root: self.root(),
+            repair,
+        })
+        .unwrap()
+    }
+
+    fn snapshot_dir(&self, key: &str) -> PathBuf {
+        let s = stevedore_snapshots::overlay::open(&self.snapshots_root()).unwrap();
+        s.fs_path(key).unwrap().parent().unwrap().to_path_buf()
+    }
+}
+
+fn kinds(r: &Report) -> Vec<(&'static str, String)> {
+    let mut v: Vec<_> = r
+        .findings
+        .iter()
+        .map(|f| (f.kind, f.object.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn assert_all_clear(r: &Report) {
+    assert!(r.findings.is_empty(), "{:#?}", r.findings);
+}
+
+#[test]
+fn a_root_written_by_the_stores_is_clean() {
+    let f = Fixture::new();
+    let r = f.check(false);
+    assert_all_clear(&r);
+    assert_eq!(r.checked["blobs"], 4);
+    assert_eq!(r.checked["content records"], 4);
+    assert_eq!(r.checked["images"], 1);
+    assert_eq!(r.checked["snapshots"], 2);
+    assert_eq!(r.checked["containers"], 1);
+    assert!(r.is_clean());
+}
+
+#[test]
+fn detects_and_removes_a_blob_whose_bytes_do_not_match_its_digest() {
+    let f = Fixture::new();
+    let p = f.blob(&f.loose);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&p, b"a loose blob, bit-rotted").unwrap();
+    let r = f.check(false);
+    assert_eq!(
+        kinds(&r),
+        vec![("blob-corrupt", f.loose.to_string())],
+        "{:#?}",
+        r.findings
+    );
+    assert!(!r.is_clean());
+    assert!(r.findings[0].repair.contains("namespace(s) default"));
+    // a dry run changes nothing
+    assert!(p.exists());
+    let r = f.check(true);
+    assert!(r.findings.iter().all(|f| f.repaired), "{:#?}", r.findings);
+    assert!(!p.exists());
+    assert_all_clear(&f.check(false));
+}
+
+#[test]
+fn detects_a_blob_an_image_needs_is_gone_and_repair_drops_record_and_image() {
+    let f = Fixture::new();
+    std::fs::remove_file(f.blob(&f.layer)).unwrap();
+    let r = f.check(false);
+    assert_eq!(
+        kinds(&r),
+        vec![
+            (
+                "content-record-missing-blob",
+                format!("default/{}", f.layer)
+            ),
+            ("image-incomplete", "default/docker.io/library/t:1".into()),
+        ]
+    );
+    let img = r
+        .findings
+        .iter()
+        .find(|x| x.kind == "image-incomplete")
+        .unwrap();
+    assert!(
+        img.detail
+            .contains(&format!("layer {} of manifest {}", f.layer, f.manifest)),
+        "{}",
+        img.detail
+    );
+    f.check(true);
+    let after = f.check(false);
+    // the image went with its content; its manifest and config stay until GC
+    assert_eq!(after.checked["images"], 0);
+    assert!(after.is_clean(), "{:#?}", after.findings);
+}
+
+#[test]
+fn detects_a_missing_snapshot_dir_its_descendants_and_the_container_on_it() {
+    let f = Fixture::new();
+    let base = f.snapshot_dir("default/base");
+    std::fs::remove_dir_all(&base).unwrap();
+    let r = f.check(false);
+    assert_eq!(
+        kinds(&r),
+        vec![
+            ("container-snapshot-missing", "default/ctr-1".into()),
+            ("snapshot-chain-broken", "overlayfs/default/ctr-1".into()),
+            ("snapshot-dir-missing", "overlayfs/default/base".into()),
+        ],
+        "{:#?}",
+        r.findings
+    );
+    f.check(true);
+    let after = f.check(false);
+    assert_all_clear(&after);
+    assert_eq!(after.checked["snapshots"], 0);
+    assert_eq!(after.checked["containers"], 0);
+}
+
+#[test]
+fn reports_orphan_snapshot_dirs_and_stale_ingests_as_leftovers_and_removes_them() {
+    let f = Fixture::new();
+    let orphan = f.snapshots_root().join("snapshots/999");
+    std::fs::create_dir_all(orphan.join("fs")).unwrap();
+    let creating = f.snapshots_root().join("snapshots/new-0123");
+    std::fs::create_dir_all(&creating).unwrap();
+    let ingest = f.root().join(CONTENT_DIR).join("ingest");
+    let tmp = ingest.join(".tmp-abc-1-0");
+    std::fs::create_dir_all(&tmp).unwrap();
+    // a complete local ingest that no ingest record names
+    let store = LocalStore::open(&f.root().join(CONTENT_DIR)).unwrap();
+    let mut w = store.writer(WriterOpts::new("default/lost")).unwrap();
+    w.write(b"half").unwrap();
+    drop(w);
+    drop(store);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let r = f.check(false);
+    assert!(
+        r.is_clean(),
+        "leftovers are not problems: {:#?}",
+        r.findings
+    );
+    let mut k: Vec<&str> = r.leftovers().map(|x| x.kind).collect();
+    k.sort();
+    assert_eq!(
+        k,
+        vec![
+            "ingest-incomplete",
+            "ingest-unrecorded",
+            "snapshot-dir-orphan",
+            "snapshot-dir-orphan"
+        ]
+    );
+    assert!(orphan.exists() && tmp.exists());
+    f.check(true);
+    assert!(!orphan.exists() && !creating.exists() && !tmp.exists());
+    assert_eq!(std::fs::read_dir(&ingest).unwrap().count(), 0);
+    assert_all_clear(&f.check(false));
+}
+
+#[test]
+fn flags_an_ingest_the_store_could_never_resume_or_clean() {
+    let f = Fixture::new();
+    let dir = f
+        .root()
+        .join(CONTENT_DIR)
+        .join("ingest/not-the-hash-of-its-ref");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ref"), "default/x").unwrap();
+    std::fs::write(dir.join("data"), "xx").unwrap();
+    let r = f.check(false);
+    assert_eq!(
+        kinds(&r),
+        vec![("ingest-invalid", dir.display().to_string())]
+    );
+    assert!(r.findings[0].detail.contains("not sha256 of its ref"));
+    f.check(true);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn refuses_a_root_whose_database_is_open_in_a_daemon() {
+    let f = Fixture::new();
+    let held = Db::open(&f.root().join(METADATA_DB)).unwrap();
+    let e = check(&Options {
+        root: f.root(),
+        repair: false,
+    })
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+    assert!(
+        e.message.contains("stevedored is running on this root"),
+        "{e}"
+    );
+    drop(held);
+    assert_all_clear(&f.check(false));
+}
+
+#[test]
+fn a_missing_root_is_an_error_naming_it() {
+    let e = check(&Options {
+        root: "/nonexistent/stevedore-root".into(),
+        repair: false,
+    })
+    .unwrap_err();
+    assert!(e.message.contains("/nonexistent/stevedore-root"), "{e}");
+}
+
+#[test]
+fn a_directory_without_a_metadata_database_is_not_taken_for_a_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = check(&Options {
+        root: dir.path().to_path_buf(),
+        repair: false,
+    })
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.contains("no metadata database"), "{e}");
+    // and the check created nothing there
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn unescapes_mountinfo_paths() {
+    assert_eq!(snapshots::unescape("/a\\040b\\134c"), "/a b\\c".to_string());
+}
+
+#[test]
+fn a_lease_holding_something_that_never_was_is_a_leftover_and_repair_drops_the_reference() {
+    let f = Fixture::new();
+    {
+        let db = Db::open(&f.root().join(METADATA_DB)).unwrap();
+        db.create_lease(NS, "l1", &HashMap::new()).unwrap();
+        let ghost = stevedore_metadata::leases::Resource::content(&digest_of(b"never written"));
+        db.add_lease_resource(NS, "l1", &ghost).unwrap();
+        db.add_lease_resource(
+            NS,
+            "l1",
+            &stevedore_metadata::leases::Resource::content(&f.loose),
+        )
+        .unwrap();
+    }
+    let r = f.check(false);
+    assert!(r.is_clean());
+    assert_eq!(
+        kinds(&r),
+        vec![("lease-reference-dangling", "default/lease l1".into())]
+    );
+    assert!(r.findings[0]
+        .detail
+        .contains(&digest_of(b"never written").to_string()));
+    f.check(true);
+    assert_all_clear(&f.check(false));
+    let db = Db::open(&f.root().join(METADATA_DB)).unwrap();
+    assert_eq!(db.list_lease_resources(NS, "l1").unwrap().len(), 1);
+}
+
+/// Unmounts on drop, so a failing assertion leaves no mount behind.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_mount_left_under_the_root_is_a_problem() {
+    let f = Fixture::new();
+    let target = f.root().join("io.containerd.runtime.v2.task/leftover");
+    std::fs::create_dir_all(&target).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&target)
+        .status()
+        .expect("run mount (util-linux)");
+    assert!(st.success(), "mount tmpfs on {}", target.display());
+    let guard = Unmount(target.clone());
+    let r = f.check(false);
+    assert_eq!(
+        kinds(&r),
+        vec![("mount-left", target.display().to_string())]
+    );
+    assert!(!r.is_clean());
+    drop(guard);
+    assert_all_clear(&f.check(false));
+}
