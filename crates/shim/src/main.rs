@@ -22,7 +22,7 @@ use containerd_shim_protos::events::task::{
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim_protos::protobuf::{Message, MessageFull};
+use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::{create_task, Client, EventsClient, Task};
 use containerd_shim_protos::ttrpc::asynchronous::{Server, TtrpcContext};
@@ -192,9 +192,34 @@ fn ts(t: SystemTime) -> Timestamp {
     x
 }
 
-fn pack<M: MessageFull>(m: &M) -> Any {
+/// The protobuf full name of a message the shim sends inside an `Any`.
+/// Spelled out rather than taken from the reflection descriptor: building
+/// rust-protobuf's descriptors costs a few hundred KiB of heap per shim.
+trait Named: Message {
+    const FULL_NAME: &'static str;
+}
+
+macro_rules! named {
+    ($($t:ty => $n:literal),* $(,)?) => {
+        $(impl Named for $t { const FULL_NAME: &'static str = $n; })*
+    };
+}
+
+named! {
+    TaskCreate => "containerd.events.TaskCreate",
+    TaskStart => "containerd.events.TaskStart",
+    TaskExit => "containerd.events.TaskExit",
+    TaskDelete => "containerd.events.TaskDelete",
+    TaskExecAdded => "containerd.events.TaskExecAdded",
+    TaskExecStarted => "containerd.events.TaskExecStarted",
+    TaskPaused => "containerd.events.TaskPaused",
+    TaskResumed => "containerd.events.TaskResumed",
+    containerd_shim_protos::cgroups::metrics::Metrics => "io.containerd.cgroups.v1.Metrics",
+}
+
+fn pack<M: Named>(m: &M) -> Any {
     let mut a = Any::new();
-    a.type_url = M::descriptor().full_name().to_string();
+    a.type_url = M::FULL_NAME.to_string();
     a.value = m.write_to_bytes().unwrap_or_default();
     a
 }
@@ -405,7 +430,7 @@ impl Service {
         }
     }
 
-    async fn publish<M: MessageFull>(&self, topic: &str, m: &M) {
+    async fn publish<M: Named>(&self, topic: &str, m: &M) {
         let mut env = containerd_shim_protos::shim::event::Envelope::new();
         env.timestamp = Some(now_ts()).into();
         env.namespace = self.flags.namespace.clone();
