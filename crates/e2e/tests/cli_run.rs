@@ -504,3 +504,32 @@ fn ctr_events_show_task_lifecycle_with_the_exit_status() {
     w.expect_line(&["/tasks/delete", "ev1"], Duration::from_secs(10));
     w.expect_line(&["/containers/delete", "ev1"], Duration::from_secs(10));
 }
+
+fn oom_kill_is_reported(shim: Shim) {
+    let (d, _dir, img) = setup(shim);
+    let w = d.synced_watch(d.ctr_command(&["events"]));
+    // `tail` keeps a line-less stream in memory: past 16 MiB the cgroup kills it
+    let o = d.cli(&[
+        "run",
+        "--rm",
+        "--memory-limit",
+        "16777216",
+        &img,
+        "oom1",
+        "sh",
+        "-c",
+        "head -c 200m /dev/zero | tail > /dev/null",
+    ]);
+    assert_eq!(o.status.code(), Some(137), "{o:?}");
+    w.expect_line(&["/tasks/oom", "oom1"], Duration::from_secs(10));
+}
+
+#[test]
+fn stevedore_shim_reports_an_oom_kill_as_tasks_oom() {
+    oom_kill_is_reported(Shim::Stevedore);
+}
+
+#[test]
+fn go_shim_reports_an_oom_kill_as_tasks_oom() {
+    oom_kill_is_reported(Shim::Go);
+}

@@ -17,7 +17,7 @@
 
 use containerd_shim_protos::api::*;
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -214,6 +214,7 @@ named! {
     TaskExecStarted => "containerd.events.TaskExecStarted",
     TaskPaused => "containerd.events.TaskPaused",
     TaskResumed => "containerd.events.TaskResumed",
+    TaskOOM => "containerd.events.TaskOOM",
     containerd_shim_protos::cgroups::metrics::Metrics => "io.containerd.cgroups.v1.Metrics",
 }
 
@@ -466,6 +467,45 @@ impl Service {
         }
     }
 
+    /// Publish `/tasks/oom` whenever the container's memory cgroup (v1)
+    /// hits its limit: an eventfd registered on `memory.oom_control`, read
+    /// on a small thread. Removing the cgroup at exit also wakes it; that
+    /// is not an OOM and ends the watch.
+    fn watch_oom(self: &Arc<Self>) {
+        let cg = self.cgroup_path();
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/memory{cg}"));
+        if cg.is_empty() || !dir.join("memory.oom_control").exists() {
+            return;
+        }
+        let me = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        let _ = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                use std::os::fd::AsRawFd;
+                let Ok(ctl) = std::fs::File::open(dir.join("memory.oom_control")) else {
+                    return;
+                };
+                let Ok(efd) = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
+                else {
+                    return;
+                };
+                let reg = format!("{} {}", efd.as_raw_fd(), ctl.as_raw_fd());
+                if std::fs::write(dir.join("cgroup.event_control"), reg).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 8];
+                while let Ok(8) = rustix::io::read(&efd, &mut buf) {
+                    if !dir.exists() {
+                        return;
+                    }
+                    let mut ev = TaskOOM::new();
+                    ev.container_id = me.flags.id.clone();
+                    handle.block_on(me.publish("/tasks/oom", &ev));
+                }
+            });
+    }
+
     /// Wait for a started process on a thread; record and publish its exit.
     fn reap(self: &Arc<Self>, exec_id: String, pid: u32) {
         let me = self.clone();
@@ -651,6 +691,7 @@ impl Task for Handle {
         p.console = master;
         self.procs.lock().unwrap().insert(String::new(), p);
         self.0.reap(String::new(), pid);
+        self.0.watch_oom();
         let mut ev = TaskCreate::new();
         ev.container_id = r.id.clone();
         ev.bundle = r.bundle.clone();
