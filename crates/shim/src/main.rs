@@ -42,6 +42,9 @@ struct Flags {
     id: String,
     bundle: String,
     socket: String,
+    /// A listening socket inherited from `start` (so `start` can answer
+    /// without waiting for the server to bind).
+    listen_fd: Option<i32>,
     debug: bool,
     action: String,
 }
@@ -57,6 +60,7 @@ fn parse_flags() -> Flags {
             "id" => f.id = val(),
             "bundle" => f.bundle = val(),
             "socket" => f.socket = val(),
+            "listen-fd" => f.listen_fd = val().parse().ok(),
             "publish-binary" => {
                 val();
             }
@@ -1054,6 +1058,13 @@ fn start(f: &Flags) -> Result<(), String> {
         std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
     }
     let _ = std::fs::remove_file(&sock);
+    // listen here, hand the socket to the server: the address is good as
+    // soon as we print it (clients queue in the backlog until it accepts)
+    let listener = std::os::unix::net::UnixListener::bind(&sock)
+        .map_err(|e| format!("listen on {}: {e}", sock.display()))?;
+    let fd = listener.as_fd();
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
+    let listen_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.args([
@@ -1068,6 +1079,8 @@ fn start(f: &Flags) -> Result<(), String> {
     ])
     .arg("-socket")
     .arg(&sock)
+    .arg("-listen-fd")
+    .arg(listen_fd.to_string())
     .arg("serve")
     .stdin(Stdio::null())
     .stdout(Stdio::null())
@@ -1081,17 +1094,11 @@ fn start(f: &Flags) -> Result<(), String> {
         });
     }
     cmd.spawn().map_err(|e| format!("spawn shim server: {e}"))?;
-    for _ in 0..500 {
-        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-            let addr = format!("unix://{}", sock.display());
-            std::fs::write(Path::new(&f.bundle).join("address"), &addr)
-                .map_err(|e| e.to_string())?;
-            println!("{addr}");
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    Err(format!("shim server did not listen on {}", sock.display()))
+    drop(listener);
+    let addr = format!("unix://{}", sock.display());
+    std::fs::write(Path::new(&f.bundle).join("address"), &addr).map_err(|e| e.to_string())?;
+    println!("{addr}");
+    Ok(())
 }
 
 fn delete(f: &Flags) -> Result<(), String> {
@@ -1121,8 +1128,18 @@ fn serve(f: Flags) -> Result<(), String> {
             shutdown: tokio::sync::Notify::new(),
             lifecycle: tokio::sync::Mutex::new(()),
         });
-        let mut server = Server::new()
-            .bind(&format!("unix://{}", f.socket))
+        let server = match f.listen_fd {
+            // SAFETY: `start` passed this fd: a listening unix socket, ours alone
+            Some(fd) => unsafe {
+                // not to be inherited by runc and the containers
+                let b = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(b, rustix::io::FdFlags::CLOEXEC)
+                    .map_err(|e| format!("listen fd {fd}: {e}"))?;
+                Server::new().add_unix_listener(fd)
+            },
+            None => Server::new().bind(&format!("unix://{}", f.socket)),
+        };
+        let mut server = server
             .map_err(|e| e.to_string())?
             .register_service(create_task(Arc::new(Handle(svc.clone()))));
         server.start().await.map_err(|e| e.to_string())?;
