@@ -64,3 +64,27 @@ fn blobs_are_read_only_and_named_by_digest() {
         0o444
     );
 }
+
+#[test]
+fn max_ingest_size_caps_declared_and_unknown_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    store.set_max_ingest_size(1000);
+    let e = store
+        .writer(WriterOpts::new("declared").total(1001))
+        .err()
+        .expect("declared size over the cap");
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(e.message.contains("max_ingest_size"), "{e}");
+    let mut w = store.writer(WriterOpts::new("unknown")).unwrap();
+    w.write(&[7u8; 600]).unwrap();
+    let e = w.write(&[7u8; 401]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(
+        e.message.contains("\"unknown\"") && e.message.contains("limit of 1000 bytes"),
+        "{e}"
+    );
+    w.write(&[7u8; 400]).unwrap();
+    store.set_max_ingest_size(0);
+    w.write(&[7u8; 10]).unwrap();
+}

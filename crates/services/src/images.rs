@@ -27,7 +27,7 @@ pub struct ImagesService {
 
 impl ImagesService {
     pub fn grpc(db: Arc<Db>, exchange: Exchange, gc: Option<Arc<GcScheduler>>) -> GrpcService {
-        GrpcService::new(ImagesServer::new(ImagesService { db, exchange, gc }))
+        GrpcService::new(crate::with_message_limits!(ImagesServer::new(ImagesService { db, exchange, gc })))
     }
 }
 

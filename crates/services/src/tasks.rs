@@ -165,10 +165,10 @@ pub struct TasksService {
 
 impl TasksService {
     pub fn grpc(db: Arc<Db>, rt: Arc<RuntimeV2>) -> GrpcService {
-        GrpcService::new(TasksServer::new(TasksService {
+        GrpcService::new(crate::with_message_limits!(TasksServer::new(TasksService {
             db,
             manager: rt.manager.clone(),
-        }))
+        })))
     }
 }
 

@@ -20,7 +20,7 @@ pub struct VersionService;
 
 impl VersionService {
     pub fn grpc() -> GrpcService {
-        GrpcService::new(VersionServer::new(VersionService))
+        GrpcService::new(crate::with_message_limits!(VersionServer::new(VersionService)))
     }
 }
 

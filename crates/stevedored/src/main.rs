@@ -1,10 +1,8 @@
 //! stevedored: serves containerd's gRPC API on a unix socket.
 
-mod config;
-
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use config::{Config, DEFAULT_CONFIG_PATH};
+use stevedored::config::{Config, DEFAULT_CONFIG_PATH};
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
