@@ -91,7 +91,11 @@ fn spec_json() {
         r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"{DOCKER_CONFIG}","digest":"{}","size":{}}},"layers":[{{"mediaType":"{DOCKER_LAYER_GZIP}","digest":"{}","size":{},"urls":["https://example.com/l"]}},{{"mediaType":"{DOCKER_LAYER_FOREIGN_GZIP}","digest":"{}","size":{}}}]}}"#,
         config.0.digest, config.0.size, layer.0.digest, layer.0.size, layer.0.digest, layer.0.size
     );
-    write("spec_json", "docker-manifest.json", docker_manifest.as_bytes());
+    write(
+        "spec_json",
+        "docker-manifest.json",
+        docker_manifest.as_bytes(),
+    );
     let docker_list = format!(
         r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST_LIST}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{},"platform":{{"architecture":"arm64","os":"linux","variant":"v8"}}}},{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux","os.version":"10.0","os.features":["x"]}}}},{{"mediaType":"{OCI_INDEX}","digest":"{}","size":{}}}]}}"#,
         manifest.0.digest,
@@ -213,7 +217,11 @@ fn tar_apply() {
     h.set_mtime(samples::MTIME);
     h.set_size(3);
     b.append_data(&mut h, "plain", &b"pax"[..]).unwrap();
-    write("tar_apply", "pax-and-longname.tar", &b.into_inner().unwrap());
+    write(
+        "tar_apply",
+        "pax-and-longname.tar",
+        &b.into_inner().unwrap(),
+    );
 }
 
 fn archives() {
@@ -235,7 +243,10 @@ fn archives() {
     exporter
         .export(
             &store,
-            &[ExportImage::named("docker.io/library/sample:latest", manifest)],
+            &[ExportImage::named(
+                "docker.io/library/sample:latest",
+                manifest,
+            )],
             &mut out,
         )
         .unwrap();
@@ -282,9 +293,17 @@ fn archives() {
     h.set_mode(0o777);
     h.set_mtime(samples::MTIME);
     h.set_size(0);
-    b.append_link(&mut h, "linked/layer.tar", format!("../{layer_id}/layer.tar"))
-        .unwrap();
-    write("archive_import", "docker-save.tar", &b.into_inner().unwrap());
+    b.append_link(
+        &mut h,
+        "linked/layer.tar",
+        format!("../{layer_id}/layer.tar"),
+    )
+    .unwrap();
+    write(
+        "archive_import",
+        "docker-save.tar",
+        &b.into_inner().unwrap(),
+    );
 
     // a layout whose blob name lies about its digest, and one escaping the root
     let mut b = tar::Builder::new(Vec::new());
@@ -301,7 +320,11 @@ fn archives() {
         b"not the manifest",
     );
     add("index.json", &img[3].1);
-    write("archive_import", "oci-lying-blob.tar", &b.into_inner().unwrap());
+    write(
+        "archive_import",
+        "oci-lying-blob.tar",
+        &b.into_inner().unwrap(),
+    );
 }
 
 fn hosts() {

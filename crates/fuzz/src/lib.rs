@@ -320,7 +320,8 @@ impl<'a> Fuzzer<'a> {
     pub fn run(self, mut exec: impl FnMut(&[u8]) -> ExecResult) -> Report {
         let secs = env_u64("STEVEDORE_FUZZ_SECS").unwrap_or(20);
         let seed = env_u64("STEVEDORE_FUZZ_SEED").unwrap_or_else(|| fnv(self.name.as_bytes()));
-        let exec_timeout = Duration::from_secs(env_u64("STEVEDORE_FUZZ_EXEC_TIMEOUT_SECS").unwrap_or(20));
+        let exec_timeout =
+            Duration::from_secs(env_u64("STEVEDORE_FUZZ_EXEC_TIMEOUT_SECS").unwrap_or(20));
 
         // the watchdog: an input that hangs is saved, then the process aborts
         let current: Arc<Mutex<Vec<u8>>> = Arc::default();
@@ -458,7 +459,10 @@ mod tests {
 
     #[test]
     fn mutations_are_deterministic_for_a_seed() {
-        let corpus = vec![b"hello world".to_vec(), b"name==x,labels.\"a\"~=/b/".to_vec()];
+        let corpus = vec![
+            b"hello world".to_vec(),
+            b"name==x,labels.\"a\"~=/b/".to_vec(),
+        ];
         let dict = vec![b"==".to_vec()];
         let m = Mutator {
             corpus: &corpus,
@@ -475,7 +479,12 @@ mod tests {
         assert_ne!(run(7), run(8));
         // mutations actually change inputs, and stay within max_len
         let outs = run(7);
-        assert!(outs.iter().filter(|o| **o != corpus[0] && **o != corpus[1]).count() > 150);
+        assert!(
+            outs.iter()
+                .filter(|o| **o != corpus[0] && **o != corpus[1])
+                .count()
+                > 150
+        );
         assert!(outs.iter().all(|o| o.len() <= 1024));
     }
 }

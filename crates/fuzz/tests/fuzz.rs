@@ -35,9 +35,34 @@ fn filter_parser_survives_mutated_filters() {
     ];
     fuzzer("filter")
         .dictionary(&[
-            "==", "!=", "~=", ",", "\"", "\\", ".", "labels.", "labels.\"", "name", "id",
-            "topic", "/", "|", "\\x41", "\\u00e9", "\\U0001F600", "\\777", "\\'", "[", "(",
-            "*", "+", "{1000}", "(?i)", "\\p{L}", "\n", " ",
+            "==",
+            "!=",
+            "~=",
+            ",",
+            "\"",
+            "\\",
+            ".",
+            "labels.",
+            "labels.\"",
+            "name",
+            "id",
+            "topic",
+            "/",
+            "|",
+            "\\x41",
+            "\\u00e9",
+            "\\U0001F600",
+            "\\777",
+            "\\'",
+            "[",
+            "(",
+            "*",
+            "+",
+            "{1000}",
+            "(?i)",
+            "\\p{L}",
+            "\n",
+            " ",
         ])
         .max_len(4096)
         .run(|input| {
@@ -48,7 +73,8 @@ fn filter_parser_survives_mutated_filters() {
                 .flatten()
             {
                 for o in &objects {
-                    let adaptor = |path: &[String]| o.get(path.join(".").as_str()).map(|v| v.to_string());
+                    let adaptor =
+                        |path: &[String]| o.get(path.join(".").as_str()).map(|v| v.to_string());
                     f.matches(&adaptor);
                 }
             }
@@ -62,9 +88,24 @@ fn reference_parsers_survive_mutated_references() {
     use stevedore_remote::reference::Reference;
     fuzzer("reference")
         .dictionary(&[
-            "docker.io/", "library/", "localhost", ":5000", "@sha256:", "@sha512:", ":latest",
-            "/", ":", "@", ".", "-", "__", "[::1]", "index.docker.io/",
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "://", "A",
+            "docker.io/",
+            "library/",
+            "localhost",
+            ":5000",
+            "@sha256:",
+            "@sha512:",
+            ":latest",
+            "/",
+            ":",
+            "@",
+            ".",
+            "-",
+            "__",
+            "[::1]",
+            "index.docker.io/",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "://",
+            "A",
         ])
         .max_len(1024)
         .run(|input| {
@@ -91,8 +132,8 @@ fn reference_parsers_survive_mutated_references() {
                 // docker's familiar form is ambiguous when a docker.io path starts
                 // with a host-like component (docker.io/a.b/c familiarises to a.b/c)
                 let first = familiar.split('/').next().unwrap_or_default();
-                let ambiguous = familiar.contains('/')
-                    && (first.contains(['.', ':']) || first == "localhost");
+                let ambiguous =
+                    familiar.contains('/') && (first.contains(['.', ':']) || first == "localhost");
                 if fam != r && !ambiguous {
                     return Err(format!("{s:?}: familiar {familiar:?} reparses as {fam}"));
                 }
@@ -128,7 +169,7 @@ impl Provider for MemStore {
 }
 
 #[test]
-fn manifest_index_and_config_decoding_survives_mutated_json() {
+fn spec_json_decoding_of_manifests_indexes_and_configs_survives_mutated_documents() {
     use stevedore_images::{handlers, image, spec};
     use stevedore_types::platform::{All, MatchPlatform};
     let sample = samples::image();
@@ -139,12 +180,38 @@ fn manifest_index_and_config_decoding_survives_mutated_json() {
     let mut dict: Vec<String> = sample.iter().map(|(d, _)| d.digest.to_string()).collect();
     dict.extend(
         [
-            "\"schemaVersion\":2,", "\"mediaType\":", "\"manifests\":[", "\"layers\":[",
-            "\"config\":", "\"digest\":", "\"size\":", "\"platform\":", "\"annotations\":{",
-            "\"rootfs\":", "\"diff_ids\":[", "\"fsLayers\":[", "\"urls\":[", "\"os.version\":",
-            "\"variant\":\"v8\"", "null", "true", "[]", "{}", "\"\\u0000\"", "\"\\ud800\"",
-            OCI_MANIFEST, OCI_INDEX, OCI_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
-            DOCKER_CONFIG, OCI_LAYER_GZIP, "sha256:", "sha512:", "-1", "1e400",
+            "\"schemaVersion\":2,",
+            "\"mediaType\":",
+            "\"manifests\":[",
+            "\"layers\":[",
+            "\"config\":",
+            "\"digest\":",
+            "\"size\":",
+            "\"platform\":",
+            "\"annotations\":{",
+            "\"rootfs\":",
+            "\"diff_ids\":[",
+            "\"fsLayers\":[",
+            "\"urls\":[",
+            "\"os.version\":",
+            "\"variant\":\"v8\"",
+            "null",
+            "true",
+            "[]",
+            "{}",
+            "\"\\u0000\"",
+            "\"\\ud800\"",
+            OCI_MANIFEST,
+            OCI_INDEX,
+            OCI_CONFIG,
+            DOCKER_MANIFEST,
+            DOCKER_MANIFEST_LIST,
+            DOCKER_CONFIG,
+            OCI_LAYER_GZIP,
+            "sha256:",
+            "sha512:",
+            "-1",
+            "1e400",
         ]
         .map(String::from),
     );
@@ -156,16 +223,24 @@ fn manifest_index_and_config_decoding_survives_mutated_json() {
         OCI_CONFIG,
         "",
     ];
+    let turn = Mutex::new(0usize);
     fuzzer("spec_json")
         .dictionary(&dict)
         .max_len(64 << 10)
         .run(|input| {
+            // one media type per input, in turn: the same bytes as manifest,
+            // index, config or untyped
+            let mt = {
+                let mut c = turn.lock().unwrap();
+                *c += 1;
+                media_types[*c % media_types.len()]
+            };
             let digest = stevedore_images::content::digest_of(input);
             let mut blobs = base.clone();
             blobs.insert(digest.clone(), input.to_vec());
             let store = MemStore(blobs);
             let host = stevedore_types::platform::default_matcher();
-            for mt in media_types {
+            {
                 let _ = spec::validate_media_type(input, mt);
                 let desc = Descriptor::new(mt, digest.clone(), input.len() as i64);
                 let _ = spec::read_manifest(&store, &desc);
@@ -238,11 +313,33 @@ fn tar_apply_survives_hostile_layers_and_never_writes_outside_the_root() {
     let before = outside(&root);
     let abs = sentinel.display().to_string();
     let dict: Vec<String> = [
-        "../", "../../", "/", "./", "..", ".wh.", ".wh..wh..opq", "sentinel/", "canary",
-        "../sentinel/canary", "../sentinel", "/proc/self/root", "/proc/self/cwd", "//",
-        "ustar\0", "ustar  \0", "././@LongLink", "path=", "linkpath=", "SCHILY.xattr.",
-        "security.capability=", "trusted.overlay.opaque=y", "GNU.sparse.", "0000777",
-        "0000644", "00000000000", "77777777777",
+        "../",
+        "../../",
+        "/",
+        "./",
+        "..",
+        ".wh.",
+        ".wh..wh..opq",
+        "sentinel/",
+        "canary",
+        "../sentinel/canary",
+        "../sentinel",
+        "/proc/self/root",
+        "/proc/self/cwd",
+        "//",
+        "ustar\0",
+        "ustar  \0",
+        "././@LongLink",
+        "path=",
+        "linkpath=",
+        "SCHILY.xattr.",
+        "security.capability=",
+        "trusted.overlay.opaque=y",
+        "GNU.sparse.",
+        "0000777",
+        "0000644",
+        "00000000000",
+        "77777777777",
     ]
     .into_iter()
     .map(String::from)
@@ -292,15 +389,32 @@ fn archive_import_survives_mutated_archives() {
     let shm = Path::new("/dev/shm");
     let dir = tempfile::Builder::new()
         .prefix("fuzz-import-")
-        .tempdir_in(if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() })
+        .tempdir_in(if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        })
         .expect("store dir");
     let count = Mutex::new(0u64);
     fuzzer("archive_import")
         .dictionary(&[
-            "oci-layout", "index.json", "manifest.json", "repositories", "blobs/sha256/",
-            "blobs/sha512/", "layer.tar", "../", "/", "\"Layers\":[", "\"Config\":",
-            "\"RepoTags\":[", "\"imageLayoutVersion\":\"1.0.0\"", "\"manifests\":[",
-            "io.containerd.image.name", "org.opencontainers.image.ref.name", "sha256:",
+            "oci-layout",
+            "index.json",
+            "manifest.json",
+            "repositories",
+            "blobs/sha256/",
+            "blobs/sha512/",
+            "layer.tar",
+            "../",
+            "/",
+            "\"Layers\":[",
+            "\"Config\":",
+            "\"RepoTags\":[",
+            "\"imageLayoutVersion\":\"1.0.0\"",
+            "\"manifests\":[",
+            "io.containerd.image.name",
+            "org.opencontainers.image.ref.name",
+            "sha256:",
         ])
         // gzip and zstd magic: layers are sniffed for compression
         .dictionary(&[&[0x1f_u8, 0x8b, 0x08][..], &[0x28, 0xb5, 0x2f, 0xfd][..]])
@@ -346,10 +460,30 @@ fn hosts_toml_parser_survives_mutated_files() {
     let file = dir.join("hosts.toml");
     fuzzer("hosts_toml")
         .dictionary(&[
-            "server = ", "[host.\"", "\"]\n", "capabilities = [\"pull\", \"resolve\", \"push\"]\n",
-            "ca = ", "client = [[", "skip_verify = true\n", "[header]\n", "override_path = true\n",
-            "https://", "http://", "[::1]:5000", ":65536", "\"\"\"", "'''", "= [", "]]", "\n",
-            "{ a = 1 }", "1979-05-27T07:32:00Z", "inf", "nan", "0x1F", "\\u0000",
+            "server = ",
+            "[host.\"",
+            "\"]\n",
+            "capabilities = [\"pull\", \"resolve\", \"push\"]\n",
+            "ca = ",
+            "client = [[",
+            "skip_verify = true\n",
+            "[header]\n",
+            "override_path = true\n",
+            "https://",
+            "http://",
+            "[::1]:5000",
+            ":65536",
+            "\"\"\"",
+            "'''",
+            "= [",
+            "]]",
+            "\n",
+            "{ a = 1 }",
+            "1979-05-27T07:32:00Z",
+            "inf",
+            "nan",
+            "0x1F",
+            "\\u0000",
         ])
         .max_len(16 << 10)
         .run(|input| {
@@ -365,13 +499,40 @@ fn daemon_config_parser_survives_mutated_configs() {
     let registry = stevedore_services::registry::plugins();
     fuzzer("daemon_config")
         .dictionary(&[
-            "version = 2\n", "root = ", "state = ", "disabled_plugins = [", "required_plugins = [",
-            "[grpc]\n", "address = ", "uid = ", "gid = ", "[debug]\n", "level = ", "format = ",
-            "[plugins.\"", "io.containerd.gc.v1.scheduler", "io.containerd.metadata.v1.bolt",
-            "io.containerd.snapshotter.v1.overlayfs", "io.containerd.snapshotter.v1.btrfs",
-            "io.containerd.grpc.v1.cri", "\"]\n", "pause_threshold = ", "deletion_threshold = ",
-            "mutation_threshold = ", "schedule_delay = ", "startup_delay = ", "ingest_expiry = ",
-            "\"0s\"", "\"-1h\"", "1e400", "-1", "4294967296", "\"\"\"", "[[", "]]", "\n",
+            "version = 2\n",
+            "root = ",
+            "state = ",
+            "disabled_plugins = [",
+            "required_plugins = [",
+            "[grpc]\n",
+            "address = ",
+            "uid = ",
+            "gid = ",
+            "[debug]\n",
+            "level = ",
+            "format = ",
+            "[plugins.\"",
+            "io.containerd.gc.v1.scheduler",
+            "io.containerd.metadata.v1.bolt",
+            "io.containerd.snapshotter.v1.overlayfs",
+            "io.containerd.snapshotter.v1.btrfs",
+            "io.containerd.grpc.v1.cri",
+            "\"]\n",
+            "pause_threshold = ",
+            "deletion_threshold = ",
+            "mutation_threshold = ",
+            "schedule_delay = ",
+            "startup_delay = ",
+            "ingest_expiry = ",
+            "\"0s\"",
+            "\"-1h\"",
+            "1e400",
+            "-1",
+            "4294967296",
+            "\"\"\"",
+            "[[",
+            "]]",
+            "\n",
         ])
         .max_len(16 << 10)
         .run(|input| {

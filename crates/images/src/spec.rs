@@ -3,10 +3,10 @@
 //! readers; documents are read with size limits ([`crate::content`]).
 
 use crate::content::{read_blob, Provider, MAX_JSON_SIZE, MAX_MANIFEST_SIZE};
-use stevedore_types::limits::MAX_LAYERS;
 use crate::mediatypes::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use stevedore_types::limits::MAX_LAYERS;
 use stevedore_types::{Descriptor, Digest, Error, Platform, Result};
 
 /// An image manifest (OCI or Docker schema2).
@@ -169,7 +169,12 @@ impl Document for Manifest {
     }
     fn check(&self, desc: &Descriptor) -> Result<()> {
         if self.layers.len() > MAX_LAYERS {
-            return Err(too_many_layers(Self::KIND, "layers", self.layers.len(), desc));
+            return Err(too_many_layers(
+                Self::KIND,
+                "layers",
+                self.layers.len(),
+                desc,
+            ));
         }
         Ok(())
     }
@@ -304,10 +309,16 @@ mod tests {
             "\"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"";
             MAX_LAYERS + 1
         ];
-        let b = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#, ids.join(","));
-        let e = decode::<ImageConfig>(b.as_bytes(), &desc_of(OCI_CONFIG, b.as_bytes()))
-            .unwrap_err();
-        assert!(e.message.contains("501 diff IDs exceed the limit of 500"), "{e}");
+        let b = format!(
+            r#"{{"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+            ids.join(",")
+        );
+        let e =
+            decode::<ImageConfig>(b.as_bytes(), &desc_of(OCI_CONFIG, b.as_bytes())).unwrap_err();
+        assert!(
+            e.message.contains("501 diff IDs exceed the limit of 500"),
+            "{e}"
+        );
     }
 
     #[test]

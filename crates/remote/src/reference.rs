@@ -150,10 +150,7 @@ impl Reference {
             // the first component looked like a host (it has a '.' or ':') but
             // is not a valid one: docker would keep it as a path with no
             // registry at all, which cannot be pulled from anywhere
-            return Err(invalid(
-                input,
-                &format!("invalid registry host {domain:?}"),
-            ));
+            return Err(invalid(input, &format!("invalid registry host {domain:?}")));
         }
         if r.tag.is_none() && r.digest.is_none() {
             r.tag = Some(DEFAULT_TAG.to_string());

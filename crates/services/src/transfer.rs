@@ -56,12 +56,14 @@ impl TransferService {
         exchange: Exchange,
         scratch: PathBuf,
     ) -> GrpcService {
-        GrpcService::new(crate::with_message_limits!(TransferServer::new(TransferService {
-            db,
-            snapshotters,
-            exchange,
-            scratch,
-        })))
+        GrpcService::new(crate::with_message_limits!(TransferServer::new(
+            TransferService {
+                db,
+                snapshotters,
+                exchange,
+                scratch,
+            }
+        )))
     }
 }
 

@@ -2,7 +2,6 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use stevedored::config::{Config, DEFAULT_CONFIG_PATH};
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +11,7 @@ use stevedore_plugin::{
 };
 use stevedore_services::exchange::Exchange;
 use stevedore_services::GrpcService;
+use stevedored::config::{Config, DEFAULT_CONFIG_PATH};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
