@@ -77,7 +77,6 @@ fn image(name: &str, labels: HashMap<String, String>) -> CreateImageRequest {
             }),
             ..Default::default()
         }),
-        ..Default::default()
     }
 }
 

@@ -258,7 +258,7 @@ pub struct Fuzzer<'a> {
     pub dictionary: Vec<Vec<u8>>,
     pub max_len: usize,
     /// Applied to most mutated inputs (not to seeds) before execution.
-    pub fixup: Option<fn(&mut Vec<u8>)>,
+    pub fixup: Option<fn(&mut [u8])>,
 }
 
 /// What a run did.
@@ -298,7 +298,7 @@ impl<'a> Fuzzer<'a> {
         self
     }
 
-    pub fn fixup(mut self, f: fn(&mut Vec<u8>)) -> Self {
+    pub fn fixup(mut self, f: fn(&mut [u8])) -> Self {
         self.fixup = Some(f);
         self
     }

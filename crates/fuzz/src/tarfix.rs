@@ -39,7 +39,7 @@ pub fn fix_header(h: &mut [u8]) {
 }
 
 /// Fix the checksum of every header reachable by walking `tar`.
-pub fn fix_checksums(tar: &mut Vec<u8>) {
+pub fn fix_checksums(tar: &mut [u8]) {
     let mut off = 0;
     while off + BLOCK <= tar.len() {
         let h = &mut tar[off..off + BLOCK];

@@ -354,11 +354,7 @@ fn tar_apply_survives_hostile_layers_and_never_writes_outside_the_root() {
             let mode = {
                 let mut c = count.lock().unwrap();
                 *c += 1;
-                if *c % 2 == 0 {
-                    WhiteoutMode::Overlay
-                } else {
-                    WhiteoutMode::Delete
-                }
+                [WhiteoutMode::Delete, WhiteoutMode::Overlay][(*c % 2) as usize]
             };
             let res = apply(&root, input, mode);
             let after = outside(&root);
