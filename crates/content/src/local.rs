@@ -318,6 +318,7 @@ impl LocalStore {
             } else {
                 status.total
             },
+            declared_total: opts.total,
             expected,
             started_at: status.started_at,
             updated_at: status.updated_at,
@@ -360,6 +361,10 @@ pub struct LocalWriter {
     hasher: Hasher,
     offset: i64,
     total: i64,
+    /// The total declared by whoever opened this writer (0: none). Writes
+    /// past it are refused; a total stored by an earlier session is only
+    /// reported (as containerd does), so a resume without one still works.
+    declared_total: i64,
     expected: Option<Digest>,
     started_at: SystemTime,
     updated_at: SystemTime,
@@ -385,12 +390,12 @@ impl Writer for LocalWriter {
         let r = self.reference.clone();
         // the declared total and the store's cap bound what an ingest may hold
         let end = self.offset.saturating_add(data.len() as i64);
-        if self.total > 0 && end > self.total {
+        if self.declared_total > 0 && end > self.declared_total {
             return Err(Error::invalid(format!(
                 "ingest ref {r:?}: writing {} bytes at offset {} exceeds the expected total of {} bytes",
                 data.len(),
                 self.offset,
-                self.total
+                self.declared_total
             )));
         }
         let max = self.store.max_ingest_size();
