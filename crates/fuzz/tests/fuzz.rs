@@ -376,12 +376,44 @@ fn tar_apply_survives_hostile_layers_and_never_writes_outside_the_root() {
         });
 }
 
+/// The daemon's own content stack (redb records over the local store, through
+/// the adapter the Transfer service imports with), reopened every few
+/// hundred inputs so the blobs of earlier ones do not pile up.
+struct DaemonStore {
+    dir: PathBuf,
+    db: Option<std::sync::Arc<stevedore_metadata::Db>>,
+    uses: u64,
+}
+
+impl DaemonStore {
+    fn namespace(&mut self, n: u64) -> Result<stevedore_metadata::content::NsContent> {
+        if self.db.is_none() || self.uses >= 300 {
+            self.db = None;
+            let _ = std::fs::remove_dir_all(&self.dir);
+            std::fs::create_dir_all(&self.dir)?;
+            let db = stevedore_metadata::Db::open(&self.dir.join("meta.db"))?;
+            let store = stevedore_content::local::LocalStore::open(&self.dir.join("content"))?;
+            db.attach_content(store, Default::default())?;
+            self.db = Some(std::sync::Arc::new(db));
+            self.uses = 0;
+        }
+        self.uses += 1;
+        Ok(self
+            .db
+            .as_ref()
+            .unwrap()
+            .content(&format!("fuzz-{n}"), None))
+    }
+}
+
 #[test]
 fn archive_import_survives_mutated_archives() {
+    use stevedore_content::Store as _;
     use stevedore_images::archive::{ArchiveImporter, Format, ImportOptions, Importer};
     use stevedore_images::testing::DirStore;
+    use stevedore_services::archive::ContentAdapter;
     use stevedore_types::platform::All;
-    // tmpfs when there is one: the store is rewritten for every input
+    // tmpfs when there is one: the stores are rewritten for every input
     let shm = Path::new("/dev/shm");
     let dir = tempfile::Builder::new()
         .prefix("fuzz-import-")
@@ -391,6 +423,11 @@ fn archive_import_survives_mutated_archives() {
             std::env::temp_dir()
         })
         .expect("store dir");
+    let daemon = Mutex::new(DaemonStore {
+        dir: dir.path().join("daemon"),
+        db: None,
+        uses: 0,
+    });
     let count = Mutex::new(0u64);
     fuzzer("archive_import")
         .dictionary(&[
@@ -422,8 +459,6 @@ fn archive_import_survives_mutated_archives() {
                 *c += 1;
                 *c
             };
-            let root = dir.path().join(n.to_string());
-            let store = DirStore::new(&root).map_err(|e| format!("store: {e}"))?;
             let mut opts = ImportOptions {
                 format: [Format::Auto, Format::Oci, Format::Docker][(n % 3) as usize],
                 compress_blobs: n % 5 == 0,
@@ -438,12 +473,33 @@ fn archive_import_survives_mutated_archives() {
                     ..ImportOptions::oci_name("fuzz/image")
                 };
             }
-            let res = ArchiveImporter::new(opts).import(&store, &mut &input[..]);
+            let importer = ArchiveImporter::new(opts);
             // a failed import aborts its ingest; a successful one leaves none
-            let open = store.open_ingests().map_err(|e| e.to_string())?;
-            let _ = std::fs::remove_dir_all(&root);
-            if open != 0 {
-                return Err(format!("import ({res:?}) left {open} open ingests"));
+            if n % 4 == 0 {
+                let ns = daemon
+                    .lock()
+                    .unwrap()
+                    .namespace(n)
+                    .map_err(|e| format!("daemon store: {e}"))?;
+                let store = ContentAdapter(ns.clone());
+                let res = importer.import(&store, &mut &input[..]);
+                let open = ns
+                    .list_statuses(&Filter::default())
+                    .map_err(|e| e.to_string())?;
+                if !open.is_empty() {
+                    return Err(format!(
+                        "import into the daemon's store ({res:?}) left ingests {open:?}"
+                    ));
+                }
+            } else {
+                let root = dir.path().join(n.to_string());
+                let store = DirStore::new(&root).map_err(|e| format!("store: {e}"))?;
+                let res = importer.import(&store, &mut &input[..]);
+                let open = store.open_ingests().map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_dir_all(&root);
+                if open != 0 {
+                    return Err(format!("import ({res:?}) left {open} open ingests"));
+                }
             }
             Ok(())
         });
