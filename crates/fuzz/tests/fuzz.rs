@@ -125,17 +125,20 @@ fn reference_parsers_survive_mutated_references() {
                 if again != r {
                     return Err(format!("{s:?}: {r} reparses as {again}"));
                 }
-                let familiar = r.familiar();
-                let fam = Reference::parse_normalized(&familiar).map_err(|e| {
-                    format!("{s:?}: familiar form {familiar:?} does not parse: {e}")
-                })?;
                 // docker's familiar form is ambiguous when a docker.io path starts
-                // with a host-like component (docker.io/a.b/c familiarises to a.b/c)
+                // with a host-like component (docker.io/a.b/c familiarises to
+                // a.b/c, which names host a.b): only unambiguous ones must round-trip
+                let familiar = r.familiar();
                 let first = familiar.split('/').next().unwrap_or_default();
                 let ambiguous =
                     familiar.contains('/') && (first.contains(['.', ':']) || first == "localhost");
-                if fam != r && !ambiguous {
-                    return Err(format!("{s:?}: familiar {familiar:?} reparses as {fam}"));
+                if !ambiguous {
+                    let fam = Reference::parse_normalized(&familiar).map_err(|e| {
+                        format!("{s:?}: familiar form {familiar:?} does not parse: {e}")
+                    })?;
+                    if fam != r {
+                        return Err(format!("{s:?}: familiar {familiar:?} reparses as {fam}"));
+                    }
                 }
                 let _ = (r.object(), r.docker_ref(), r.with_tag("x"));
             }
