@@ -42,7 +42,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use stevedore_types::filters::Filter;
@@ -59,6 +59,8 @@ struct Inner {
     /// ref -> when its writer was opened.
     locks: Mutex<HashMap<String, SystemTime>>,
     tmp_seq: AtomicU64,
+    /// Most bytes one ingest may hold; 0 means no cap.
+    max_ingest_size: AtomicI64,
 }
 
 fn io_err(op: impl std::fmt::Display, e: std::io::Error) -> Error {
@@ -116,10 +118,24 @@ impl LocalStore {
                 root: root.to_path_buf(),
                 locks: Mutex::new(HashMap::new()),
                 tmp_seq: AtomicU64::new(0),
+                max_ingest_size: AtomicI64::new(0),
             }),
         };
         store.clean_ingests()?;
         Ok(store)
+    }
+
+    /// Cap the size of any one ingest (the content plugin's
+    /// `max_ingest_size`); 0 removes the cap. Every later write honours it.
+    pub fn set_max_ingest_size(&self, bytes: i64) {
+        self.inner
+            .max_ingest_size
+            .store(bytes.max(0), Ordering::Relaxed);
+    }
+
+    /// The cap on one ingest's size (0: none).
+    pub fn max_ingest_size(&self) -> i64 {
+        self.inner.max_ingest_size.load(Ordering::Relaxed)
     }
 
     /// The store's root directory.
@@ -232,6 +248,19 @@ impl LocalStore {
     }
 
     fn open_writer(&self, opts: WriterOpts) -> Result<LocalWriter> {
+        if opts.total < 0 {
+            return Err(Error::invalid(format!(
+                "ingest ref {:?}: invalid expected size {}",
+                opts.reference, opts.total
+            )));
+        }
+        let max = self.max_ingest_size();
+        if max > 0 && opts.total > max {
+            return Err(Error::invalid(format!(
+                "ingest ref {:?}: expected size {} exceeds the limit of {max} bytes per ingest (max_ingest_size)",
+                opts.reference, opts.total
+            )));
+        }
         let dir = self.ingest_dir(&opts.reference);
         if !dir.join("data").exists() {
             self.create_ingest(&dir, &opts)?;
@@ -289,6 +318,7 @@ impl LocalStore {
             } else {
                 status.total
             },
+            declared_total: opts.total,
             expected,
             started_at: status.started_at,
             updated_at: status.updated_at,
@@ -331,6 +361,10 @@ pub struct LocalWriter {
     hasher: Hasher,
     offset: i64,
     total: i64,
+    /// The total declared by whoever opened this writer (0: none). Writes
+    /// past it are refused; a total stored by an earlier session is only
+    /// reported (as containerd does), so a resume without one still works.
+    declared_total: i64,
     expected: Option<Digest>,
     started_at: SystemTime,
     updated_at: SystemTime,
@@ -354,6 +388,24 @@ impl LocalWriter {
 impl Writer for LocalWriter {
     fn write(&mut self, data: &[u8]) -> Result<()> {
         let r = self.reference.clone();
+        // the declared total and the store's cap bound what an ingest may hold
+        let end = self.offset.saturating_add(data.len() as i64);
+        if self.declared_total > 0 && end > self.declared_total {
+            return Err(Error::invalid(format!(
+                "ingest ref {r:?}: writing {} bytes at offset {} exceeds the expected total of {} bytes",
+                data.len(),
+                self.offset,
+                self.declared_total
+            )));
+        }
+        let max = self.store.max_ingest_size();
+        if max > 0 && end > max {
+            return Err(Error::invalid(format!(
+                "ingest ref {r:?}: writing {} bytes at offset {} exceeds the limit of {max} bytes per ingest (max_ingest_size)",
+                data.len(),
+                self.offset
+            )));
+        }
         self.file()?
             .write_all(data)
             .map_err(|e| io_err(format!("ingest ref {r:?}: write"), e))?;

@@ -26,6 +26,7 @@ macro_rules! content_store_conformance {
             resumes_interrupted_ingest,
             rejects_digest_mismatch_and_keeps_blob_invisible,
             rejects_size_mismatch,
+            refuses_writes_beyond_expected_total,
             second_writer_on_same_ref_is_unavailable,
             concurrent_writers_of_same_content_commit_once,
             reports_existing_blob_on_open,
@@ -166,6 +167,24 @@ pub fn rejects_size_mismatch(store: &dyn Store) {
         store.info(&digest_of(&bytes)).unwrap_err().kind,
         ErrorKind::NotFound
     );
+}
+
+pub fn refuses_writes_beyond_expected_total(store: &dyn Store) {
+    let bytes = data(5000, 9);
+    let mut w = store
+        .writer(WriterOpts::new("too-long").total(4000))
+        .unwrap();
+    w.write(&bytes[..4000]).unwrap();
+    let e = w.write(&bytes[4000..]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e:?}");
+    assert!(
+        e.message.contains("too-long") && e.message.contains("expected total of 4000 bytes"),
+        "{e}"
+    );
+    // what fits is still there and commits
+    assert_eq!(w.status().unwrap().offset, 4000);
+    w.commit(4000, Some(&digest_of(&bytes[..4000])), HashMap::new())
+        .unwrap();
 }
 
 pub fn second_writer_on_same_ref_is_unavailable(store: &dyn Store) {

@@ -64,3 +64,51 @@ fn blobs_are_read_only_and_named_by_digest() {
         0o444
     );
 }
+
+#[test]
+fn max_ingest_size_caps_declared_and_unknown_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    store.set_max_ingest_size(1000);
+    let e = store
+        .writer(WriterOpts::new("declared").total(1001))
+        .err()
+        .expect("declared size over the cap");
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(e.message.contains("max_ingest_size"), "{e}");
+    let mut w = store.writer(WriterOpts::new("unknown")).unwrap();
+    w.write(&[7u8; 600]).unwrap();
+    let e = w.write(&[7u8; 401]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(
+        e.message.contains("\"unknown\"") && e.message.contains("limit of 1000 bytes"),
+        "{e}"
+    );
+    w.write(&[7u8; 400]).unwrap();
+    store.set_max_ingest_size(0);
+    w.write(&[7u8; 10]).unwrap();
+}
+
+#[test]
+fn only_the_total_declared_by_the_open_session_bounds_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let bytes = [3u8; 150];
+    let mut w = store.writer(WriterOpts::new("r").total(100)).unwrap();
+    w.write(&bytes[..50]).unwrap();
+    drop(w);
+    // a resume that declares no total is not held to the earlier one
+    // (containerd keeps the stored total as information only)
+    let mut w = store.writer(WriterOpts::new("r")).unwrap();
+    w.write(&bytes[50..]).unwrap();
+    let d = w
+        .commit(150, Some(&digest_of(&bytes)), HashMap::new())
+        .unwrap();
+    assert_eq!(store.info(&d).unwrap().size, 150);
+    // one that declares a total is
+    let mut w = store.writer(WriterOpts::new("r2").total(10)).unwrap();
+    assert_eq!(
+        w.write(&bytes[..11]).unwrap_err().kind,
+        ErrorKind::InvalidArgument
+    );
+}

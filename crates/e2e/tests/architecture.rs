@@ -23,6 +23,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore", 6),
         ("stevedore-shim", 6),
         ("stevedore-e2e", 7),
+        ("stevedore-fuzz", 7),
     ])
 }
 

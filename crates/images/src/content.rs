@@ -146,10 +146,10 @@ impl<R: Read> Read for DigestingReader<R> {
     }
 }
 
-/// Largest manifest or index the library will parse (as registries enforce).
-pub const MAX_MANIFEST_SIZE: i64 = 4 << 20;
+/// Largest manifest or index the library will parse (containerd's limit).
+pub const MAX_MANIFEST_SIZE: i64 = stevedore_types::limits::MAX_MANIFEST_SIZE;
 /// Largest image config or other JSON document the library will parse.
-pub const MAX_JSON_SIZE: i64 = 20 << 20;
+pub const MAX_JSON_SIZE: i64 = stevedore_types::limits::MAX_CONFIG_SIZE;
 
 /// Read a whole small blob (a manifest, index or config), refusing anything
 /// larger than `limit` with InvalidArgument and verifying size and digest.

@@ -54,6 +54,9 @@ fn json_err(what: &str, d: &Descriptor, e: serde_json::Error) -> Error {
 pub fn convert(store: &dyn Store, desc: &Descriptor, opts: &ConvertOptions) -> Result<Descriptor> {
     if is_index_type(&desc.media_type) {
         let bytes = read_blob(store.as_provider(), desc, MAX_MANIFEST_SIZE)?;
+        // the limits and checks every index read gets; the rewrite below
+        // keeps fields this library does not model, so it works on JSON values
+        crate::spec::decode::<crate::spec::Index>(&bytes, desc)?;
         let mut doc: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| json_err("index", desc, e))?;
         let list: Vec<Descriptor> = serde_json::from_value(doc["manifests"].clone())
@@ -80,6 +83,7 @@ pub fn convert(store: &dyn Store, desc: &Descriptor, opts: &ConvertOptions) -> R
     }
     if is_manifest_type(&desc.media_type) {
         let bytes = read_blob(store.as_provider(), desc, MAX_MANIFEST_SIZE)?;
+        crate::spec::decode::<crate::spec::Manifest>(&bytes, desc)?;
         let mut doc: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| json_err("manifest", desc, e))?;
         let mut config: Descriptor = serde_json::from_value(doc["config"].clone())

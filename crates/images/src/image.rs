@@ -151,7 +151,14 @@ pub fn size(
             ))
             .into());
         }
-        total.set(total.get() + d.size);
+        // sizes come from manifests: a hostile one must not overflow the sum
+        let sum = total.get().checked_add(d.size).ok_or_else(|| {
+            Error::invalid(format!(
+                "image {}: total size overflows at {} ({})",
+                image.digest, d.digest, d.media_type
+            ))
+        })?;
+        total.set(sum);
         Ok(Vec::new())
     };
     let kids = limit_manifests(

@@ -357,3 +357,20 @@ fn computes_and_remembers_diff_ids() {
     );
     assert_eq!(get_diff_id(&store, &store, &zs).unwrap(), want);
 }
+
+// found by the fuzzer (crates/fuzz, target spec_json): sizes come from the
+// manifest, and two near-i64::MAX ones overflowed the sum (a panic in debug
+// builds, a wrong total in release)
+#[test]
+fn size_of_hostile_manifest_is_an_error_not_an_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DirStore::new(dir.path()).unwrap();
+    let digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let m = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{digest}","size":9223372036854775807}},"layers":[{{"mediaType":"{OCI_LAYER}","digest":"{digest}","size":5120}}]}}"#
+    );
+    let desc = store.put(OCI_MANIFEST, m.as_bytes()).unwrap();
+    let e = size(&store, &desc, &All).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(e.message.contains("total size overflows"), "{e}");
+}

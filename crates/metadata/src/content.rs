@@ -183,7 +183,7 @@ impl Store for NsContent {
 
     fn update(&self, info: Info, paths: &[String]) -> Result<Info> {
         labels::validate_all(&info.labels)
-            .map_err(|e| e.context(format!("content {}", info.digest)))?;
+            .map_err(|e| e.context(format!("content {}: info.Labels", info.digest)))?;
         let d = info.digest.to_string();
         let out = self.db.update(|tx| {
             let mut t = tx.open_table(BLOBS).map_err(|e| db_err("open blobs", e))?;

@@ -17,7 +17,7 @@ pub const DOCKER_SCHEMA1_MANIFEST_UNSIGNED: &str =
 pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 
 /// Largest manifest accepted from a registry (containerd's `MaxManifestSize`).
-pub const MAX_MANIFEST_SIZE: i64 = 4 * 1048 * 1048;
+pub const MAX_MANIFEST_SIZE: i64 = stevedore_types::limits::MAX_MANIFEST_SIZE;
 
 /// Whether `media_type` is a manifest or index (served under `/manifests/`).
 pub fn is_manifest(media_type: &str) -> bool {

@@ -146,6 +146,12 @@ impl Reference {
             return Err(invalid(input, "repository name must be lowercase"));
         }
         let mut r = Self::parse_qualified_inner(input, &format!("{domain}/{remainder}"))?;
+        if r.domain.is_empty() {
+            // the first component looked like a host (it has a '.' or ':') but
+            // is not a valid one: docker would keep it as a path with no
+            // registry at all, which cannot be pulled from anywhere
+            return Err(invalid(input, &format!("invalid registry host {domain:?}")));
+        }
         if r.tag.is_none() && r.digest.is_none() {
             r.tag = Some(DEFAULT_TAG.to_string());
         }
@@ -446,5 +452,18 @@ mod tests {
             "docker.io/library/busybox:v2"
         );
         assert!(r.with_tag("bad tag").is_err());
+    }
+
+    // found by the fuzzer (crates/fuzz, target reference): the first component
+    // has a '.' so it was taken for a host, but '_' makes it an invalid one;
+    // the reference came back with no host and printed as "/a_b.io/c:latest"
+    #[test]
+    fn refuses_host_like_first_component_that_is_not_a_valid_host() {
+        for s in ["a_b.io/c", "e3b0c442_98fc1c1index.docker.io/b"] {
+            let e = Reference::parse_normalized(s).unwrap_err();
+            assert_eq!(e.kind, stevedore_types::ErrorKind::InvalidArgument);
+            assert!(e.message.contains("invalid registry host"), "{s}: {e}");
+        }
+        assert_eq!(norm("a-b.io/c"), "a-b.io/c:latest");
     }
 }

@@ -81,11 +81,19 @@ impl Ingester for ContentAdapter {
                 )));
             }
         }
-        let writer = self.0.writer(WriterOpts {
+        let mut writer = self.0.writer(WriterOpts {
             reference: reference.to_string(),
             total: expected_size.unwrap_or(0),
             expected: expected_digest.cloned(),
         })?;
+        // the images library writes every blob from its first byte: start the
+        // ingest there. Otherwise the leftover of an interrupted import, or a
+        // "shared" ingest of a blob another namespace holds (which reports
+        // the whole blob as written, for clients that resume), would be
+        // appended to and fail its size check.
+        if writer.status()?.offset > 0 {
+            writer.truncate(0)?;
+        }
         Ok(Box::new(IngestWriter {
             writer,
             content: self.0.clone(),
@@ -175,5 +183,51 @@ impl<T> Write for ChannelWriter<T> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.send()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use stevedore_content::local::LocalStore;
+    use stevedore_metadata::Db;
+
+    fn ingest(a: &ContentAdapter, reference: &str, bytes: &[u8]) -> Result<()> {
+        let d = stevedore_content::digest_of(bytes);
+        let mut w = a.writer(reference, Some(bytes.len() as i64), Some(&d))?;
+        w.write_all(bytes)?;
+        w.commit(bytes.len() as i64, &d, HashMap::new())
+    }
+
+    // found by the fuzzer (crates/fuzz, target archive_import over the
+    // daemon's store): importing a blob another namespace already holds
+    // appended the whole blob a second time and failed "size validation"
+    #[test]
+    fn imports_blobs_other_namespaces_hold_and_restarts_leftover_ingests() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("meta.db")).unwrap());
+        db.attach_content(
+            LocalStore::open(&dir.path().join("content")).unwrap(),
+            Default::default(),
+        )
+        .unwrap();
+        let bytes = vec![5u8; 3000];
+        let d = stevedore_content::digest_of(&bytes);
+        ingest(&ContentAdapter(db.content("a", None)), "tar-blob", &bytes).unwrap();
+        let b = ContentAdapter(db.content("b", None));
+        ingest(&b, "tar-blob", &bytes).unwrap();
+        assert_eq!(b.info(&d).unwrap().size, 3000);
+
+        // an import interrupted mid-blob leaves an ingest; the next one
+        // writes the blob from the start again
+        let c = ContentAdapter(db.content("c", None));
+        let other = vec![6u8; 3000];
+        let od = stevedore_content::digest_of(&other);
+        let mut w = c.writer("tar-other", Some(3000), Some(&od)).unwrap();
+        w.write_all(&other[..1000]).unwrap();
+        drop(w);
+        ingest(&c, "tar-other", &other).unwrap();
+        assert_eq!(c.info(&od).unwrap().size, 3000);
     }
 }

@@ -26,7 +26,9 @@ pub struct ContainersService {
 
 impl ContainersService {
     pub fn grpc(db: Arc<Db>, exchange: Exchange) -> GrpcService {
-        GrpcService::new(ContainersServer::new(ContainersService { db, exchange }))
+        GrpcService::new(crate::with_message_limits!(ContainersServer::new(
+            ContainersService { db, exchange }
+        )))
     }
 }
 

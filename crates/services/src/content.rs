@@ -46,11 +46,9 @@ pub struct ContentService {
 
 impl ContentService {
     pub fn grpc(db: Arc<Db>, exchange: Exchange) -> GrpcService {
-        GrpcService::new(
-            ContentServer::new(ContentService { db, exchange })
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
+        GrpcService::new(crate::with_message_limits!(ContentServer::new(
+            ContentService { db, exchange }
+        )))
     }
 
     fn store<T>(&self, req: &Request<T>) -> Result<NsContent, Status> {

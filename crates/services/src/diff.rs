@@ -33,7 +33,10 @@ pub struct DiffService {
 
 impl DiffService {
     pub fn grpc(db: Arc<Db>, scratch: PathBuf) -> GrpcService {
-        GrpcService::new(DiffServer::new(DiffService { db, scratch }))
+        GrpcService::new(crate::with_message_limits!(DiffServer::new(DiffService {
+            db,
+            scratch
+        })))
     }
 }
 

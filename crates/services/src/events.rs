@@ -20,7 +20,9 @@ pub struct EventsService {
 
 impl EventsService {
     pub fn grpc(exchange: Exchange) -> GrpcService {
-        GrpcService::new(EventsServer::new(EventsService { exchange }))
+        GrpcService::new(crate::with_message_limits!(EventsServer::new(
+            EventsService { exchange }
+        )))
     }
 }
 

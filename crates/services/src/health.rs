@@ -15,7 +15,9 @@ pub struct HealthService;
 
 impl HealthService {
     pub fn grpc() -> GrpcService {
-        GrpcService::new(HealthServer::new(HealthService))
+        GrpcService::new(crate::with_message_limits!(HealthServer::new(
+            HealthService
+        )))
     }
 }
 

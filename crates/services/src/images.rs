@@ -27,7 +27,9 @@ pub struct ImagesService {
 
 impl ImagesService {
     pub fn grpc(db: Arc<Db>, exchange: Exchange, gc: Option<Arc<GcScheduler>>) -> GrpcService {
-        GrpcService::new(ImagesServer::new(ImagesService { db, exchange, gc }))
+        GrpcService::new(crate::with_message_limits!(ImagesServer::new(
+            ImagesService { db, exchange, gc }
+        )))
     }
 }
 
@@ -118,22 +120,26 @@ impl Images for ImagesService {
         let r = req.into_inner();
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let pb = required(r.image, "update")?;
-        // a partial update may omit the target
-        let img =
-            if pb.target.is_none() && !paths.is_empty() && !paths.iter().any(|p| p == "target") {
-                let db = self.db.clone();
-                let (n, name) = (ns.clone(), pb.name.clone());
-                let current = blocking(move || db.get_image(&n, &name)).await?;
-                Image {
-                    name: pb.name,
-                    labels: pb.labels,
-                    target: current.target,
-                    created_at: 0,
-                    updated_at: 0,
-                }
-            } else {
-                from_pb(pb)?
-            };
+        // a partial update that leaves the target alone may omit it, or send
+        // an empty one (containerd's client always sends a target: `ctr
+        // images label` sends one with no digest); only its annotations count
+        let img = if !paths.is_empty() && !paths.iter().any(|p| p == "target") {
+            let db = self.db.clone();
+            let (n, name) = (ns.clone(), pb.name.clone());
+            let mut target = blocking(move || db.get_image(&n, &name)).await?.target;
+            if let Some(t) = pb.target {
+                target.annotations = t.annotations.into_iter().collect();
+            }
+            Image {
+                name: pb.name,
+                labels: pb.labels,
+                target,
+                created_at: 0,
+                updated_at: 0,
+            }
+        } else {
+            from_pb(pb)?
+        };
         let db = self.db.clone();
         let n = ns.clone();
         let updated = blocking(move || db.update_image(&n, img, &paths)).await?;

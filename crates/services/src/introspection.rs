@@ -24,11 +24,13 @@ pub struct IntrospectionService {
 
 impl IntrospectionService {
     pub fn grpc(records: Arc<OnceLock<Vec<PluginRecord>>>, root: PathBuf) -> GrpcService {
-        GrpcService::new(IntrospectionServer::new(IntrospectionService {
-            records,
-            uuid_path: root.join("uuid"),
-            uuid: tokio::sync::Mutex::new(None),
-        }))
+        GrpcService::new(crate::with_message_limits!(IntrospectionServer::new(
+            IntrospectionService {
+                records,
+                uuid_path: root.join("uuid"),
+                uuid: tokio::sync::Mutex::new(None),
+            }
+        )))
     }
 }
 

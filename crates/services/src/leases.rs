@@ -23,7 +23,9 @@ pub struct LeasesService {
 
 impl LeasesService {
     pub fn grpc(db: Arc<Db>, gc: Arc<GcScheduler>) -> GrpcService {
-        GrpcService::new(LeasesServer::new(LeasesService { db, gc }))
+        GrpcService::new(crate::with_message_limits!(LeasesServer::new(
+            LeasesService { db, gc }
+        )))
     }
 }
 

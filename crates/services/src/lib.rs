@@ -3,6 +3,18 @@
 //! gRPC statuses here (through `stevedore_api::status`), and events are
 //! published here after each state change.
 
+/// Apply containerd's gRPC message limits (16 MiB each way, see
+/// `stevedore_types::limits`) to a generated server: every service's
+/// `grpc()` wraps its server in this, so the limit is set in one place.
+#[macro_export]
+macro_rules! with_message_limits {
+    ($server:expr) => {
+        $server
+            .max_decoding_message_size(stevedore_types::limits::MAX_RECV_MESSAGE_SIZE)
+            .max_encoding_message_size(stevedore_types::limits::MAX_SEND_MESSAGE_SIZE)
+    };
+}
+
 pub mod archive;
 pub mod containers;
 pub mod content;

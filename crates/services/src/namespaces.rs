@@ -22,7 +22,9 @@ pub struct NamespacesService {
 
 impl NamespacesService {
     pub fn grpc(db: Arc<Db>, exchange: Exchange) -> GrpcService {
-        GrpcService::new(NamespacesServer::new(NamespacesService { db, exchange }))
+        GrpcService::new(crate::with_message_limits!(NamespacesServer::new(
+            NamespacesService { db, exchange }
+        )))
     }
 }
 

@@ -52,6 +52,15 @@ fn btrfs() -> Registration {
     })
 }
 
+/// The content plugin's config section.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContentConfig {
+    /// Most bytes a single ingest may hold (writes beyond it are refused
+    /// with InvalidArgument); 0 means no cap beyond each ingest's own total.
+    pub max_ingest_size: i64,
+}
+
 /// The metadata plugin's config section.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,12 +80,17 @@ impl Default for BoltConfig {
 /// All plugins stevedored knows.
 pub fn plugins() -> Registry {
     let mut r = Registry::new();
-    r.register(Registration::new(CONTENT, "content", |ctx| {
-        let store = LocalStore::open(&ctx.root)?;
-        ctx.exports
-            .insert("root".into(), ctx.root.display().to_string());
-        Ok(Arc::new(store) as Instance)
-    }));
+    r.register(
+        Registration::new(CONTENT, "content", |ctx| {
+            let cfg: ContentConfig = ctx.config_as()?;
+            let store = LocalStore::open(&ctx.root)?;
+            store.set_max_ingest_size(cfg.max_ingest_size);
+            ctx.exports
+                .insert("root".into(), ctx.root.display().to_string());
+            Ok(Arc::new(store) as Instance)
+        })
+        .with_config(ConfigSpec::of::<ContentConfig>()),
+    );
     r.register(btrfs());
     r.register(snapshotter("native", |root| {
         Ok(Arc::new(stevedore_snapshots::native::open(root)?) as Arc<dyn Snapshotter>)

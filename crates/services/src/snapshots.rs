@@ -45,11 +45,13 @@ impl SnapshotsService {
         exchange: Exchange,
         db: Option<Arc<Db>>,
     ) -> GrpcService {
-        GrpcService::new(SnapshotsServer::new(SnapshotsService {
-            snapshotters,
-            exchange,
-            db,
-        }))
+        GrpcService::new(crate::with_message_limits!(SnapshotsServer::new(
+            SnapshotsService {
+                snapshotters,
+                exchange,
+                db,
+            }
+        )))
     }
 
     /// Add a snapshot to the request's lease, if it has one.

@@ -184,10 +184,12 @@ pub struct TasksService {
 
 impl TasksService {
     pub fn grpc(db: Arc<Db>, rt: Arc<RuntimeV2>) -> GrpcService {
-        GrpcService::new(TasksServer::new(TasksService {
-            db,
-            manager: rt.manager.clone(),
-        }))
+        GrpcService::new(crate::with_message_limits!(TasksServer::new(
+            TasksService {
+                db,
+                manager: rt.manager.clone(),
+            }
+        )))
     }
 }
 

@@ -56,12 +56,14 @@ impl TransferService {
         exchange: Exchange,
         scratch: PathBuf,
     ) -> GrpcService {
-        GrpcService::new(TransferServer::new(TransferService {
-            db,
-            snapshotters,
-            exchange,
-            scratch,
-        }))
+        GrpcService::new(crate::with_message_limits!(TransferServer::new(
+            TransferService {
+                db,
+                snapshotters,
+                exchange,
+                scratch,
+            }
+        )))
     }
 }
 
@@ -318,7 +320,8 @@ impl Pull {
         Ok(())
     }
 
-    async fn read_json<T: serde::de::DeserializeOwned + Send + 'static>(
+    /// Read a manifest, index or config with the images library's limits.
+    async fn read_json<T: stevedore_images::spec::Document + Send + 'static>(
         &self,
         desc: &Descriptor,
     ) -> Result<T> {
@@ -326,10 +329,18 @@ impl Pull {
         let d = desc.clone();
         blocking(move || {
             let ra = content.reader_at(&d.digest)?;
+            if ra.size() > T::MAX_SIZE as u64 {
+                return Err(Error::invalid(format!(
+                    "{} {}: {} bytes exceed the limit of {} bytes",
+                    T::KIND,
+                    d.digest,
+                    ra.size(),
+                    T::MAX_SIZE
+                )));
+            }
             let mut buf = Vec::new();
             stevedore_content::read_all(ra.as_ref(), &mut buf)?;
-            serde_json::from_slice(&buf)
-                .map_err(|e| Error::invalid(format!("parse {} ({}): {e}", d.digest, d.media_type)))
+            stevedore_images::spec::decode(&buf, &d)
         })
         .await
     }
@@ -1092,6 +1103,14 @@ async fn push_image(
         async move {
             blocking(move || {
                 let ra = c.reader_at(&d.digest)?;
+                let limit = stevedore_types::limits::MAX_MANIFEST_SIZE as u64;
+                if ra.size() > limit {
+                    return Err(Error::invalid(format!(
+                        "manifest {}: {} bytes exceed the limit of {limit} bytes",
+                        d.digest,
+                        ra.size()
+                    )));
+                }
                 let mut buf = Vec::new();
                 stevedore_content::read_all(ra.as_ref(), &mut buf)?;
                 Ok(buf)
@@ -1105,8 +1124,7 @@ async fn push_image(
     let mut manifests: Vec<Descriptor> = Vec::new();
     let mut root_bytes = read_json(root.clone()).await?;
     if mediatypes::is_index_type(&root.media_type) {
-        let mut index: Index = serde_json::from_slice(&root_bytes)
-            .map_err(|e| Error::invalid(format!("parse index {}: {e}", root.digest)))?;
+        let mut index: Index = stevedore_images::spec::decode(&root_bytes, &root)?;
         let all = index.manifests.len();
         index.manifests.retain(|m| {
             m.platform
@@ -1127,8 +1145,7 @@ async fn push_image(
     }
     for m in &manifests {
         let bytes = read_json(m.clone()).await?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::invalid(format!("parse manifest {}: {e}", m.digest)))?;
+        let manifest: Manifest = stevedore_images::spec::decode(&bytes, m)?;
         blobs.push(manifest.config.clone());
         for l in manifest.layers {
             if !mediatypes::is_non_distributable(&l.media_type)

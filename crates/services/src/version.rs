@@ -20,7 +20,9 @@ pub struct VersionService;
 
 impl VersionService {
     pub fn grpc() -> GrpcService {
-        GrpcService::new(VersionServer::new(VersionService))
+        GrpcService::new(crate::with_message_limits!(VersionServer::new(
+            VersionService
+        )))
     }
 }
 

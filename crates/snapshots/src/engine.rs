@@ -217,7 +217,8 @@ impl<B: Backend> Engine<B> {
         if key.is_empty() {
             return Err(Error::invalid("snapshot key must not be empty"));
         }
-        labels::validate_all(&labels)?;
+        labels::validate_all(&labels)
+            .map_err(|e| e.context(format!("snapshot {key:?}: info.Labels")))?;
         // cheap early checks; repeated under the write lock below
         let parent_id = {
             let tx = self.db.begin_read().map_err(|e| db_err("begin read", e))?;
@@ -401,7 +402,8 @@ impl<B: Backend> Snapshotter for Engine<B> {
                     }
                 }
             }
-            labels::validate_all(&rec.labels)?;
+            labels::validate_all(&rec.labels)
+                .map_err(|e| e.context(format!("snapshot {key:?}: info.Labels")))?;
             rec.updated_ns = now_ns();
             write(&mut t, &key, &rec)?;
             rec
@@ -448,7 +450,8 @@ impl<B: Backend> Snapshotter for Engine<B> {
         if name.is_empty() {
             return Err(Error::invalid("commit name must not be empty"));
         }
-        labels::validate_all(&labels)?;
+        labels::validate_all(&labels)
+            .map_err(|e| e.context(format!("snapshot {name:?}: info.Labels")))?;
         let rec = self.get(key).map_err(|e| {
             if e.is(ErrorKind::NotFound) {
                 Error::not_found(format!("failed to get active snapshot {key:?}: not found"))

@@ -1,10 +1,7 @@
 //! stevedored: serves containerd's gRPC API on a unix socket.
 
-mod config;
-
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use config::{Config, DEFAULT_CONFIG_PATH};
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +11,7 @@ use stevedore_plugin::{
 };
 use stevedore_services::exchange::Exchange;
 use stevedore_services::GrpcService;
+use stevedored::config::{Config, DEFAULT_CONFIG_PATH};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 

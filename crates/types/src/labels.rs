@@ -1,26 +1,25 @@
-//! Label validation with containerd's limits.
+//! Label validation with containerd's limits (`labels/validate.go`).
 
 use crate::error::Error;
+pub use crate::limits::MAX_LABEL_SIZE;
 use std::collections::HashMap;
 
-/// containerd's maximum size of a label key, and of key plus value.
-pub const MAX_LABEL_SIZE: usize = 4096;
-
-/// Validate one label the way containerd's `labels.Validate` does.
+/// Validate one label the way containerd's `labels.Validate` does: key plus
+/// value at most [`MAX_LABEL_SIZE`] bytes, with containerd's message (which
+/// names the key by its first 10 bytes). An empty key is refused too
+/// (containerd's bolt store fails on it with "key required").
 pub fn validate(key: &str, value: &str) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error::invalid("label key must not be empty"));
     }
-    if key.len() > MAX_LABEL_SIZE {
-        return Err(Error::invalid(format!(
-            "label key length ({} bytes) greater than maximum size ({MAX_LABEL_SIZE} bytes)",
-            key.len()
-        )));
-    }
     if key.len() + value.len() > MAX_LABEL_SIZE {
+        let mut end = key.len().min(10);
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
         return Err(Error::invalid(format!(
-            "label key and value length ({} bytes) greater than maximum size ({MAX_LABEL_SIZE} bytes)",
-            key.len() + value.len()
+            "label key and value greater than maximum size ({MAX_LABEL_SIZE} bytes), key: {}",
+            &key[..end]
         )));
     }
     Ok(())
@@ -29,7 +28,7 @@ pub fn validate(key: &str, value: &str) -> Result<(), Error> {
 /// Validate every label of a set.
 pub fn validate_all(labels: &HashMap<String, String>) -> Result<(), Error> {
     for (k, v) in labels {
-        validate(k, v).map_err(|e| e.context(format!("label {k:?}")))?;
+        validate(k, v)?;
     }
     Ok(())
 }
@@ -37,19 +36,29 @@ pub fn validate_all(labels: &HashMap<String, String>) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     #[test]
-    fn enforces_containerd_limits() {
+    fn enforces_containerd_limit_with_its_message() {
         assert!(validate("a", "b").is_ok());
         assert!(validate(&"k".repeat(4096), "").is_ok());
-        assert!(validate(&"k".repeat(4097), "")
-            .unwrap_err()
-            .message
-            .contains("label key length (4097 bytes)"));
-        assert!(validate(&"k".repeat(2048), &"v".repeat(2049))
-            .unwrap_err()
-            .message
-            .contains("key and value length (4097 bytes)"));
+        assert!(validate(&"k".repeat(2048), &"v".repeat(2048)).is_ok());
+        let e = validate(&"k".repeat(4097), "").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert_eq!(
+            e.message,
+            "label key and value greater than maximum size (4096 bytes), key: kkkkkkkkkk"
+        );
+        let e = validate("short", &"v".repeat(4092)).unwrap_err();
+        assert!(e.message.ends_with("key: short"), "{e}");
         assert!(validate("", "v").is_err());
+    }
+
+    #[test]
+    fn names_a_multibyte_key_without_splitting_a_character() {
+        // 'é' is two bytes: the 10-byte cut falls inside the fifth one
+        let key = format!("a{}", "é".repeat(3000));
+        let e = validate(&key, "").unwrap_err();
+        assert!(e.message.ends_with("key: aéééé"), "{e}");
     }
 }

@@ -6,6 +6,7 @@ pub mod digest;
 pub mod error;
 pub mod filters;
 pub mod labels;
+pub mod limits;
 pub mod mount;
 pub mod platform;
 

@@ -156,12 +156,8 @@ impl OciExporter {
         let mut entries = Vec::new();
         for (desc, names) in manifests {
             let b = read_blob(provider, desc, MAX_MANIFEST_SIZE)?;
-            let m: Manifest = serde_json::from_slice(&b).map_err(|e| {
-                Error::invalid(format!(
-                    "unable to create manifests file: manifest {}: {e}",
-                    desc.digest
-                ))
-            })?;
+            let m: Manifest = crate::spec::decode(&b, desc)
+                .map_err(|e| e.context("unable to create manifests file"))?;
             let layers = m.layers.iter().map(|l| blob_path(&l.digest)).collect();
             let mut tags = Vec::new();
             for n in names {

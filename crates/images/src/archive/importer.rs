@@ -29,6 +29,7 @@ use crate::spec::{read_index, ImageLayout};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
+use stevedore_types::limits::MAX_LAYERS;
 use stevedore_types::platform::MatchPlatform;
 use stevedore_types::{Algorithm, Descriptor, Digest, Error, ErrorKind, Result};
 
@@ -415,6 +416,13 @@ pub fn import_index(
     }
     let mut manifests = Vec::new();
     for m in &mfsts {
+        let n = m.layers.as_ref().map_or(0, Vec::len);
+        if n > MAX_LAYERS {
+            return Err(Error::invalid(format!(
+                "archive manifest.json: image {:?}: {n} layers exceed the limit of {MAX_LAYERS}",
+                m.config
+            )));
+        }
         let cfg_name = clean_name(&m.config)?;
         let mut config = blobs
             .get(&cfg_name)
