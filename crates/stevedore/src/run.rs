@@ -586,6 +586,42 @@ fn pump_out(path: &str, err: bool) -> Result<std::thread::JoinHandle<()>> {
     }))
 }
 
+/// This process's ends of a process's FIFOs.
+struct Attachment {
+    /// Output copies (foreground).
+    outs: Vec<std::thread::JoinHandle<()>>,
+    /// Fires with the stdin FIFO when our input ends (foreground).
+    stdin_done: Option<tokio::sync::oneshot::Receiver<std::fs::File>>,
+    /// The host terminal in raw mode (foreground with a tty).
+    raw: Option<RawTerminal>,
+    /// Read ends held while a detached process is created: containerd's Go
+    /// shim blocks opening an output FIFO until a reader exists.
+    _readers: Vec<std::fs::File>,
+}
+
+impl Attachment {
+    fn open(stdio: &Stdio, tty: bool, detach: bool) -> Result<Attachment> {
+        if detach {
+            return Ok(Attachment {
+                outs: Vec::new(),
+                stdin_done: None,
+                raw: None,
+                _readers: hold_readers(stdio)?,
+            });
+        }
+        let mut outs = vec![pump_out(&stdio.stdout, false)?];
+        if !stdio.stderr.is_empty() {
+            outs.push(pump_out(&stdio.stderr, true)?);
+        }
+        Ok(Attachment {
+            outs,
+            raw: tty.then(RawTerminal::enable),
+            stdin_done: Some(pump_in(&stdio.stdin)?),
+            _readers: Vec::new(),
+        })
+    }
+}
+
 /// Non-blocking read ends of the output FIFOs, held while the task is
 /// created and started.
 fn hold_readers(stdio: &Stdio) -> Result<Vec<std::fs::File>> {
@@ -794,26 +830,12 @@ async fn start_task(conn: &Conn, id: &str, detach: bool) -> Result<Option<u32>> 
         .into_inner()
         .mounts;
     let stdio = Stdio::create(fifo_dir(&conn.namespace, id), tty, !detach)?;
-    let mut outs = Vec::new();
-    let mut stdin_done = None;
-    let mut raw = None;
-    if !detach {
-        outs.push(pump_out(&stdio.stdout, false)?);
-        if !stdio.stderr.is_empty() {
-            outs.push(pump_out(&stdio.stderr, true)?);
-        }
-        if tty {
-            raw = Some(RawTerminal::enable());
-        }
-        stdin_done = Some(pump_in(&stdio.stdin)?);
-    }
-    // a detached task still needs a reader on its output FIFOs while the
-    // shim opens them (containerd's Go shim blocks until one exists)
-    let _readers = if detach {
-        hold_readers(&stdio)?
-    } else {
-        Vec::new()
-    };
+    let Attachment {
+        outs,
+        stdin_done,
+        raw,
+        _readers,
+    } = Attachment::open(&stdio, tty, detach)?;
     let mut tasks = tasks_client(conn)?;
     let created = tasks
         .create(CreateTaskRequest {
@@ -991,24 +1013,12 @@ pub async fn exec(conn: &Conn, a: ExecArgs) -> Result<u32> {
         a.tty,
         !a.detach,
     )?;
-    let mut outs = Vec::new();
-    let mut stdin_done = None;
-    let mut raw = None;
-    if !a.detach {
-        outs.push(pump_out(&stdio.stdout, false)?);
-        if !stdio.stderr.is_empty() {
-            outs.push(pump_out(&stdio.stderr, true)?);
-        }
-        if a.tty {
-            raw = Some(RawTerminal::enable());
-        }
-        stdin_done = Some(pump_in(&stdio.stdin)?);
-    }
-    let _readers = if a.detach {
-        hold_readers(&stdio)?
-    } else {
-        Vec::new()
-    };
+    let Attachment {
+        outs,
+        stdin_done,
+        raw,
+        _readers,
+    } = Attachment::open(&stdio, a.tty, a.detach)?;
     let mut tasks = tasks_client(conn)?;
     if let Err(st) = tasks
         .exec(ExecProcessRequest {
