@@ -450,3 +450,21 @@ pub fn multi_image(dir: &Path) -> Images {
     require_tool("busybox", "busybox-static");
     make_image("multi", dir, &[])
 }
+
+/// The parent of process `pid` (for a task's init process: its shim).
+pub fn parent_pid(pid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    stat.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("ppid in stat")
+}
+
+/// The command line of the parent of process `pid`, NULs as spaces.
+pub fn parent_cmdline(pid: u32) -> String {
+    let ppid = parent_pid(pid);
+    std::fs::read_to_string(format!("/proc/{ppid}/cmdline"))
+        .expect("read parent cmdline")
+        .replace('\0', " ")
+}

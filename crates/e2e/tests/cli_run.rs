@@ -11,6 +11,21 @@ use stevedore_e2e::{busybox_image, require_tool, Daemon};
 
 const GO_SHIM_CONFIG: &str = "[plugins.\"io.containerd.runtime.v2.task\".shims]\n\"io.containerd.runc.v2\" = \"containerd-shim-runc-v2\"\n";
 
+/// A test on stevedore's shim and one on containerd's Go shim.
+macro_rules! on_both_shims {
+    ($f:ident: $stevedore:ident, $go:ident) => {
+        #[test]
+        fn $stevedore() {
+            $f(Shim::Stevedore);
+        }
+
+        #[test]
+        fn $go() {
+            $f(Shim::Go);
+        }
+    };
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Shim {
     Stevedore,
@@ -46,18 +61,7 @@ fn shim_of(d: &Daemon, id: &str) -> String {
         .unwrap_or_else(|| panic!("task {id} not listed: {out}"))["pid"]
         .as_u64()
         .unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ppid = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
-    std::fs::read_to_string(format!("/proc/{ppid}/cmdline"))
-        .unwrap()
-        .replace('\0', " ")
+    stevedore_e2e::parent_cmdline(pid as u32)
 }
 
 fn run_prints_output_propagates_exit_codes_and_stdin(shim: Shim) {
@@ -130,15 +134,7 @@ fn run_prints_output_propagates_exit_codes_and_stdin(shim: Shim) {
     assert_eq!(d.cli_ok(&["containers", "ls", "-q"]), "");
 }
 
-#[test]
-fn stevedore_shim_run_prints_output_propagates_exit_codes_and_stdin() {
-    run_prints_output_propagates_exit_codes_and_stdin(Shim::Stevedore);
-}
-
-#[test]
-fn go_shim_run_prints_output_propagates_exit_codes_and_stdin() {
-    run_prints_output_propagates_exit_codes_and_stdin(Shim::Go);
-}
+on_both_shims!(run_prints_output_propagates_exit_codes_and_stdin: stevedore_shim_run_prints_output_propagates_exit_codes_and_stdin, go_shim_run_prints_output_propagates_exit_codes_and_stdin);
 
 fn detached_task_lifecycle(shim: Shim) {
     let (d, _dir, img) = setup(shim);
@@ -209,15 +205,7 @@ fn detached_task_lifecycle(shim: Shim) {
         .any(|l| l.starts_with("d1 ")));
 }
 
-#[test]
-fn stevedore_shim_detached_task_supports_exec_metrics_pause_attach_kill_wait_rm() {
-    detached_task_lifecycle(Shim::Stevedore);
-}
-
-#[test]
-fn go_shim_detached_task_supports_exec_metrics_pause_attach_kill_wait_rm() {
-    detached_task_lifecycle(Shim::Go);
-}
+on_both_shims!(detached_task_lifecycle: stevedore_shim_detached_task_supports_exec_metrics_pause_attach_kill_wait_rm, go_shim_detached_task_supports_exec_metrics_pause_attach_kill_wait_rm);
 
 #[test]
 fn containers_create_then_tasks_start_runs_the_image_config_command() {
@@ -408,15 +396,7 @@ fn tty_run(shim: Shim) {
     );
 }
 
-#[test]
-fn stevedore_shim_run_with_a_tty_gets_a_pty_of_the_callers_size() {
-    tty_run(Shim::Stevedore);
-}
-
-#[test]
-fn go_shim_run_with_a_tty_gets_a_pty_of_the_callers_size() {
-    tty_run(Shim::Go);
-}
+on_both_shims!(tty_run: stevedore_shim_run_with_a_tty_gets_a_pty_of_the_callers_size, go_shim_run_with_a_tty_gets_a_pty_of_the_callers_size);
 
 #[test]
 fn uidmap_runs_root_as_a_remapped_user_with_the_rootfs_shifted() {
@@ -524,12 +504,4 @@ fn oom_kill_is_reported(shim: Shim) {
     w.expect_line(&["/tasks/oom", "oom1"], Duration::from_secs(10));
 }
 
-#[test]
-fn stevedore_shim_reports_an_oom_kill_as_tasks_oom() {
-    oom_kill_is_reported(Shim::Stevedore);
-}
-
-#[test]
-fn go_shim_reports_an_oom_kill_as_tasks_oom() {
-    oom_kill_is_reported(Shim::Go);
-}
+on_both_shims!(oom_kill_is_reported: stevedore_shim_reports_an_oom_kill_as_tasks_oom, go_shim_reports_an_oom_kill_as_tasks_oom);

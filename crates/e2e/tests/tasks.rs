@@ -552,17 +552,8 @@ async fn killed_shim_is_reported_exited_and_cleaned_up(runtime: &'static str) {
     e.start(&id, "").await;
     let mut events = e.subscribe().await;
     // the shim is the parent of the task's init process
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ppid: i32 = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let cmd = std::fs::read_to_string(format!("/proc/{ppid}/cmdline")).unwrap();
+    let ppid = stevedore_e2e::parent_pid(pid);
+    let cmd = stevedore_e2e::parent_cmdline(pid);
     assert!(cmd.contains("containerd-shim-"), "{cmd}");
     // for the record (benchmarks compare shims): the shim's resident memory
     let status = std::fs::read_to_string(format!("/proc/{ppid}/status")).unwrap_or_default();
@@ -798,17 +789,7 @@ async fn runc_v2_runs_on_stevedores_shim_by_default_and_config_maps_it_to_the_go
         let id = e.id("mapped");
         let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
         e.start(&id, "").await;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let ppid: i32 = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let cmd = std::fs::read_to_string(format!("/proc/{ppid}/cmdline")).unwrap();
+        let cmd = stevedore_e2e::parent_cmdline(pid);
         assert!(cmd.contains(expected), "{cmd}");
         e.tasks()
             .kill(req(KillRequest {

@@ -214,19 +214,31 @@ fn image_config(config: &[u8]) -> Result<spec::ImageConfig> {
     })
 }
 
+/// The process flags `run` and `tasks exec` share.
+fn process_flags(
+    s: &mut Spec,
+    env: &[String],
+    cwd: Option<&str>,
+    user: Option<&str>,
+    tty: bool,
+) -> Result<()> {
+    if !env.is_empty() {
+        s.with_env(env);
+    }
+    if let Some(cwd) = cwd {
+        s.with_cwd(cwd);
+    }
+    if let Some(u) = user {
+        s.with_user(u)?;
+    }
+    s.with_tty(tty);
+    Ok(())
+}
+
 fn build_spec(ns: &str, a: &SpecArgs, image: &spec::ImageConfig) -> Result<Spec> {
     let mut s = spec::default_spec(ns, &a.id);
     s.with_image_config(image, &a.args)?;
-    if !a.env.is_empty() {
-        s.with_env(&a.env);
-    }
-    if let Some(cwd) = &a.cwd {
-        s.with_cwd(cwd);
-    }
-    if let Some(u) = &a.user {
-        s.with_user(u)?;
-    }
-    s.with_tty(a.tty);
+    process_flags(&mut s, &a.env, a.cwd.as_deref(), a.user.as_deref(), a.tty)?;
     if a.net_host {
         s.with_host_network();
     }
@@ -997,16 +1009,7 @@ pub async fn exec(conn: &Conn, a: ExecArgs) -> Result<u32> {
         .map_err(|e| anyhow!("container {:?}: {e}", a.id))?
         .ok_or_else(|| anyhow!("container {:?} has no spec", a.id))?;
     s.with_args(&a.args);
-    s.with_tty(a.tty);
-    if !a.env.is_empty() {
-        s.with_env(&a.env);
-    }
-    if let Some(cwd) = &a.cwd {
-        s.with_cwd(cwd);
-    }
-    if let Some(u) = &a.user {
-        s.with_user(u)?;
-    }
+    process_flags(&mut s, &a.env, a.cwd.as_deref(), a.user.as_deref(), a.tty)?;
     let process = serde_json::to_vec(&s.process).context("encode process")?;
     let stdio = Stdio::create(
         fifo_dir(&conn.namespace, &format!("{}-{}", a.id, a.exec_id)),
