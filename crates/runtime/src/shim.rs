@@ -69,13 +69,15 @@ pub fn resolve_binary(runtime: &str, publish_binary: &Path) -> Result<PathBuf> {
     })
 }
 
-/// A shim binary named `name` on PATH or next to the daemon's own binary.
+/// A shim binary named `name` next to the daemon's own binary (so a
+/// daemon runs the shim it was built with) or on PATH.
 pub fn find_binary(name: &str, publish_binary: &Path) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
+    let mut dirs: Vec<PathBuf> = publish_binary
+        .parent()
+        .map(|d| vec![d.to_path_buf()])
         .unwrap_or_default();
-    if let Some(d) = publish_binary.parent() {
-        dirs.push(d.to_path_buf());
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
     }
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
