@@ -451,6 +451,11 @@ pub fn multi_image(dir: &Path) -> Images {
     make_image("multi", dir, &[])
 }
 
+/// Daemon config that runs `io.containerd.runc.v2` on containerd's Go shim
+/// (stevedored's default for it is stevedore's own shim).
+pub const GO_SHIM_CONFIG: &str =
+    "[plugins.\"io.containerd.runtime.v2.task\".shims]\n\"io.containerd.runc.v2\" = \"containerd-shim-runc-v2\"\n";
+
 /// The parent of process `pid` (for a task's init process: its shim).
 pub fn parent_pid(pid: u32) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");

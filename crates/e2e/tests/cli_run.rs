@@ -7,9 +7,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-use stevedore_e2e::{busybox_image, require_tool, Daemon};
-
-const GO_SHIM_CONFIG: &str = "[plugins.\"io.containerd.runtime.v2.task\".shims]\n\"io.containerd.runc.v2\" = \"containerd-shim-runc-v2\"\n";
+use stevedore_e2e::{busybox_image, require_tool, Daemon, GO_SHIM_CONFIG};
 
 /// A test on stevedore's shim and one on containerd's Go shim.
 macro_rules! on_both_shims {

@@ -108,41 +108,6 @@ fn import_into(d: &Daemon, ns: &str) -> (tempfile::TempDir, String) {
     (dir, img.name)
 }
 
-/// Kill what a failing test could leave running: this daemon's shims (their
-/// containers die with them) and the rootfs mounts of its bundles.
-struct ShimReaper<'a>(&'a Daemon);
-
-impl Drop for ShimReaper<'_> {
-    fn drop(&mut self) {
-        let sock = self.0.socket.display().to_string();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("containerd-shim-") && cmd.contains(&sock) {
-                if let Some(pid) = entry
-                    .file_name()
-                    .to_string_lossy()
-                    .parse::<i32>()
-                    .ok()
-                    .and_then(rustix::process::Pid::from_raw)
-                {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-            }
-        }
-        let tasks = self.0.state.join("io.containerd.runtime.v2.task");
-        for ns in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
-            for b in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(b.path().join("rootfs"))
-                    .stderr(std::process::Stdio::null())
-                    .status();
-            }
-        }
-    }
-}
-
 async fn content_list(ch: &Channel, ns: &str) -> Vec<ContentInfo> {
     let mut s = ContentClient::new(ch.clone())
         .list(req(ns, ListContentRequest::default()))
@@ -1065,7 +1030,6 @@ async fn snapshots_of_one_namespace_are_invisible_and_keys_are_per_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_and_a_running_task_cannot_be_seen_or_touched_from_another_namespace() {
     let d = Daemon::start();
-    let _reaper = ShimReaper(&d);
     let n = names(&d);
     let (a, b, id) = (n.a.as_str(), n.b.as_str(), n.id.as_str());
     let (_dir, image) = import_into(&d, a);
@@ -1776,7 +1740,6 @@ fn importing_a_layer_that_writes_through_a_symlink_never_touches_files_outside_t
 #[test]
 fn containers_reach_the_daemon_socket_only_when_it_is_mounted() {
     let d = Daemon::start();
-    let _reaper = ShimReaper(&d);
     let n = names(&d);
     let (_dir, image) = import_into(&d, &n.a);
     let sock = d.socket.display().to_string();

@@ -402,7 +402,6 @@ async fn sixty_four_clients_hold_a_mixed_load_without_errors_or_leaks() {
         String::from_utf8_lossy(&o.stderr)
     );
     let d = Arc::new(Daemon::start());
-    let _reaper = ShimReaper(d.clone());
     d.ctr_ok(&[
         "-n",
         "load",
@@ -472,29 +471,4 @@ async fn sixty_four_clients_hold_a_mixed_load_without_errors_or_leaks() {
         rss_after <= rss_before + RSS_SLACK_KIB,
         "daemon RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
-}
-
-/// Kill this daemon's shims if the test fails midway (their containers die
-/// with them).
-struct ShimReaper(Arc<Daemon>);
-
-impl Drop for ShimReaper {
-    fn drop(&mut self) {
-        let sock = self.0.socket.display().to_string();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("containerd-shim-") && cmd.contains(&sock) {
-                if let Some(pid) = entry
-                    .file_name()
-                    .to_string_lossy()
-                    .parse::<i32>()
-                    .ok()
-                    .and_then(rustix::process::Pid::from_raw)
-                {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-            }
-        }
-    }
 }

@@ -59,14 +59,9 @@ struct Env {
     suffix: String,
 }
 
-/// Config that runs `io.containerd.runc.v2` on containerd's Go shim
-/// (stevedored's default for it is stevedore's own shim).
-const GO_SHIM_CONFIG: &str =
-    "[plugins.\"io.containerd.runtime.v2.task\".shims]\n\"io.containerd.runc.v2\" = \"containerd-shim-runc-v2\"\n";
-
 async fn env(runtime: &'static str) -> Env {
     if runtime == RUNC_SHIM {
-        env_with_config(runtime, Some(GO_SHIM_CONFIG)).await
+        env_with_config(runtime, Some(stevedore_e2e::GO_SHIM_CONFIG)).await
     } else {
         env_with_config(runtime, None).await
     }
@@ -783,7 +778,10 @@ async fn stevedore_shim_task_with_terminal_gets_a_pty_of_the_requested_size() {
 async fn runc_v2_runs_on_stevedores_shim_by_default_and_config_maps_it_to_the_go_shim() {
     for (config, expected) in [
         (None, "containerd-shim-stevedore-v1"),
-        (Some(GO_SHIM_CONFIG), "containerd-shim-runc-v2"),
+        (
+            Some(stevedore_e2e::GO_SHIM_CONFIG),
+            "containerd-shim-runc-v2",
+        ),
     ] {
         let e = env_with_config(RUNC_SHIM, config).await;
         let id = e.id("mapped");

@@ -19,6 +19,7 @@ impl tonic::service::Interceptor for WithNamespace {
 }
 
 /// A connection to the daemon.
+#[derive(Clone)]
 pub struct Conn {
     pub channel: Channel,
     pub namespace: String,
@@ -69,4 +70,16 @@ pub fn with_lease<T>(
 ) -> Request<T> {
     r.metadata_mut().insert("containerd-lease", lease.clone());
     r
+}
+
+/// Mounts as the API sends them, as the mount helpers take them.
+pub fn from_api_mounts(m: Vec<stevedore_api::types::Mount>) -> Vec<stevedore_types::Mount> {
+    m.into_iter()
+        .map(|m| stevedore_types::Mount {
+            kind: m.r#type,
+            source: m.source,
+            target: m.target,
+            options: m.options,
+        })
+        .collect()
 }

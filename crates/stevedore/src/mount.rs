@@ -2,7 +2,7 @@
 //! snapshot view (or writable snapshot) mounted on a directory, held by a
 //! lease named after the directory until unmounted.
 
-use crate::client::{rpc_error, with_lease, Conn};
+use crate::client::{from_api_mounts, rpc_error, with_lease, Conn};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::Digest as _;
 use std::path::Path;
@@ -158,15 +158,7 @@ pub async fn mount(
             .into_inner()
             .mounts
     };
-    let mounts: Vec<stevedore_types::Mount> = mounts
-        .into_iter()
-        .map(|m| stevedore_types::Mount {
-            kind: m.r#type,
-            source: m.source,
-            target: m.target,
-            options: m.options,
-        })
-        .collect();
+    let mounts = from_api_mounts(mounts);
     stevedore_sys::mount::mount_all(&mounts, &target).map_err(|e| anyhow!("{e}"))?;
     println!("{}", target.display());
     Ok(())

@@ -13,7 +13,7 @@
 //! sees EOF only when our input ends. A detached task keeps its FIFOs so
 //! `tasks attach` can reopen them; `tasks rm` removes them.
 
-use crate::client::{rpc_error, with_lease, Conn};
+use crate::client::{from_api_mounts, rpc_error, with_lease, Conn};
 use crate::mount::resolve_image;
 use crate::output::{human_size, print_json, Format, Table};
 use anyhow::{anyhow, bail, Context, Result};
@@ -37,7 +37,6 @@ use stevedore_api::services::tasks::{
     DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest, MetricsRequest,
     ResizePtyRequest, StartRequest, WaitRequest,
 };
-use stevedore_api::types::Mount as ApiMount;
 use stevedore_runtime::spec::{self, IdMapping, Spec};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -147,17 +146,6 @@ pub struct ExecArgs {
 fn tasks_client(conn: &Conn) -> Result<Tasks> {
     let (ch, ns) = conn.svc()?;
     Ok(TasksClient::with_interceptor(ch, ns))
-}
-
-fn to_api_mounts(m: Vec<ApiMount>) -> Vec<stevedore_types::Mount> {
-    m.into_iter()
-        .map(|m| stevedore_types::Mount {
-            kind: m.r#type,
-            source: m.source,
-            target: m.target,
-            options: m.options,
-        })
-        .collect()
 }
 
 /// Parse ctr's `--mount` syntax.
@@ -355,7 +343,7 @@ async fn remapped_parent(
         .map_err(|s| rpc_error(&format!("prepare snapshot {key}"), s))?
         .into_inner()
         .mounts;
-    let mounts = to_api_mounts(mounts);
+    let mounts = from_api_mounts(mounts);
     let (uid, gid) = (u.host_id, g.host_id);
     let shifted = tokio::task::spawn_blocking(move || -> Result<()> {
         let dir = tempfile::tempdir().context("temporary mount point")?;
@@ -562,12 +550,7 @@ impl Stdio {
 /// non-blocking now (a reader exists before the shim writes), polled on a
 /// thread; read() returning 0 after POLLHUP is the end.
 fn pump_out(path: &str, err: bool) -> Result<std::thread::JoinHandle<()>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_nonblock())
-        .open(path)
-        .with_context(|| format!("open {path}"))?;
+    let f = open_reader(path)?;
     Ok(std::thread::spawn(move || {
         let mut f = f;
         let mut buf = vec![0u8; 32 * 1024];
@@ -637,22 +620,21 @@ impl Attachment {
 /// Non-blocking read ends of the output FIFOs, held while the task is
 /// created and started.
 fn hold_readers(stdio: &Stdio) -> Result<Vec<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
     [&stdio.stdout, &stdio.stderr]
         .into_iter()
         .filter(|p| !p.is_empty())
-        .map(|p| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc_nonblock())
-                .open(p)
-                .with_context(|| format!("open {p}"))
-        })
+        .map(|p| open_reader(p))
         .collect()
 }
 
-fn libc_nonblock() -> i32 {
-    rustix::fs::OFlags::NONBLOCK.bits() as i32
+/// A FIFO's read end, opened without waiting for a writer.
+fn open_reader(path: &str) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .with_context(|| format!("open {path}"))
 }
 
 /// Copy our stdin into the stdin FIFO (held read-write so opening never
@@ -890,11 +872,9 @@ async fn start_task(conn: &Conn, id: &str, detach: bool) -> Result<Option<u32>> 
         return Ok(None);
     }
     let code = async {
-        // wait is registered by `supervise` before start returns its answer
-        let conn2 = Conn {
-            channel: conn.channel.clone(),
-            namespace: conn.namespace.clone(),
-        };
+        // `supervise` waits for the exit beside the start (a Wait that
+        // arrives after the exit still gets the status until the delete)
+        let conn2 = conn.clone();
         let idc = id.to_string();
         let sup = tokio::spawn(async move { supervise(&conn2, &idc, "", tty, stdin_done).await });
         tasks
@@ -1045,10 +1025,7 @@ pub async fn exec(conn: &Conn, a: ExecArgs) -> Result<u32> {
             st,
         ));
     }
-    let conn2 = Conn {
-        channel: conn.channel.clone(),
-        namespace: conn.namespace.clone(),
-    };
+    let conn2 = conn.clone();
     let (idc, eid, tty) = (a.id.clone(), a.exec_id.clone(), a.tty);
     let sup = (!a.detach)
         .then(|| tokio::spawn(async move { supervise(&conn2, &idc, &eid, tty, stdin_done).await }));
