@@ -115,14 +115,14 @@ fn binary_name_option(any: &Any) -> Result<Option<String>, String> {
 
 /// Remember the OCI runtime for this shim's container.
 fn choose_runtime(bundle: &str, options: Option<&Any>) -> Result<(), String> {
-    let from_bundle = std::fs::read_to_string(Path::new(bundle).join("oci-runtime")).ok();
+    let recorded = Path::new(bundle).join("oci-runtime");
     let chosen = match options.map(binary_name_option).transpose()?.flatten() {
         Some(name) => {
-            std::fs::write(Path::new(bundle).join("oci-runtime"), &name)
+            std::fs::write(&recorded, &name)
                 .map_err(|e| format!("record OCI runtime in {bundle}: {e}"))?;
             Some(name)
         }
-        None => from_bundle,
+        None => std::fs::read_to_string(&recorded).ok(),
     };
     if let Some(name) = chosen {
         let _ = OCI_RUNTIME.set(name);
