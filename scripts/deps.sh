@@ -15,6 +15,7 @@ PKGS=(
   golang-github-containerd-containerd-dev  # containerd's 1.6 API protos (regen only)
   python3 util-linux  # test images (mkimage.py), socket probes as other users (setpriv)
   jq zstd pigz hyperfine
+  docker.io         # Docker Engine 20.10: dockerd --containerd against stevedored
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -26,5 +27,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Docker 28 and containerd 2.x from Debian unstable, unpacked, never installed
+bash "$(dirname "$0")/unstable-tools.sh"
 # the packaged containerd must not run: tests start their own daemons
-systemctl disable --now containerd >/dev/null 2>&1 || true
+systemctl disable --now containerd docker docker.socket >/dev/null 2>&1 || true

@@ -22,24 +22,7 @@ struct Stored {
 
 /// containerd's identifier rule for namespaces (and other object ids).
 pub fn validate_name(name: &str) -> Result<()> {
-    const MAX: usize = 76;
-    if name.is_empty() {
-        return Err(Error::invalid("identifier must not be empty"));
-    }
-    if name.len() > MAX {
-        return Err(Error::invalid(format!(
-            "identifier {name:?} greater than maximum length ({MAX} characters)"
-        )));
-    }
-    let ok = name
-        .split(['.', '_', '-'])
-        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if !ok {
-        return Err(Error::invalid(format!(
-            "identifier {name:?} must match ^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$"
-        )));
-    }
-    Ok(())
+    stevedore_types::identifiers::validate(name)
 }
 
 fn decode(name: &str, bytes: &[u8]) -> Result<Namespace> {
@@ -151,12 +134,26 @@ impl Db {
             let mut t = tx
                 .open_table(NAMESPACES)
                 .map_err(|e| db_err("open namespaces", e))?;
-            let mut ns = {
-                let v = t
-                    .get(name)
-                    .map_err(|e| db_err("get namespace", e))?
-                    .ok_or_else(|| Error::not_found(format!("namespace {name:?}: not found")))?;
-                decode(name, v.value())?
+            let existing = t
+                .get(name)
+                .map_err(|e| db_err("get namespace", e))?
+                .map(|v| decode(name, v.value()))
+                .transpose()?;
+            let mut ns = match existing {
+                Some(ns) => ns,
+                // containerd's store creates the namespace when it sets a
+                // label on it (clients label their namespace at start-up)
+                None if !paths.is_empty() || !labels.is_empty() => {
+                    validate_name(name)
+                        .map_err(|e| e.context(format!("update namespace {name:?}")))?;
+                    Namespace {
+                        name: name.to_string(),
+                        labels: HashMap::new(),
+                    }
+                }
+                None => {
+                    return Err(Error::not_found(format!("namespace {name:?}: not found")));
+                }
             };
             if paths.is_empty() {
                 ns.labels = labels.clone();
@@ -291,6 +288,44 @@ mod tests {
             db.delete_namespace("foo").unwrap_err().kind,
             ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn setting_a_label_creates_a_missing_namespace() {
+        let (_d, db) = db();
+        let key = "containerd.io/defaults/snapshotter";
+        let ns = db
+            .update_namespace(
+                "moby",
+                &l(&[(key, "overlayfs")]),
+                &[format!("labels.{key}")],
+            )
+            .unwrap();
+        assert_eq!(ns.labels, l(&[(key, "overlayfs")]));
+        assert_eq!(db.get_namespace("moby").unwrap().labels, ns.labels);
+        // without a mask the labels replace the (empty) set
+        db.update_namespace("new", &l(&[("k", "v")]), &[]).unwrap();
+        assert_eq!(db.get_namespace("new").unwrap().labels, l(&[("k", "v")]));
+        // nothing to set: still NotFound, nothing created
+        assert_eq!(
+            db.update_namespace("none", &HashMap::new(), &[])
+                .unwrap_err()
+                .kind,
+            ErrorKind::NotFound
+        );
+        // a bad name or field is refused and creates nothing
+        for (name, path) in [("../x", "labels.k"), ("fresh", "name")] {
+            assert_eq!(
+                db.update_namespace(name, &l(&[("k", "v")]), &[path.to_string()])
+                    .unwrap_err()
+                    .kind,
+                ErrorKind::InvalidArgument
+            );
+            assert_eq!(
+                db.get_namespace(name).unwrap_err().kind,
+                ErrorKind::NotFound
+            );
+        }
     }
 
     #[test]

@@ -47,7 +47,17 @@ impl Namespaces for NamespacesService {
     ) -> Result<Response<GetNamespaceResponse>, Status> {
         let db = self.db.clone();
         let name = req.into_inner().name;
-        let ns = blocking(move || db.get_namespace(&name)).await?;
+        // containerd answers Get with the labels it has, empty for a
+        // namespace that does not exist (clients read their namespace's
+        // default-runtime label at start-up before anything created it)
+        let ns = blocking(move || match db.get_namespace(&name) {
+            Err(e) if e.kind == stevedore_types::ErrorKind::NotFound => Ok(Namespace {
+                name,
+                labels: HashMap::new(),
+            }),
+            r => r,
+        })
+        .await?;
         Ok(Response::new(GetNamespaceResponse {
             namespace: Some(to_pb(ns)),
         }))

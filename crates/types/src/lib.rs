@@ -5,6 +5,7 @@ pub mod descriptor;
 pub mod digest;
 pub mod error;
 pub mod filters;
+pub mod identifiers;
 pub mod labels;
 pub mod limits;
 pub mod mount;
