@@ -42,20 +42,11 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| io(e, format!("rename to {}", path.display())))
 }
 
-/// Ids must be safe as one path component (containerd's identifier rule).
+/// Ids must be safe as one path component: containerd's identifier rule,
+/// worded as containerd's runtime words it (`invalid task id ...: identifier ...`).
 pub fn validate_id(what: &str, id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 76
-        && id
-            .split(['.', '_', '-'])
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "{what} {id:?} must match ^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$ (at most 76 characters)"
-        )))
-    }
+    stevedore_types::identifiers::validate(id)
+        .map_err(|e| Error::invalid(format!("invalid {what} {id}: {}", e.message)))
 }
 
 impl Bundle {
@@ -207,6 +198,12 @@ mod tests {
         assert!(!b.path.exists());
         assert!(!root.join("ns").join("c1").exists());
         assert!(src.exists());
-        assert!(Bundle::create(&state, &root, "ns", "../x", b"{}").is_err());
+        let e = Bundle::create(&state, &root, "ns", "../x", b"{}").unwrap_err();
+        assert_eq!(e.kind, stevedore_types::ErrorKind::InvalidArgument);
+        assert!(
+            e.message.starts_with("invalid task id ../x: identifier"),
+            "{e}"
+        );
+        assert!(!state.join("x").exists() && !d.path().join("x").exists());
     }
 }

@@ -470,6 +470,7 @@ impl Shim {
 
     /// Add a process to the task (start it with `start(exec_id)`).
     pub async fn exec(&self, o: &ExecOpts) -> Result<()> {
+        crate::bundle::validate_id("exec id", &o.exec_id)?;
         let mut r = api::ExecProcessRequest::new();
         r.id = self.id().into();
         r.exec_id = o.exec_id.clone();
