@@ -9,12 +9,17 @@
 //!     ref                      the ingest reference, as given by the client
 //!     data                     the bytes received so far (append-only)
 //!     startedat                creation time, unix nanoseconds (text)
+//!     updatedat                time of the last write, unix nanoseconds (20 digits,
+//!                              overwritten in place by every write)
 //!     total                    expected size, 0 when unknown (text)
 //!     expected                 expected digest, when known (text)
 //! ingest/.tmp-<...>/           an ingest being created (removed at open)
 //! ```
-//! `updatedat` of an ingest is the mtime of its `data` file; its offset is the
-//! length of `data`.
+//! An ingest's update time is the later of `updatedat` and the mtime of
+//! `data` (as containerd's store reads it): `updatedat` has the clock's full
+//! precision, where an mtime comes from the kernel's coarse clock and can be
+//! earlier than the write; the mtime covers a crash between the two writes.
+//! Its offset is the length of `data`.
 //!
 //! # Crash safety
 //! - A blob becomes visible only by `rename(ingest/<h>/data, blobs/<alg>/<hex>)`
@@ -207,13 +212,18 @@ impl LocalStore {
             .and_then(|s| s.trim().parse::<i64>().ok())
             .unwrap_or(0);
         let expected = read_small(&dir.join("expected"))?.and_then(|s| s.trim().parse().ok());
+        let mtime = meta.modified().unwrap_or(started);
+        let updated = read_small(&dir.join("updatedat"))?
+            .and_then(|s| s.trim().parse::<u128>().ok())
+            .map(from_nanos)
+            .map_or(mtime, |u| u.max(mtime));
         Ok(Status {
             reference,
             offset: meta.len() as i64,
             total,
             expected,
             started_at: started,
-            updated_at: meta.modified().unwrap_or(started),
+            updated_at: updated,
         })
     }
 
@@ -228,10 +238,9 @@ impl LocalStore {
         fs::create_dir(&tmp).map_err(|e| io_err(format!("create {}", tmp.display()), e))?;
         let res = (|| {
             write_small(&tmp.join("ref"), &opts.reference)?;
-            write_small(
-                &tmp.join("startedat"),
-                &nanos(SystemTime::now()).to_string(),
-            )?;
+            let now = nanos(SystemTime::now());
+            write_small(&tmp.join("startedat"), &now.to_string())?;
+            write_small(&tmp.join("updatedat"), &format!("{now:020}"))?;
             write_small(&tmp.join("total"), &opts.total.to_string())?;
             if let Some(d) = &opts.expected {
                 write_small(&tmp.join("expected"), &d.to_string())?;
@@ -306,11 +315,24 @@ impl LocalStore {
             hasher.update(&buf[..n]);
             offset += n as i64;
         }
+        let updated_path = dir.join("updatedat");
+        let updated_file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&updated_path)
+            .map_err(|e| {
+                io_err(
+                    format!("ingest ref {:?}: open updatedat", opts.reference),
+                    e,
+                )
+            })?;
         Ok(LocalWriter {
             store: self.clone(),
             reference: opts.reference,
             dir,
             file: Some(file),
+            updated_file,
             hasher,
             offset,
             total: if opts.total > 0 {
@@ -368,6 +390,8 @@ pub struct LocalWriter {
     expected: Option<Digest>,
     started_at: SystemTime,
     updated_at: SystemTime,
+    /// `updatedat`, rewritten in place (one positioned write) at each write.
+    updated_file: File,
 }
 
 impl Drop for LocalWriter {
@@ -377,6 +401,21 @@ impl Drop for LocalWriter {
 }
 
 impl LocalWriter {
+    /// Record the time of a write with the clock's full precision.
+    fn touch(&mut self) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.updated_at = SystemTime::now();
+        let text = format!("{:020}", nanos(self.updated_at));
+        self.updated_file
+            .write_all_at(text.as_bytes(), 0)
+            .map_err(|e| {
+                io_err(
+                    format!("ingest ref {:?}: write updatedat", self.reference),
+                    e,
+                )
+            })
+    }
+
     fn file(&mut self) -> Result<&mut File> {
         let r = &self.reference;
         self.file.as_mut().ok_or_else(|| {
@@ -411,8 +450,7 @@ impl Writer for LocalWriter {
             .map_err(|e| io_err(format!("ingest ref {r:?}: write"), e))?;
         self.hasher.update(data);
         self.offset += data.len() as i64;
-        self.updated_at = SystemTime::now();
-        Ok(())
+        self.touch()
     }
 
     fn status(&self) -> Result<Status> {
@@ -448,7 +486,7 @@ impl Writer for LocalWriter {
             .unwrap_or(Algorithm::Sha256);
         self.hasher = Hasher::new(alg);
         self.offset = 0;
-        Ok(())
+        self.touch()
     }
 
     fn commit(

@@ -24,6 +24,7 @@ macro_rules! content_store_conformance {
         $crate::content_store_conformance!(@tests $factory;
             writes_and_commits_blob,
             resumes_interrupted_ingest,
+            records_update_time_of_each_write,
             rejects_digest_mismatch_and_keeps_blob_invisible,
             rejects_size_mismatch,
             refuses_writes_beyond_expected_total,
@@ -118,6 +119,45 @@ pub fn resumes_interrupted_ingest(store: &dyn Store) {
         .commit(bytes.len() as i64, Some(&digest_of(&bytes)), HashMap::new())
         .unwrap();
     assert_eq!(read(store, &d), bytes);
+}
+
+/// containerd's `checkStatus`: an ingest's `updated_at` lies between the
+/// clock read just before and just after the last write, for the writer and
+/// for a status read after the writer went away (resume), at full clock
+/// precision (a file's coarse mtime can be earlier than the write).
+pub fn records_update_time_of_each_write(store: &dyn Store) {
+    use std::time::SystemTime;
+    for round in 0..20u8 {
+        let reference = format!("updated-{round}");
+        let mut w = store.writer(WriterOpts::new(&reference)).unwrap();
+        let started = w.status().unwrap().started_at;
+        let before = SystemTime::now();
+        w.write(&data(1000, round)).unwrap();
+        let after = SystemTime::now();
+        let st = w.status().unwrap();
+        assert!(
+            st.updated_at >= before && st.updated_at <= after,
+            "writer: updated {:?} not within [{before:?}, {after:?}]",
+            st.updated_at
+        );
+        assert!(st.started_at == started && started <= before);
+        drop(w);
+        for st in [
+            store.status(&reference).unwrap(),
+            store
+                .writer(WriterOpts::new(&reference))
+                .unwrap()
+                .status()
+                .unwrap(),
+        ] {
+            assert!(
+                st.updated_at >= before && st.updated_at <= after,
+                "after reopen: updated {:?} not within [{before:?}, {after:?}]",
+                st.updated_at
+            );
+        }
+        store.abort(&reference).unwrap();
+    }
 }
 
 pub fn rejects_digest_mismatch_and_keeps_blob_invisible(store: &dyn Store) {
