@@ -281,7 +281,14 @@ fn ttrpc_err(op: &str, id: &str, e: containerd_shim_protos::ttrpc::Error) -> Err
                 Code::INTERNAL | Code::DATA_LOSS => ErrorKind::Internal,
                 _ => ErrorKind::Unknown,
             };
-            Error::new(kind, format!("{op} task {id:?}: {}", s.message()))
+            // the shim's reason (runc's, in containerd's wording) reaches the
+            // client; a failed create reads as containerd's does
+            let msg = if op == "create" {
+                format!("failed to create shim task: {}", s.message())
+            } else {
+                format!("{op} task {id:?}: {}", s.message())
+            };
+            Error::new(kind, msg)
         }
         TE::LocalClosed | TE::RemoteClosed | TE::Eof | TE::Socket(_) => {
             Error::unavailable(format!("{op} task {id:?}: shim connection closed: {e}"))
