@@ -68,7 +68,29 @@ APPLETS = [
     "readlink", "rm", "rmdir", "sed", "sh", "sha256sum", "sleep", "sort", "stat",
     "sync", "tail", "tee", "test", "top", "touch", "tr", "true", "umount",
     "uname", "uniq", "wc", "whoami", "xargs", "yes",
+    "awk", "basename", "dirname", "expr", "nc", "seq", "stty", "tty",
 ]
+PASSWD = (
+    b"root:x:0:0:root:/root:/bin/sh\n"
+    b"daemon:x:1:1:daemon:/usr/sbin:/bin/false\n"
+    b"bin:x:2:2:bin:/bin:/bin/false\n"
+    b"sys:x:3:3:sys:/dev:/bin/false\n"
+    b"sync:x:4:100:sync:/bin:/bin/sync\n"
+    b"mail:x:8:8:mail:/var/spool/mail:/bin/false\n"
+    b"www-data:x:33:33:www-data:/var/www:/bin/false\n"
+    b"operator:x:37:37:Operator:/var:/bin/false\n"
+    b"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+)
+GROUP = b"".join(
+    f"{name}:x:{gid}:{members}\n".encode()
+    for name, gid, members in [
+        ("root", 0, ""), ("daemon", 1, ""), ("bin", 2, ""), ("sys", 3, ""),
+        ("adm", 4, ""), ("tty", 5, ""), ("disk", 6, ""), ("lp", 7, ""),
+        ("mail", 8, ""), ("kmem", 9, ""), ("wheel", 10, "root"),
+        ("www-data", 33, ""), ("operator", 37, ""), ("staff", 50, ""),
+        ("users", 100, ""), ("nogroup", 65534, ""),
+    ]
+)
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -152,9 +174,10 @@ def busybox_layer():
         die(f"{src} not found: apt-get install busybox-static")
     entries = [
         f("bin/busybox", mode=0o755, source=("file", src), size=os.path.getsize(src)),
-        f("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"
-          b"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
-        f("etc/group", b"root:x:0:\nnogroup:x:65534:\n"),
+        # the users and groups of the upstream busybox image, which client
+        # tests (containerd's among them) name
+        f("etc/passwd", PASSWD),
+        f("etc/group", GROUP),
         f("etc/hostname", b"busybox\n"),
         d("tmp", mode=0o1777),
         d("root", mode=0o700),
