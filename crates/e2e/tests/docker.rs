@@ -47,11 +47,34 @@ macro_rules! on_both_engines_and_shims {
     )*};
 }
 
+/// For Docker 28 only: `mod <behaviour> { docker28_stevedore_shim,
+/// docker28_go_shim }` (Docker 20.10 keeps images in its graphdriver).
+macro_rules! on_docker28_and_both_shims {
+    ($($f:ident),* $(,)?) => {$(
+        mod $f {
+            use super::*;
+
+            #[test]
+            fn docker28_stevedore_shim() {
+                super::$f(Engine::Docker28, Shim::Stevedore);
+            }
+
+            #[test]
+            fn docker28_go_shim() {
+                super::$f(Engine::Docker28, Shim::Go);
+            }
+        }
+    )*};
+}
+
+on_docker28_and_both_shims!(builds_commits_saves_loads_pushes_and_removes_images_in_stevedore);
+
 on_both_engines_and_shims!(
     pulls_runs_execs_pauses_stops_and_removes_containers,
     enforces_memory_limits_reports_oom_and_applies_restart_policies,
     run_exits_127_for_a_missing_command_and_126_for_an_unrunnable_one,
     live_restore_keeps_containers_across_a_dockerd_restart,
+    keeps_containers_and_their_exits_across_a_stevedored_restart,
     stats_report_cgroup_usage_without_crashing_dockerd,
 );
 
@@ -323,6 +346,13 @@ fn pulls_runs_execs_pauses_stops_and_removes_containers(engine: Engine, shim: Sh
     let o = d.docker_with_stdin(&["exec", "-i", "lc", "cat"], b"piped\nlines\n");
     assert!(o.status.success(), "{o:?}");
     assert_eq!(stdout(&o), "piped\nlines\n");
+    // a terminal: exec -t and run -t (output through the pty, \r\n)
+    let o = d.docker(&["exec", "-t", "lc", "sh", "-c", "tty; exit 6"]);
+    assert_eq!(o.status.code(), Some(6), "{o:?}");
+    assert!(stdout(&o).starts_with("/dev/pts/"), "{o:?}");
+    let o = s.run(&["--rm", "-t"], &["sh", "-c", "tty; exit 4"]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(stdout(&o).starts_with("/dev/pts/"), "{o:?}");
 
     // top lists the container's processes
     let top = d.docker_ok(&["top", "lc"]);
@@ -518,6 +548,145 @@ fn live_restore_keeps_containers_across_a_dockerd_restart(engine: Engine, shim: 
     );
     let o = s.run(&["--rm"], &["echo", "after"]);
     assert_eq!(stdout(&o), "after\n", "{o:?}");
+}
+
+fn keeps_containers_and_their_exits_across_a_stevedored_restart(engine: Engine, shim: Shim) {
+    let mut s = setup(engine, shim, &[]);
+    s.pull();
+    let kept = s.run_detached(&["--name", "kept"], TRAPPING);
+    let kept_pid = s.pid("kept");
+    // `gone` exits 6 once told to, which happens while stevedored is down
+    let signal_dir = tempfile::tempdir().unwrap();
+    let bind = format!("{}:/w", signal_dir.path().display());
+    s.run_detached(
+        &["--name", "gone", "-v", &bind],
+        &["sh", "-c", "until [ -e /w/go ]; do sleep 0.1; done; exit 6"],
+    );
+    let gone_pid = s.pid("gone");
+    s.daemon.stop();
+    std::fs::write(signal_dir.path().join("go"), "").unwrap();
+    await_some("gone's exit", Duration::from_secs(20), || {
+        (!std::path::Path::new(&format!("/proc/{gone_pid}")).exists()).then_some(())
+    });
+    s.daemon.spawn();
+    // the exit reaches dockerd once stevedored is back (the shim's
+    // /tasks/exit is delivered late, as containerd's shims retry)
+    s.docker.await_inspect(
+        "gone",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        "exited 6",
+        Duration::from_secs(30),
+    );
+    let d = &s.docker;
+    // the running one is still served: exec, then stop with its exit
+    assert_eq!(
+        d.inspect("kept", "{{.State.Status}} {{.State.Pid}}"),
+        format!("running {kept_pid}")
+    );
+    assert!(s.tasks().contains(&kept), "{}", s.tasks());
+    assert_eq!(d.docker_ok(&["exec", "kept", "echo", "alive"]), "alive\n");
+    d.docker_ok(&["stop", "kept"]);
+    assert_eq!(
+        d.inspect("kept", "{{.State.Status}} {{.State.ExitCode}}"),
+        "exited 3",
+        "{}",
+        s.logs()
+    );
+    let o = s.run(&["--rm"], &["echo", "after"]);
+    assert_eq!(stdout(&o), "after\n", "{o:?}");
+}
+
+fn builds_commits_saves_loads_pushes_and_removes_images_in_stevedore(engine: Engine, shim: Shim) {
+    let s = setup(engine, shim, &[]);
+    let d = &s.docker;
+    s.pull();
+    let images = || s.daemon.ctr_ok(&["-n", "moby", "images", "ls", "-q"]);
+
+    // commit: the container's changes (Diff service) become an image
+    let o = s.run(&["--name", "cm"], &["sh", "-c", "echo committed > /hello"]);
+    assert!(o.status.success(), "{o:?}");
+    d.docker_ok(&["commit", "cm", "mine:1"]);
+    assert!(
+        images().contains("docker.io/library/mine:1"),
+        "{}",
+        images()
+    );
+    let o = s.docker.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "mine:1",
+        "cat",
+        "/hello",
+    ]);
+    assert_eq!(stdout(&o), "committed\n", "{o:?}");
+
+    // save and load round trip through stevedore's content store
+    let tar = d.dir.path().join("mine.tar");
+    d.docker_ok(&["save", "-o", tar.to_str().unwrap(), "mine:1"]);
+    d.docker_ok(&["rm", "cm"]);
+    d.docker_ok(&["rmi", "mine:1"]);
+    assert!(!images().contains("mine:1"), "{}", images());
+    let loaded = d.docker_ok(&["load", "-i", tar.to_str().unwrap()]);
+    assert!(loaded.contains("Loaded image: mine:1"), "{loaded}");
+    let o = s.docker.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "mine:1",
+        "cat",
+        "/hello",
+    ]);
+    assert_eq!(stdout(&o), "committed\n", "{o:?}");
+
+    // push to the registry, remove, pull back
+    let registry = s.image.split('/').next().unwrap();
+    let remote = format!("{registry}/mine:1");
+    d.docker_ok(&["tag", "mine:1", &remote]);
+    d.docker_ok(&["push", &remote]);
+    d.docker_ok(&["rmi", "mine:1", &remote]);
+    d.docker_ok(&["pull", &remote]);
+    let o = s
+        .docker
+        .docker(&["run", "--rm", "--network", "none", &remote, "cat", "/hello"]);
+    assert_eq!(stdout(&o), "committed\n", "{o:?}");
+
+    // the classic builder runs a step in a container and commits it
+    let ctx = d.dir.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN echo built > /built\nCMD [\"cat\", \"/built\"]\n",
+            s.image
+        ),
+    )
+    .unwrap();
+    let o = d
+        .command(&["build", "-t", "built:1", ctx.to_str().unwrap()])
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}\n{}", s.logs());
+    let o = s
+        .docker
+        .docker(&["run", "--rm", "--network", "none", "built:1"]);
+    assert_eq!(stdout(&o), "built\n", "{o:?}");
+
+    // removing every image leaves nothing behind once stevedored collects
+    d.docker_ok(&["image", "prune", "-a", "-f"]);
+    assert_eq!(images().trim(), "", "images left in stevedore");
+    await_some(
+        "content and snapshots collected",
+        Duration::from_secs(30),
+        || {
+            let content = s.daemon.ctr_ok(&["-n", "moby", "content", "ls", "-q"]);
+            let snapshots = s.daemon.ctr_ok(&["-n", "moby", "snapshots", "ls"]);
+            (content.trim().is_empty() && snapshots.lines().count() <= 1).then_some(())
+        },
+    );
 }
 
 fn stats_report_cgroup_usage_without_crashing_dockerd(engine: Engine, shim: Shim) {
