@@ -43,10 +43,7 @@ impl Events for Forwarder {
         let timestamp = env
             .timestamp
             .as_ref()
-            .map(|t| {
-                SystemTime::UNIX_EPOCH
-                    + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
-            })
+            .map(|t| crate::shim::system_time(t.seconds, t.nanos))
             .unwrap_or_else(SystemTime::now);
         let ev = Event {
             timestamp,
