@@ -318,6 +318,12 @@ fn pulls_runs_execs_pauses_stops_and_removes_containers(engine: Engine, shim: Sh
         String::from_utf8_lossy(&o.stderr).contains("err\n"),
         "{o:?}"
     );
+    // run -i: stdin reaches the container, its end is EOF
+    let mut args = vec!["run", "--rm", "-i", "--network", "none", s.image.as_str()];
+    args.extend(["sh", "-c", "cat; exit 2"]);
+    let o = d.docker_with_stdin(&args, b"in\nput\n");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert_eq!(stdout(&o), "in\nput\n");
 
     // run -d: a task in stevedored's moby namespace
     let id = s.run_detached(&["--name", "lc"], TRAPPING);
