@@ -8,7 +8,7 @@ use containerd_shim_protos::shim_async::{create_events, Events};
 use containerd_shim_protos::ttrpc::asynchronous::{Server, TtrpcContext};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use stevedore_types::{Error, Result};
 
 /// An event a shim published.
