@@ -11,6 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod docker;
+
 /// Directory holding the workspace binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("STEVEDORE_BIN_DIR") {
@@ -227,22 +229,8 @@ impl Daemon {
 
     /// Start a long-running client command (e.g. `events`) whose stdout lines
     /// are collected on a channel.
-    pub fn watch(&self, mut cmd: Command) -> Watch {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn watcher");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Watch { child, lines: rx }
+    pub fn watch(&self, cmd: Command) -> Watch {
+        watch(cmd)
     }
 
     /// Start an event watcher (`ctr events` or `stevedore events`, whose filters
@@ -322,6 +310,26 @@ impl Drop for Daemon {
             }
         }
     }
+}
+
+/// Start a long-running client command whose stdout lines are collected on
+/// a channel.
+pub fn watch(mut cmd: Command) -> Watch {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn watcher");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Watch { child, lines: rx }
 }
 
 /// A long-running client whose output lines arrive on a channel.
@@ -472,4 +480,27 @@ pub fn parent_cmdline(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{ppid}/cmdline"))
         .expect("read parent cmdline")
         .replace('\0', " ")
+}
+
+/// Which shim a test daemon runs `io.containerd.runc.v2` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shim {
+    /// stevedore's own (stevedored's default).
+    Stevedore,
+    /// Debian's `containerd-shim-runc-v2` ([`GO_SHIM_CONFIG`]).
+    Go,
+}
+
+impl Daemon {
+    /// Start a daemon whose `io.containerd.runc.v2` runs on `shim`.
+    pub fn start_with_shim(shim: Shim) -> Daemon {
+        require_tool("runc", "runc");
+        match shim {
+            Shim::Stevedore => Daemon::start(),
+            Shim::Go => {
+                require_tool("containerd-shim-runc-v2", "containerd");
+                Daemon::start_with_config(Some(GO_SHIM_CONFIG))
+            }
+        }
+    }
 }

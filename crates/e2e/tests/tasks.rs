@@ -802,3 +802,36 @@ async fn runc_v2_runs_on_stevedores_shim_by_default_and_config_maps_it_to_the_go
         assert_eq!(e.delete(&id).await, 137);
     }
 }
+
+/// The Go shim sends a running process's `exited_at` as Go's zero time (year
+/// 1); containerd passes it on, so Go clients read `ExitTime.IsZero()`. It
+/// must not turn into an exit at the Unix epoch on the way through.
+#[tokio::test]
+async fn runc_shim_running_task_keeps_go_zero_time_as_its_exit_time() {
+    let e = env(RUNC_SHIM).await;
+    let id = e.id("zerotime");
+    let (pid, _reader) = e.create_task(&id, &["/bin/sleep", "60"]).await;
+    assert_eq!(e.start(&id, "").await, pid);
+    let process = e
+        .tasks()
+        .get(req(GetRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .process
+        .unwrap();
+    assert_eq!(process.status, 2, "running");
+    let exited_at = process.exited_at.expect("the Go shim sends exited_at");
+    assert_eq!((exited_at.seconds, exited_at.nanos), (-62_135_596_800, 0));
+    // and the real ctr reads it as Go's zero time
+    let o = e.daemon.ctr(&["-n", NS, "containers", "rm", &id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("0001-01-01 00:00:00 +0000 UTC"), "{err}");
+    e.daemon
+        .ctr_ok(&["-n", NS, "tasks", "kill", "-s", "SIGKILL", &id]);
+    assert_eq!(e.wait(&id, "").await, 137);
+    e.delete(&id).await;
+}

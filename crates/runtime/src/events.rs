@@ -8,7 +8,7 @@ use containerd_shim_protos::shim_async::{create_events, Events};
 use containerd_shim_protos::ttrpc::asynchronous::{Server, TtrpcContext};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use stevedore_types::{Error, Result};
 
 /// An event a shim published.
@@ -43,10 +43,7 @@ impl Events for Forwarder {
         let timestamp = env
             .timestamp
             .as_ref()
-            .map(|t| {
-                SystemTime::UNIX_EPOCH
-                    + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
-            })
+            .map(|t| crate::shim::system_time(t.seconds, t.nanos))
             .unwrap_or_else(SystemTime::now);
         let ev = Event {
             timestamp,

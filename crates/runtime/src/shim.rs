@@ -130,9 +130,22 @@ fn any_from_pb(a: &protobuf::well_known_types::any::Any) -> Any {
 fn time_from_pb(
     t: &MessageField<protobuf::well_known_types::timestamp::Timestamp>,
 ) -> Option<SystemTime> {
-    t.as_ref().map(|t| {
-        SystemTime::UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
-    })
+    t.as_ref().map(|t| system_time(t.seconds, t.nanos))
+}
+
+/// A protobuf timestamp's seconds and nanos as a `SystemTime`, before the
+/// Unix epoch too: Go shims send a running process's `exited_at` as Go's
+/// zero time (year 1, seconds -62135596800), which containerd passes on and
+/// Go clients read back as zero (`ExitTime.IsZero()`); clamped to the epoch
+/// it would read as an exit in 1970.
+pub(crate) fn system_time(seconds: i64, nanos: i32) -> SystemTime {
+    let nanos = Duration::from_nanos(nanos.clamp(0, 999_999_999) as u64);
+    let whole = Duration::from_secs(seconds.unsigned_abs());
+    if seconds >= 0 {
+        SystemTime::UNIX_EPOCH + whole + nanos
+    } else {
+        SystemTime::UNIX_EPOCH - whole + nanos
+    }
 }
 
 /// Parse what `shim start` printed: a plain address or 2.x JSON.
@@ -658,6 +671,28 @@ impl Shim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keeps_timestamps_before_the_epoch_such_as_go_zero_time() {
+        let go_zero = protobuf::well_known_types::timestamp::Timestamp {
+            seconds: -62_135_596_800,
+            ..Default::default()
+        };
+        let t = time_from_pb(&MessageField::some(go_zero)).unwrap();
+        assert_eq!(
+            SystemTime::UNIX_EPOCH.duration_since(t).unwrap(),
+            Duration::from_secs(62_135_596_800)
+        );
+        assert_eq!(
+            system_time(1_700_000_000, 5),
+            SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)
+        );
+        assert_eq!(
+            system_time(-1, 500_000_000),
+            SystemTime::UNIX_EPOCH - Duration::from_millis(500)
+        );
+        assert!(time_from_pb(&MessageField::none()).is_none());
+    }
 
     #[test]
     fn parses_shim_start_output_of_both_versions() {
