@@ -323,35 +323,7 @@ fn stevedore_run_flags_reach_the_container() {
     }
 }
 
-/// Run `args` with a pty of 33 rows x 101 columns as its stdio; returns
-/// (exit code, everything written to the terminal).
-fn on_pty(args: &[&str]) -> (i32, String) {
-    let script = r#"
-import os, pty, subprocess, fcntl, termios, struct, sys
-m, s = pty.openpty()
-fcntl.ioctl(s, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-p = subprocess.Popen(sys.argv[1:], stdin=s, stdout=s, stderr=s, start_new_session=True)
-os.close(s)
-out = b""
-while True:
-    try:
-        d = os.read(m, 4096)
-    except OSError:
-        break
-    if not d:
-        break
-    out += d
-sys.stdout.write(out.decode(errors="replace"))
-sys.exit(p.wait())
-"#;
-    let o = Command::new(require_tool("python3", "python3"))
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    (o.status.code().unwrap_or(-1), text(&o))
-}
+use stevedore_e2e::run_on_pty as on_pty;
 
 fn tty_run(shim: Shim) {
     let (d, _dir, img) = setup(shim);

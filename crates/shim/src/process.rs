@@ -71,6 +71,8 @@ pub struct State {
     pub exit: Option<(u32, SystemTime)>,
     pub console: Option<Arc<OwnedFd>>,
     pub stdin: Option<OwnedFd>,
+    /// CloseIO arrived (possibly while the process was being launched).
+    pub stdin_closed: bool,
 }
 
 /// The init process (exec id "") or an exec'd process.
@@ -96,6 +98,7 @@ impl Process {
                 exit: None,
                 console: None,
                 stdin: None,
+                stdin_closed: false,
             }),
             done: watch::channel(false).0,
         }
@@ -111,7 +114,10 @@ impl Process {
         let mut s = self.state();
         s.pid = l.pid;
         s.console = l.console.map(Arc::new);
-        s.stdin = l.stdin;
+        // a CloseIO that raced the launch still closes stdin
+        if !s.stdin_closed {
+            s.stdin = l.stdin;
+        }
     }
 
     /// Record the exit and wake waiters.
@@ -139,7 +145,9 @@ impl Process {
     /// Drop the shim's end of stdin: the process sees EOF once the client
     /// closed its end too.
     pub fn close_stdin(&self) {
-        self.state().stdin = None;
+        let mut s = self.state();
+        s.stdin_closed = true;
+        s.stdin = None;
     }
 }
 
