@@ -436,11 +436,14 @@ async fn stdin_ends_when_the_client_closed_and_called_close_io(shim: Shim) {
     let (inp, out) = (dir.path().join("in"), dir.path().join("out"));
     stevedore_sys::mkfifo(&inp, 0o600).unwrap();
     let reader = fifo_reader(&out);
+    // containerd's shim wants stderr whenever stdout is given (as ctr does)
+    let err_path = dir.path().join("err");
+    let err_reader = fifo_reader(&err_path);
     e.exec(
         &s1,
         "cat",
         &["sh", "-c", "cat; echo done"],
-        [&inp, &out, Path::new("")],
+        [&inp, &out, &err_path],
     )
     .await;
     e.tasks()
@@ -477,6 +480,7 @@ async fn stdin_ends_when_the_client_closed_and_called_close_io(shim: Shim) {
         .into_inner();
     assert_eq!(w.exit_status, 0);
     assert_eq!(reader.join().unwrap(), "hello\ndone\n");
+    assert_eq!(err_reader.join().unwrap(), "");
     // ctr closes its stdin FIFO and calls CloseIO at the end of its input,
     // which may arrive while the shim is still starting the process
     for n in 0..3 {
