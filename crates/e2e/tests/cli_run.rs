@@ -5,9 +5,9 @@
 //! namespace or another snapshotter, and `ctr events` showing task exits.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
-use stevedore_e2e::{busybox_image, require_tool, Daemon, GO_SHIM_CONFIG};
+use stevedore_e2e::{busybox_image, require_tool, run_on_pty as on_pty, Daemon, GO_SHIM_CONFIG};
 
 /// A test on stevedore's shim and one on containerd's Go shim.
 macro_rules! on_both_shims {
@@ -322,8 +322,6 @@ fn stevedore_run_flags_reach_the_container() {
         assert!(o.status.success() || all.contains("crun"), "{all}");
     }
 }
-
-use stevedore_e2e::run_on_pty as on_pty;
 
 fn tty_run(shim: Shim) {
     let (d, _dir, img) = setup(shim);
