@@ -262,6 +262,35 @@ impl Daemon {
         c
     }
 
+    /// Pids of the shims this daemon started (their command line names its
+    /// socket), whoever their parent is now.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        shim_pids_for(&self.socket.display().to_string())
+    }
+
+    /// Wait until no shim of this daemon runs; panics naming the survivors.
+    pub fn expect_no_shims(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.shim_pids();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let cmds: Vec<String> = left
+                    .iter()
+                    .map(|p| {
+                        std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                            .unwrap_or_default()
+                            .replace('\0', " ")
+                    })
+                    .collect();
+                panic!("shims outlive their tasks: {cmds:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A gRPC channel to the daemon for direct API calls.
     pub async fn channel(&self) -> tonic::transport::Channel {
         stevedore_api::client::connect(&self.socket)
@@ -277,16 +306,9 @@ impl Drop for Daemon {
     /// detach leftover rootfs mounts.
     fn drop(&mut self) {
         self.stop();
-        let sock = self.socket.display().to_string();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("containerd-shim-") && cmd.contains(&sock) {
-                if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() {
-                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                    }
-                }
+        for pid in self.shim_pids() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
         let tasks = self.state.join("io.containerd.runtime.v2.task");
@@ -503,4 +525,70 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Pids of running shim processes (not zombies) whose command line
+/// contains `needle` (a daemon's socket path).
+pub fn shim_pids_for(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("containerd-shim-") && cmd.contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Run `args` with a pty of 33 rows x 101 columns as its stdio (python3's
+/// pty module); returns (exit code, everything written to the terminal).
+pub fn run_on_pty(args: &[&str]) -> (i32, String) {
+    let script = r#"
+import os, pty, subprocess, fcntl, termios, struct, sys
+m, s = pty.openpty()
+fcntl.ioctl(s, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+p = subprocess.Popen(sys.argv[1:], stdin=s, stdout=s, stderr=s, start_new_session=True)
+os.close(s)
+out = b""
+while True:
+    try:
+        d = os.read(m, 65536)
+    except OSError:
+        break
+    if not d:
+        break
+    out += d
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(p.wait())
+"#;
+    let o = Command::new(require_tool("python3", "python3"))
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python3");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+    )
+}
+
+/// A directory with busybox-static and its applets: a minimal rootfs to
+/// bind-mount as a task's rootfs.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    require_tool("busybox", "busybox-static");
+    let root = dir.join("busybox-rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "sleep", "cat", "true", "ls"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    for d in ["proc", "dev", "sys", "tmp", "etc", "run"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    root
 }

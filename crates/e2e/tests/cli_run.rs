@@ -5,9 +5,9 @@
 //! namespace or another snapshotter, and `ctr events` showing task exits.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
-use stevedore_e2e::{busybox_image, require_tool, Daemon, GO_SHIM_CONFIG};
+use stevedore_e2e::{busybox_image, require_tool, run_on_pty as on_pty, Daemon, GO_SHIM_CONFIG};
 
 /// A test on stevedore's shim and one on containerd's Go shim.
 macro_rules! on_both_shims {
@@ -321,36 +321,6 @@ fn stevedore_run_flags_reach_the_container() {
         let all = format!("{}{}", text(&o), String::from_utf8_lossy(&o.stderr));
         assert!(o.status.success() || all.contains("crun"), "{all}");
     }
-}
-
-/// Run `args` with a pty of 33 rows x 101 columns as its stdio; returns
-/// (exit code, everything written to the terminal).
-fn on_pty(args: &[&str]) -> (i32, String) {
-    let script = r#"
-import os, pty, subprocess, fcntl, termios, struct, sys
-m, s = pty.openpty()
-fcntl.ioctl(s, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-p = subprocess.Popen(sys.argv[1:], stdin=s, stdout=s, stderr=s, start_new_session=True)
-os.close(s)
-out = b""
-while True:
-    try:
-        d = os.read(m, 4096)
-    except OSError:
-        break
-    if not d:
-        break
-    out += d
-sys.stdout.write(out.decode(errors="replace"))
-sys.exit(p.wait())
-"#;
-    let o = Command::new(require_tool("python3", "python3"))
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    (o.status.code().unwrap_or(-1), text(&o))
 }
 
 fn tty_run(shim: Shim) {

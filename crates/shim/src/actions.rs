@@ -1,0 +1,154 @@
+//! The shim's actions: `start` (spawn the serving shim, join the runc
+//! options' `ShimCgroup`, print the address), `delete` (clean up after a
+//! dead shim, print a DeleteResponse) and `serve` (the ttrpc server).
+//!
+//! The socket is `/run/stevedore/s/<hash of address, namespace, id>`; its
+//! address is also written to `<bundle>/address`.
+
+use crate::cgroups::{self, Sources};
+use crate::error::{Error, Result};
+use crate::flags::Flags;
+use crate::options::RuncOptions;
+use crate::runc::Runc;
+use crate::service::{recorded_runtime, Service, Shim};
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim_async::create_task;
+use containerd_shim_protos::ttrpc::asynchronous::Server;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+/// The socket of a shim: one per (daemon address, namespace, id).
+fn socket_path(f: &Flags) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&f.address, &f.namespace, &f.id).hash(&mut h);
+    PathBuf::from(format!("/run/stevedore/s/{:016x}", h.finish()))
+}
+
+/// The runtime options the daemon wrote on stdin (an `Any`), if any.
+fn options_from_stdin() -> Result<RuncOptions> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut data)
+        .map_err(|e| Error::io("read options from stdin", e))?;
+    if data.is_empty() {
+        return Ok(RuncOptions::default());
+    }
+    let any = Any::parse_from_bytes(&data)
+        .map_err(|e| Error::InvalidArgument(format!("runtime options on stdin: {e}")))?;
+    RuncOptions::from_any(&any)
+}
+
+/// `start`: spawn `serve` in its own session on a socket bound here.
+pub fn start(f: &Flags) -> Result<()> {
+    let opts = options_from_stdin()?;
+    let sock = socket_path(f);
+    if let Some(d) = sock.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+    }
+    let _ = std::fs::remove_file(&sock);
+    // listen here, hand the socket to the server: the address is good as
+    // soon as we print it (clients queue in the backlog until it accepts)
+    let listener = std::os::unix::net::UnixListener::bind(&sock)
+        .map_err(|e| Error::io(format!("listen on {}", sock.display()), e))?;
+    rustix::io::fcntl_setfd(listener.as_fd(), rustix::io::FdFlags::empty())
+        .map_err(|e| Error::io("share the listening socket", e))?;
+    let listen_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let exe = std::env::current_exe().map_err(|e| Error::io("find own binary", e))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["-namespace", &f.namespace, "-address", &f.address])
+        .args(["-id", &f.id, "-bundle", &f.bundle])
+        .arg("-socket")
+        .arg(&sock)
+        .arg("-listen-fd")
+        .arg(listen_fd.to_string())
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir(&f.bundle);
+    // SAFETY: setsid is async-signal-safe and touches no memory
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            rustix::process::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| Error::io("spawn shim server", e))?;
+    drop(listener);
+    if let Some(cg) = &opts.shim_cgroup {
+        if let Err(e) = cgroups::join(&Sources::default(), cg, child.id()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&sock);
+            return Err(e);
+        }
+    }
+    let addr = format!("unix://{}", sock.display());
+    let af = Path::new(&f.bundle).join("address");
+    std::fs::write(&af, &addr).map_err(|e| Error::io(format!("write {}", af.display()), e))?;
+    println!("{addr}");
+    Ok(())
+}
+
+/// `delete`: force-delete the runc container, unmount the rootfs, print a
+/// DeleteResponse (status 137, as containerd's shim reports a killed task).
+pub fn delete(f: &Flags) -> Result<()> {
+    let bundle = Path::new(&f.bundle);
+    let runc = Runc::new(&recorded_runtime(bundle), &f.namespace, bundle);
+    let _ = runc.run(&["delete", "--force", &f.id], None);
+    let _ = stevedore_sys::mount::unmount_all(&bundle.join("rootfs"));
+    let mut resp = DeleteResponse::new();
+    resp.exit_status = 137;
+    resp.exited_at = Some(crate::events::ts(std::time::SystemTime::now())).into();
+    let out = resp
+        .write_to_bytes()
+        .map_err(|e| Error::Internal(format!("encode DeleteResponse: {e}")))?;
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(&out)
+        .map_err(|e| Error::io("write DeleteResponse", e))
+}
+
+/// `serve`: the task service until Shutdown.
+pub fn serve(f: Flags) -> Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(|e| Error::io("become subreaper", e))?;
+    crate::log::open(Path::new(&f.bundle));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("build runtime", e))?;
+    rt.block_on(async move {
+        let shim = Arc::new(Shim::new(&f.namespace, &f.id, Path::new(&f.bundle)));
+        let server = match f.listen_fd {
+            // SAFETY: `start` passed this fd: a listening unix socket, ours alone
+            Some(fd) => unsafe {
+                // not to be inherited by runc and the containers
+                let b = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(b, rustix::io::FdFlags::CLOEXEC)
+                    .map_err(|e| Error::io(format!("listen fd {fd}"), e))?;
+                Server::new().add_unix_listener(fd)
+            },
+            None => Server::new().bind(&format!("unix://{}", f.socket)),
+        };
+        let mut server = server
+            .map_err(|e| Error::Internal(format!("ttrpc server: {e}")))?
+            .register_service(create_task(Arc::new(Service(shim.clone()))));
+        server
+            .start()
+            .await
+            .map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
+        shim.shutdown.notified().await;
+        // let the Shutdown response leave before exiting
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let _ = std::fs::remove_file(&f.socket);
+        Ok(())
+    })
+}

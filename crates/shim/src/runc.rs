@@ -1,0 +1,284 @@
+//! The OCI runtime driver: runc's command line as containerd's go-runc
+//! builds it (`--root <root>/<namespace> --log <bundle>/log.json
+//! --log-format json`), and runc's failures in containerd's wording.
+//!
+//! runc writes its log lines to `log.json`, never to the container's stdio;
+//! on failure the last `"level":"error"` line of that file is the message
+//! (containerd's `getLastRuntimeError`), prefixed with what failed
+//! (`OCI runtime create failed: ...`, `runtimeError` in containerd's
+//! `pkg/process`). Kill errors are classified like `checkKillError`.
+
+use crate::error::{go_os_error, Error, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where the shim keeps runc's state: one root per namespace.
+pub const RUNC_ROOT: &str = "/run/stevedore/runc";
+
+/// How one OCI runtime binary is run for one task.
+#[derive(Debug, Clone)]
+pub struct Runc {
+    /// The binary: `runc`, a name looked up in `PATH`, or a path.
+    pub binary: String,
+    /// `--root`: `RUNC_ROOT/<namespace>`.
+    pub root: PathBuf,
+    /// `--log`: `<bundle>/log.json`.
+    pub log: PathBuf,
+}
+
+/// How a runc invocation failed, before it is worded for a client.
+#[derive(Debug)]
+pub enum Failure {
+    /// The binary could not be run: Go's `exec: "<name>": ...` text.
+    Spawn(String),
+    /// runc ran and failed: go-runc's `<binary> did not terminate
+    /// successfully: exit status N[: <output>]`.
+    Exit { text: String },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Spawn(s) => f.write_str(s),
+            Failure::Exit { text } => f.write_str(text),
+        }
+    }
+}
+
+impl Runc {
+    /// The runtime for a task of `namespace` whose bundle is `bundle`.
+    pub fn new(binary: &str, namespace: &str, bundle: &Path) -> Runc {
+        Runc {
+            binary: binary.to_string(),
+            root: Path::new(RUNC_ROOT).join(namespace),
+            log: bundle.join("log.json"),
+        }
+    }
+
+    /// The binary's path, as Go's `exec.LookPath` finds it.
+    pub fn look_path(&self) -> Result<PathBuf, Failure> {
+        look_path(&self.binary)
+    }
+
+    /// A command with the global flags; stdio and arguments are the caller's.
+    pub fn command(&self, args: &[&str]) -> Result<Command, Failure> {
+        let mut cmd = Command::new(self.look_path()?);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&self.log)
+            .args(["--log-format", "json"])
+            .args(args)
+            .env_remove("NOTIFY_SOCKET");
+        Ok(cmd)
+    }
+
+    /// Run a command that has no stdio of a container: its output is
+    /// collected (stdout returned, stdout+stderr in the failure like
+    /// go-runc's `runOrError`).
+    pub fn run(&self, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
+        use std::io::Write;
+        let mut cmd = self.command(args)?;
+        cmd.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| self.spawn_failure(&e))?;
+        if let (Some(data), Some(mut w)) = (input, child.stdin.take()) {
+            // a runc that exits early closes the pipe: its status says why
+            let _ = w.write_all(data);
+        }
+        let out = child.wait_with_output().map_err(|e| Failure::Exit {
+            text: format!("wait for {}: {}", self.binary, go_os_error(&e)),
+        })?;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        let mut output = out.stdout;
+        output.extend_from_slice(&out.stderr);
+        Err(Failure::Exit {
+            text: format!(
+                "{}: {}",
+                self.exit_text(&out.status),
+                String::from_utf8_lossy(&output)
+            ),
+        })
+    }
+
+    /// go-runc's `<binary> did not terminate successfully: exit status N`.
+    pub fn exit_text(&self, status: &std::process::ExitStatus) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        format!(
+            "{} did not terminate successfully: exit status {code}",
+            self.binary
+        )
+    }
+
+    /// Go's wording for a binary that could not be started.
+    pub fn spawn_failure(&self, e: &std::io::Error) -> Failure {
+        Failure::Spawn(format!("fork/exec {}: {}", self.binary, go_os_error(e)))
+    }
+
+    /// The message of the last error runc logged (`getLastRuntimeError`).
+    pub fn last_error(&self) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(&self.log)?;
+        Ok(last_error_in(&text))
+    }
+
+    /// containerd's `runtimeError`: `<what>: <runc's last logged error>`,
+    /// or the invocation's own failure when runc logged none.
+    pub fn runtime_error(&self, failure: Failure, what: &str) -> Error {
+        Error::Runtime(match self.last_error() {
+            Err(e) => format!(
+                "{what}: unable to retrieve OCI runtime error (open {}: {}): {failure}",
+                self.log.display(),
+                go_os_error(&e)
+            ),
+            Ok(msg) if msg.is_empty() => format!("{what}: {failure}"),
+            Ok(msg) => format!("{what}: {msg}"),
+        })
+    }
+}
+
+/// The last `"level":"error"` message of a runc JSON log, trimmed.
+pub fn last_error_in(log: &str) -> String {
+    let mut last = String::new();
+    for v in serde_json::Deserializer::from_str(log)
+        .into_iter::<serde_json::Value>()
+        .map_while(|v| v.ok())
+    {
+        if v["level"] == "error" {
+            if let Some(m) = v["msg"].as_str() {
+                last = m.trim().to_string();
+            }
+        }
+    }
+    last
+}
+
+/// containerd's `checkKillError`: a process or container that is gone is
+/// NotFound; anything else says the kill failed.
+pub fn kill_error(failure: Failure) -> Error {
+    let text = failure.to_string();
+    if text.contains("os: process already finished")
+        || text.contains("container not running")
+        || text.to_lowercase().contains("no such process")
+    {
+        Error::NotFound("process already finished: not found".into())
+    } else if text.contains("does not exist") {
+        Error::NotFound("no such container: not found".into())
+    } else {
+        Error::Runtime(format!("unknown error after kill: {text}"))
+    }
+}
+
+/// Go's `exec.LookPath`: a name with a slash is used as is, others are
+/// searched in `PATH`; failures read like Go's.
+pub fn look_path(name: &str) -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return match std::fs::metadata(&p) {
+            Ok(_) if executable(&p) => Ok(p),
+            Ok(_) => Err(Failure::Spawn(format!("exec: {name:?}: permission denied"))),
+            Err(e) => Err(Failure::Spawn(format!(
+                "exec: {name:?}: stat {name}: {}",
+                go_os_error(&e)
+            ))),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| executable(p))
+        .ok_or_else(|| {
+            Failure::Spawn(format!(
+                "exec: {name:?}: executable file not found in $PATH"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_logged_error_is_the_message() {
+        let log = concat!(
+            r#"{"level":"warning","msg":"w","time":"t"}"#,
+            "\n",
+            r#"{"level":"error","msg":"first","time":"t"}"#,
+            "\n",
+            r#"{"level":"error","msg":"runc create failed: unable to start container process: exec: \"/bin/x\": stat /bin/x: no such file or directory ","time":"t"}"#,
+            "\n",
+            r#"{"level":"info","msg":"later","time":"t"}"#,
+        );
+        assert_eq!(
+            last_error_in(log),
+            r#"runc create failed: unable to start container process: exec: "/bin/x": stat /bin/x: no such file or directory"#
+        );
+        assert_eq!(last_error_in(""), "");
+    }
+
+    #[test]
+    fn runtime_errors_are_worded_like_containerd() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Runc::new("runc", "ns", dir.path());
+        let fail = || Failure::Exit {
+            text: "runc did not terminate successfully: exit status 1".into(),
+        };
+        // no log at all
+        let e = r.runtime_error(fail(), "OCI runtime create failed");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "OCI runtime create failed: unable to retrieve OCI runtime error (open {}/log.json: no such file or directory): runc did not terminate successfully: exit status 1",
+                dir.path().display()
+            )
+        );
+        std::fs::write(&r.log, r#"{"level":"error","msg":"boom","time":"t"}"#).unwrap();
+        let e = r.runtime_error(fail(), "OCI runtime exec failed");
+        assert_eq!(e.to_string(), "OCI runtime exec failed: boom");
+        assert_eq!(e.code(), containerd_shim_protos::ttrpc::Code::UNKNOWN);
+    }
+
+    #[test]
+    fn kill_errors_of_gone_containers_are_not_found() {
+        let exit = |t: &str| Failure::Exit {
+            text: format!("runc did not terminate successfully: exit status 1: {t}"),
+        };
+        for t in [
+            "container does not exist",
+            "container not running",
+            "no such process",
+        ] {
+            assert!(matches!(kill_error(exit(t)), Error::NotFound(_)), "{t}");
+        }
+        assert!(matches!(kill_error(exit("other")), Error::Runtime(_)));
+    }
+
+    #[test]
+    fn a_missing_binary_reads_like_go() {
+        let e = look_path("stevedore-no-such-runtime").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"exec: "stevedore-no-such-runtime": executable file not found in $PATH"#
+        );
+        let e = look_path("/no/such/runc").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"exec: "/no/such/runc": stat /no/such/runc: no such file or directory"#
+        );
+    }
+}
