@@ -120,6 +120,11 @@ fn tail(s: &str, n: usize) -> String {
 }
 
 #[test]
+fn go_client_behaviours_on_stevedore_shim() {
+    run_clientcheck(None);
+}
+
+#[test]
 fn go_client_behaviours_on_containerd_go_shim() {
     run_clientcheck(Some(GO_SHIM_CONFIG));
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::flags::Flags;
 use crate::options::RuncOptions;
 use crate::runc::Runc;
-use crate::service::{recorded_runtime, Service, Shim};
+use crate::service::{Service, Shim};
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
@@ -101,7 +101,7 @@ pub fn start(f: &Flags) -> Result<()> {
 /// DeleteResponse (status 137, as containerd's shim reports a killed task).
 pub fn delete(f: &Flags) -> Result<()> {
     let bundle = Path::new(&f.bundle);
-    let runc = Runc::new(&recorded_runtime(bundle), &f.namespace, bundle);
+    let runc = Runc::recorded(&f.namespace, bundle);
     let _ = runc.run(&["delete", "--force", &f.id], None);
     let _ = stevedore_sys::mount::unmount_all(&bundle.join("rootfs"));
     let mut resp = DeleteResponse::new();

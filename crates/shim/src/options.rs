@@ -14,6 +14,9 @@ pub struct RuncOptions {
     pub shim_cgroup: Option<String>,
     /// `binary_name` (field 6): the OCI runtime binary instead of runc.
     pub binary_name: Option<String>,
+    /// `root` (field 7): runc's state root instead of the shim's default
+    /// (the namespace is appended, as containerd's shim does).
+    pub root: Option<String>,
 }
 
 impl RuncOptions {
@@ -39,6 +42,7 @@ impl RuncOptions {
             match (field, wire) {
                 (3, 2) => o.shim_cgroup = Some(input.read_string().map_err(bad)?),
                 (6, 2) => o.binary_name = Some(input.read_string().map_err(bad)?),
+                (7, 2) => o.root = Some(input.read_string().map_err(bad)?),
                 _ => {
                     let wt = WireType::new(wire).ok_or_else(|| {
                         Error::InvalidArgument(format!("runc options: bad wire type {wire}"))
@@ -49,6 +53,14 @@ impl RuncOptions {
         }
         o.shim_cgroup = o.shim_cgroup.filter(|s| !s.is_empty());
         o.binary_name = o.binary_name.filter(|s| !s.is_empty());
+        o.root = o.root.filter(|s| !s.is_empty());
+        if let Some(root) = &o.root {
+            if !root.starts_with('/') {
+                return Err(Error::InvalidArgument(format!(
+                    "runc options: root {root:?} must be an absolute path"
+                )));
+            }
+        }
         Ok(o)
     }
 }
@@ -64,7 +76,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_shim_cgroup_and_binary_name_and_skips_the_rest() {
+    fn reads_shim_cgroup_binary_name_and_root_and_skips_the_rest() {
         let mut bytes = vec![0x08, 0x01]; // no_pivot_root = true
         bytes.extend(field(3, "/shims/a"));
         bytes.extend(field(6, "crun"));
@@ -72,6 +84,11 @@ mod tests {
         let o = RuncOptions::decode(&bytes).unwrap();
         assert_eq!(o.shim_cgroup.as_deref(), Some("/shims/a"));
         assert_eq!(o.binary_name.as_deref(), Some("crun"));
+        assert_eq!(o.root.as_deref(), Some("/run/x"));
+        assert!(matches!(
+            RuncOptions::decode(&field(7, "relative/root")),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

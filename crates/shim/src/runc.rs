@@ -15,12 +15,26 @@ use std::process::{Command, Stdio};
 /// Where the shim keeps runc's state: one root per namespace.
 pub const RUNC_ROOT: &str = "/run/stevedore/runc";
 
+/// The file in the bundle naming the OCI runtime chosen at create, so
+/// `delete` after a crash uses the same one.
+pub const OCI_RUNTIME_FILE: &str = "oci-runtime";
+
+/// The file in the bundle naming runc's state root chosen at create (the
+/// runc options' `root`), for the same reason.
+pub const RUNC_ROOT_FILE: &str = "runc-root";
+
+/// The default OCI runtime: `STEVEDORE_OCI_RUNTIME` or runc.
+pub fn default_runtime() -> String {
+    std::env::var("STEVEDORE_OCI_RUNTIME").unwrap_or_else(|_| "runc".into())
+}
+
 /// How one OCI runtime binary is run for one task.
 #[derive(Debug, Clone)]
 pub struct Runc {
     /// The binary: `runc`, a name looked up in `PATH`, or a path.
     pub binary: String,
-    /// `--root`: `RUNC_ROOT/<namespace>`.
+    /// `--root`: `<root>/<namespace>`, root being the runc options' `root`
+    /// or [`RUNC_ROOT`].
     pub root: PathBuf,
     /// `--log`: `<bundle>/log.json`.
     pub log: PathBuf,
@@ -46,13 +60,45 @@ impl std::fmt::Display for Failure {
 }
 
 impl Runc {
-    /// The runtime for a task of `namespace` whose bundle is `bundle`.
-    pub fn new(binary: &str, namespace: &str, bundle: &Path) -> Runc {
+    /// The runtime `binary` keeping its state under `root/<namespace>`.
+    pub fn with_root(binary: &str, root: &Path, namespace: &str, bundle: &Path) -> Runc {
         Runc {
             binary: binary.to_string(),
-            root: Path::new(RUNC_ROOT).join(namespace),
+            root: root.join(namespace),
             log: bundle.join("log.json"),
         }
+    }
+
+    /// The runtime recorded in `bundle` at create, else the defaults.
+    pub fn recorded(namespace: &str, bundle: &Path) -> Runc {
+        let read = |f: &str| {
+            std::fs::read_to_string(bundle.join(f))
+                .ok()
+                .filter(|s| !s.is_empty())
+        };
+        let binary = read(OCI_RUNTIME_FILE).unwrap_or_else(default_runtime);
+        let root = read(RUNC_ROOT_FILE).unwrap_or_else(|| RUNC_ROOT.to_string());
+        Self::with_root(&binary, Path::new(&root), namespace, bundle)
+    }
+
+    /// The runtime the runc options choose, recorded in `bundle` (what they
+    /// leave unset keeps its default).
+    pub fn choose(
+        opts: &crate::options::RuncOptions,
+        namespace: &str,
+        bundle: &Path,
+    ) -> Result<Runc> {
+        let record = |f: &str, v: &str| {
+            let p = bundle.join(f);
+            std::fs::write(&p, v).map_err(|e| Error::io(format!("record {}", p.display()), e))
+        };
+        if let Some(name) = &opts.binary_name {
+            record(OCI_RUNTIME_FILE, name)?;
+        }
+        if let Some(root) = &opts.root {
+            record(RUNC_ROOT_FILE, root)?;
+        }
+        Ok(Self::recorded(namespace, bundle))
     }
 
     /// The binary's path, as Go's `exec.LookPath` finds it.
@@ -234,7 +280,7 @@ mod tests {
     #[test]
     fn runtime_errors_are_worded_like_containerd() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Runc::new("runc", "ns", dir.path());
+        let r = Runc::with_root("runc", Path::new(RUNC_ROOT), "ns", dir.path());
         let fail = || Failure::Exit {
             text: "runc did not terminate successfully: exit status 1".into(),
         };

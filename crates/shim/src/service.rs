@@ -28,23 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use stevedore_types::identifiers;
 
-/// The file in the bundle naming the OCI runtime chosen at create, so
-/// `delete` after a crash uses the same one.
-pub const OCI_RUNTIME_FILE: &str = "oci-runtime";
-
-/// The default OCI runtime: `STEVEDORE_OCI_RUNTIME` or runc.
-pub fn default_runtime() -> String {
-    std::env::var("STEVEDORE_OCI_RUNTIME").unwrap_or_else(|_| "runc".into())
-}
-
-/// The runtime recorded in `bundle`, else the default.
-pub fn recorded_runtime(bundle: &Path) -> String {
-    std::fs::read_to_string(bundle.join(OCI_RUNTIME_FILE))
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(default_runtime)
-}
-
 /// containerd's `ShouldKillAllOnExit`: a container without its own PID
 /// namespace leaves processes behind when its init exits; they are killed.
 pub fn should_kill_all_on_exit(bundle: &Path) -> bool {
@@ -90,7 +73,7 @@ impl Shim {
             namespace: namespace.to_string(),
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
-            runc: Mutex::new(Runc::new(&recorded_runtime(bundle), namespace, bundle)),
+            runc: Mutex::new(Runc::recorded(namespace, bundle)),
             procs: Mutex::new(HashMap::new()),
             events: Publisher::from_env(namespace),
             shutdown: tokio::sync::Notify::new(),
@@ -152,12 +135,9 @@ impl Shim {
             Some(a) => RuncOptions::from_any(a)?,
             None => RuncOptions::default(),
         };
-        if let Some(name) = &opts.binary_name {
-            let f = self.bundle.join(OCI_RUNTIME_FILE);
-            std::fs::write(&f, name)
-                .map_err(|e| Error::io(format!("record OCI runtime in {}", f.display()), e))?;
+        if opts.binary_name.is_some() || opts.root.is_some() {
             *self.runc.lock().unwrap_or_else(|p| p.into_inner()) =
-                Runc::new(name, &self.namespace, &self.bundle);
+                Runc::choose(&opts, &self.namespace, &self.bundle)?;
         }
         let runc = self.runc();
         let io = Io {
