@@ -146,7 +146,9 @@ pub fn serve(f: Flags) -> Result<()> {
             .await
             .map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
         shim.shutdown.notified().await;
-        // let the Shutdown response leave before exiting
+        // the last events (`/tasks/delete`) reach the daemon before we go;
+        // and the Shutdown response leaves
+        shim.events.flush(std::time::Duration::from_secs(2)).await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let _ = std::fs::remove_file(&f.socket);
         Ok(())

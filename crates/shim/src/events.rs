@@ -56,11 +56,30 @@ pub fn ts(t: SystemTime) -> Timestamp {
     x
 }
 
-/// Forwards events of one namespace to the daemon, reconnecting once.
+/// How often an event that could not be delivered is tried again, waiting
+/// 1, 2, ... seconds in between (containerd's shim publisher: `maxRequeue`).
+const MAX_REQUEUE: u64 = 5;
+
+/// Events waiting for delivery; publishing waits when this many are queued.
+const QUEUE: usize = 256;
+
+/// An event on its way to the daemon.
+struct Queued {
+    topic: String,
+    req: ForwardRequest,
+}
+
+/// Forwards events of one namespace to the daemon, in order, from one task:
+/// publishing only queues, so a daemon that is down (restarting) never
+/// blocks the task's lifecycle; an undelivered event is retried
+/// [`MAX_REQUEUE`] times over ~15 s, as containerd's shim does, so a
+/// restarted daemon still learns of exits that happened while it was away.
 pub struct Publisher {
     namespace: String,
     address: Option<String>,
-    client: tokio::sync::Mutex<Option<EventsClient>>,
+    queue: std::sync::OnceLock<tokio::sync::mpsc::Sender<Queued>>,
+    /// Queued and not yet delivered (or given up on).
+    pending: std::sync::Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl Publisher {
@@ -79,11 +98,12 @@ impl Publisher {
         Publisher {
             namespace: namespace.to_string(),
             address,
-            client: tokio::sync::Mutex::new(None),
+            queue: std::sync::OnceLock::new(),
+            pending: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
-    /// Publish `m` on `topic`.
+    /// Queue `m` on `topic` for delivery (inside the shim's runtime).
     pub async fn publish<M: Named>(&self, topic: &str, m: &M) {
         let Some(addr) = &self.address else {
             return;
@@ -95,32 +115,77 @@ impl Publisher {
         env.event = Some(pack(m)).into();
         let mut req = ForwardRequest::new();
         req.envelope = Some(env).into();
-        let mut guard = self.client.lock().await;
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+            tokio::spawn(forward(addr.clone(), rx, self.pending.clone()));
+            tx
+        });
+        self.pending.send_modify(|n| *n += 1);
+        let queued = Queued {
+            topic: topic.to_string(),
+            req,
+        };
+        if queue.send(queued).await.is_err() {
+            self.pending.send_modify(|n| *n -= 1);
+            crate::log::warn(&format!("publish {topic} event: the publisher stopped"));
+        }
+    }
+
+    /// Wait (at most `limit`) until every queued event was delivered or
+    /// given up on: before the shim exits.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let mut rx = self.pending.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+    }
+}
+
+/// The delivery task: one event at a time, in order, retried with growing
+/// pauses; one connection, re-made after a failure.
+async fn forward(
+    addr: String,
+    mut rx: tokio::sync::mpsc::Receiver<Queued>,
+    pending: std::sync::Arc<tokio::sync::watch::Sender<usize>>,
+) {
+    let mut client: Option<EventsClient> = None;
+    while let Some(q) = rx.recv().await {
         let mut last = String::new();
-        for _ in 0..2 {
-            if guard.is_none() {
-                match Client::connect(addr).await {
-                    Ok(c) => *guard = Some(EventsClient::new(c)),
+        let mut delivered = false;
+        for attempt in 0..=MAX_REQUEUE {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_secs(attempt)).await;
+            }
+            if client.is_none() {
+                match Client::connect(&addr).await {
+                    Ok(c) => client = Some(EventsClient::new(c)),
                     Err(e) => {
                         last = format!("connect to {addr}: {e}");
                         continue;
                     }
                 }
             }
-            let Some(client) = guard.as_ref() else {
+            let Some(c) = client.as_ref() else {
                 continue;
             };
-            match client
-                .forward(ttrpc::context::with_timeout(5_000_000_000), &req)
+            match c
+                .forward(ttrpc::context::with_timeout(5_000_000_000), &q.req)
                 .await
             {
-                Ok(_) => return,
+                Ok(_) => {
+                    delivered = true;
+                    break;
+                }
                 Err(e) => {
                     last = e.to_string();
-                    *guard = None;
+                    client = None;
                 }
             }
         }
-        crate::log::warn(&format!("publish {topic} event: {last}"));
+        if !delivered {
+            crate::log::warn(&format!(
+                "publish {} event: {last} (gave up after {MAX_REQUEUE} retries)",
+                q.topic
+            ));
+        }
+        pending.send_modify(|n| *n -= 1);
     }
 }

@@ -51,7 +51,7 @@ pub struct Shim {
     pub bundle: PathBuf,
     runc: Mutex<Runc>,
     procs: Mutex<HashMap<String, Arc<Process>>>,
-    events: Publisher,
+    pub events: Publisher,
     /// Notified when Shutdown lets the shim exit.
     pub shutdown: tokio::sync::Notify,
     /// Held from `runc start`/`exec` to the start event, and while an exit
