@@ -8,11 +8,18 @@ and its dependencies) and writes a normalised copy under this directory:
 comments, Go options and gogoproto annotations are removed (they do not affect
 the wire), and import paths are shortened to this tree's layout.
 
-Usage: python3 crates/api/proto/regen.py   (run from anywhere; needs the package)
+containerd 2.x's additions (the Transfer and Streaming services, the transfer
+types, Platform's os_version) come from a git checkout of containerd at
+CONTAINERD2_TAG (`git show <tag>:api/...`); they only add packages and fields.
+
+Usage: python3 crates/api/proto/regen.py [CONTAINERD_GIT_DIR]
+       (run from anywhere; needs the Debian package, and for the 2.x files a
+       clone or mirror of github.com/containerd/containerd)
 The output is committed, so building stevedore never needs this script or protoc.
 """
 import os
 import re
+import subprocess
 import sys
 
 GOCODE = "/usr/share/gocode/src/github.com"
@@ -24,7 +31,6 @@ FILES = [
     (CTRD + "/api/types/descriptor.proto", "containerd/types/descriptor.proto"),
     (CTRD + "/api/types/metrics.proto", "containerd/types/metrics.proto"),
     (CTRD + "/api/types/mount.proto", "containerd/types/mount.proto"),
-    (CTRD + "/api/types/platform.proto", "containerd/types/platform.proto"),
     (CTRD + "/api/types/task/task.proto", "containerd/types/task/task.proto"),
     (CTRD + "/api/events/container.proto", "containerd/events/container.proto"),
     (CTRD + "/api/events/content.proto", "containerd/events/content.proto"),
@@ -50,11 +56,27 @@ FILES = [
     (GOCODE + "/gogo/googleapis/google/rpc/status.proto", "google/rpc/status.proto"),
 ]
 
+CONTAINERD2_TAG = "v2.1.4"
+
+# containerd 2.x files: (path in containerd's repository, destination)
+FILES2 = [
+    ("api/types/platform.proto", "containerd/types/platform.proto"),
+    ("api/services/transfer/v1/transfer.proto", "containerd/services/transfer/v1/transfer.proto"),
+    ("api/services/streaming/v1/streaming.proto", "containerd/services/streaming/v1/streaming.proto"),
+    ("api/types/transfer/imagestore.proto", "containerd/types/transfer/imagestore.proto"),
+    ("api/types/transfer/importexport.proto", "containerd/types/transfer/importexport.proto"),
+    ("api/types/transfer/progress.proto", "containerd/types/transfer/progress.proto"),
+    ("api/types/transfer/registry.proto", "containerd/types/transfer/registry.proto"),
+    ("api/types/transfer/streaming.proto", "containerd/types/transfer/streaming.proto"),
+]
+
 IMPORT_MAP = {}
 for src, dst in FILES:
     key = src.replace(GOCODE + "/", "github.com/")
     IMPORT_MAP[key] = dst
 IMPORT_MAP["google/rpc/status.proto"] = "google/rpc/status.proto"
+for src, dst in FILES2:
+    IMPORT_MAP["github.com/containerd/containerd/" + src] = dst
 
 HEADER = (
     "// Wire contract of containerd's API (containerd 1.6, Apache-2.0), normalised by\n"
@@ -84,7 +106,7 @@ def strip_field_options(line):
     return re.sub(r"\s*\[([^\]]*)\]", repl, line)
 
 
-def normalise(text):
+def normalise(text, header=None):
     text = strip_comments(text)
     lines = []
     for line in text.splitlines():
@@ -106,7 +128,15 @@ def normalise(text):
         lines.append(strip_field_options(line))
     text = "\n".join(lines)
     text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
-    return HEADER + text
+    # a comment removed at the top of a block leaves a blank line behind
+    text = re.sub(r"\{\n[ \t]*\n", "{\n", text)
+    return (header or HEADER) + text
+
+
+HEADER2 = (
+    "// Wire contract of containerd's API (containerd %s, Apache-2.0), normalised by\n"
+    "// crates/api/proto/regen.py. Do not edit by hand: field numbers are a fact to match.\n\n"
+) % CONTAINERD2_TAG
 
 
 def main():
@@ -119,6 +149,20 @@ def main():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(text)
+        print("wrote", dst)
+    git_dir = sys.argv[1] if len(sys.argv) > 1 else None
+    if not git_dir:
+        print("no containerd git directory given: containerd 2.x files left as they are")
+        return
+    for src, dst in FILES2:
+        text = subprocess.run(
+            ["git", "-C", git_dir, "show", "%s:%s" % (CONTAINERD2_TAG, src)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        path = os.path.join(OUT, dst)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(normalise(text, HEADER2))
         print("wrote", dst)
 
 

@@ -30,10 +30,14 @@ pub mod services {
     pub use crate::containerd::services::leases::v1 as leases;
     pub use crate::containerd::services::namespaces::v1 as namespaces;
     pub use crate::containerd::services::snapshots::v1 as snapshots;
+    pub use crate::containerd::services::streaming::v1 as streaming;
     pub use crate::containerd::services::tasks::v1 as tasks;
+    pub use crate::containerd::services::transfer::v1 as transfer;
     pub use crate::containerd::services::version::v1 as version;
     pub use crate::grpc::health::v1 as health;
-    pub use crate::stevedore::services::transfer::v1 as transfer;
+    /// stevedore's own transfer API (plugin `stevedore-transfer`), which
+    /// the `stevedore` CLI speaks; containerd 2.x's is [`transfer`].
+    pub use crate::stevedore::services::transfer::v1 as stevedore_transfer;
 }
 
 pub use containerd::events;

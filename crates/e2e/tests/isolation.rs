@@ -31,14 +31,14 @@ use stevedore_api::services::snapshots::{
     ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
     StatSnapshotRequest, UpdateSnapshotRequest, UsageRequest, ViewSnapshotRequest,
 };
+use stevedore_api::services::stevedore_transfer::{
+    transfer_client::TransferClient, ConvertRequest, ExportRequest, PushRequest, RegistryOptions,
+};
 use stevedore_api::services::tasks::{
     tasks_client::TasksClient, CheckpointTaskRequest, CloseIoRequest, CreateTaskRequest,
     DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest,
     ListPidsRequest, ListTasksRequest, MetricsRequest, PauseTaskRequest, ResizePtyRequest,
     ResumeTaskRequest, StartRequest, UpdateTaskRequest, WaitRequest,
-};
-use stevedore_api::services::transfer::{
-    transfer_client::TransferClient, ConvertRequest, ExportRequest, PushRequest, RegistryOptions,
 };
 use stevedore_api::types::Descriptor;
 use stevedore_e2e::{busybox_image, Daemon};

@@ -25,7 +25,7 @@ use stevedore_api::services::namespaces::{
 use stevedore_api::services::snapshots::{
     snapshots_client::SnapshotsClient, PrepareSnapshotRequest, RemoveSnapshotRequest,
 };
-use stevedore_api::services::transfer::{
+use stevedore_api::services::stevedore_transfer::{
     transfer_client::TransferClient, PullRequest, RegistryOptions,
 };
 use stevedore_api::services::version::version_client::VersionClient;

@@ -28,6 +28,7 @@ pub mod types {
     pub const MONITOR: &str = "io.containerd.monitor.v1";
     pub const INTERNAL: &str = "io.containerd.internal.v1";
     pub const TRANSFER: &str = "io.containerd.transfer.v1";
+    pub const STREAMING: &str = "io.containerd.streaming.v1";
 }
 
 /// An initialised plugin instance; consumers downcast to the concrete type.

@@ -47,6 +47,7 @@ pub fn to_pb(r: &PluginRecord) -> Plugin {
                 os: p.os.clone(),
                 architecture: p.architecture.clone(),
                 variant: p.variant.clone(),
+                os_version: p.os_version.clone(),
             })
             .collect(),
         exports: r.exports.clone().into_iter().collect(),

@@ -31,6 +31,7 @@ pub mod namespaces;
 pub mod registry;
 pub mod snapshot_gc;
 pub mod snapshots;
+pub mod streaming;
 pub mod tasks;
 pub mod transfer;
 pub mod version;

@@ -221,20 +221,43 @@ pub fn plugins() -> Registry {
         }
         Ok(SnapshotsService::grpc(snapshotters, (*ex).clone(), db))
     }));
-    r.register(grpc("transfer", &[SNAPSHOTTER, EVENT, METADATA], |ctx| {
-        let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
-        let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
-        let snapshotters = ctx
-            .all_of::<Namespaced>(SNAPSHOTTER)
-            .into_iter()
-            .map(|(id, s)| (id, (*s).clone()))
-            .collect();
-        Ok(crate::transfer::TransferService::grpc(
-            db,
-            snapshotters,
-            (*ex).clone(),
-            ctx.state.join("tmpmounts"),
+    r.register(
+        Registration::new(TRANSFER, "local", |ctx| {
+            let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+            let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+            let snapshotters = ctx
+                .all_of::<Namespaced>(SNAPSHOTTER)
+                .into_iter()
+                .map(|(id, s)| (id, (*s).clone()))
+                .collect();
+            Ok(Arc::new(crate::transfer::Engine::new(
+                db,
+                snapshotters,
+                (*ex).clone(),
+                ctx.state.join("tmpmounts"),
+            )) as Instance)
+        })
+        .requires(&[SNAPSHOTTER, EVENT, METADATA]),
+    );
+    r.register(Registration::new(STREAMING, "manager", |_| {
+        Ok(Arc::new(crate::streaming::StreamManager::new()) as Instance)
+    }));
+    r.register(grpc("streaming", &[STREAMING], |ctx| {
+        let streams: Arc<crate::streaming::StreamManager> = ctx.get(STREAMING, "manager")?;
+        Ok(crate::streaming::StreamingService::grpc(streams))
+    }));
+    // containerd 2.x's Transfer service keeps containerd's plugin id; stevedore's
+    // own transfer API, on the same engine, has an id of its own
+    r.register(grpc("transfer", &[TRANSFER, STREAMING], |ctx| {
+        let engine: Arc<crate::transfer::Engine> = ctx.get(TRANSFER, "local")?;
+        let streams: Arc<crate::streaming::StreamManager> = ctx.get(STREAMING, "manager")?;
+        Ok(crate::transfer::containerd::ContainerdTransfer::grpc(
+            engine, streams,
         ))
+    }));
+    r.register(grpc("stevedore-transfer", &[TRANSFER], |ctx| {
+        let engine: Arc<crate::transfer::Engine> = ctx.get(TRANSFER, "local")?;
+        Ok(crate::transfer::stevedore::TransferService::grpc(engine))
     }));
     r.register(grpc("version", &[], |_| Ok(VersionService::grpc())));
     r

@@ -199,7 +199,9 @@ pub async fn convert(
     layer_compression: Option<String>,
     platforms: Vec<String>,
 ) -> Result<()> {
-    use stevedore_api::services::transfer::{transfer_client::TransferClient, ConvertRequest};
+    use stevedore_api::services::stevedore_transfer::{
+        transfer_client::TransferClient, ConvertRequest,
+    };
     let (ch, ns) = conn.svc()?;
     let r = TransferClient::with_interceptor(ch, ns)
         .convert(ConvertRequest {

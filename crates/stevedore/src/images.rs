@@ -243,7 +243,7 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
             snapshotter,
             quiet,
         } => {
-            use stevedore_api::services::transfer::{
+            use stevedore_api::services::stevedore_transfer::{
                 transfer_client::TransferClient, ImportOptions, ImportRequest,
             };
             use tokio::io::AsyncReadExt;
@@ -329,7 +329,7 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
             skip_non_distributable,
         } => {
             use std::io::Write;
-            use stevedore_api::services::transfer::{
+            use stevedore_api::services::stevedore_transfer::{
                 transfer_client::TransferClient, ExportRequest,
             };
             let (ch, ns) = conn.svc()?;

@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use stevedore_api::services::transfer::{
+use stevedore_api::services::stevedore_transfer::{
     transfer_client::TransferClient, Progress, PullRequest, PushRequest, RegistryOptions,
     TransferProgress,
 };

@@ -1,0 +1,490 @@
+//! containerd 2.x's `ctr` against stevedored: `images pull|push|import|
+//! export|tag` go through containerd's Transfer service (typed `Any`s,
+//! progress, byte and credential streams over the Streaming service); the
+//! `--local` variants through the 1.6 services. The real ctr 2.1 from
+//! Debian unstable, unpacked by scripts/unstable-tools.sh.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use stevedore_e2e::{busybox_image, multi_image, require_tool, Daemon, Images};
+use stevedore_remote::testutil::TestRegistry;
+
+const CTR2: &str = "/opt/stevedore-tools/containerd/usr/bin/ctr";
+
+fn ctr2_path() -> PathBuf {
+    let p = PathBuf::from(CTR2);
+    assert!(
+        p.is_file(),
+        "{CTR2} is required by this test: run scripts/unstable-tools.sh (as root)"
+    );
+    p
+}
+
+fn ctr2(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(ctr2_path())
+        .arg("--address")
+        .arg(&d.socket)
+        .args(args)
+        .output()
+        .expect("run ctr 2.x")
+}
+
+fn ctr2_ok(d: &Daemon, args: &[&str]) -> String {
+    let o = ctr2(d, args);
+    assert!(
+        o.status.success(),
+        "ctr 2.x {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}\ndaemon log:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        d.log()
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn skopeo_push(img: &Images, reg: &TestRegistry, name: &str) -> String {
+    let dest = format!("{}/{name}", reg.host());
+    let o = Command::new(require_tool("skopeo", "skopeo"))
+        .args(["copy", "--dest-tls-verify=false", "--insecure-policy"])
+        .arg("--all")
+        .arg(format!("oci:{}", img.oci_dir.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    dest
+}
+
+/// Digests the namespace's content holds.
+fn content_digests(d: &Daemon) -> Vec<String> {
+    d.ctr_ok(&["content", "ls", "-q"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The target digest `ctr images ls` shows for `name`.
+fn image_digest(d: &Daemon, name: &str) -> String {
+    let ls = ctr2_ok(d, &["images", "ls"]);
+    let line = ls
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("{name} not listed:\n{ls}"));
+    line.split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap()
+        .to_string()
+}
+
+/// Names of the entries of a tar file, and the bytes of `index.json`.
+fn tar_entries(path: &Path) -> (Vec<String>, Vec<u8>) {
+    let mut ar = tar::Archive::new(std::fs::File::open(path).unwrap());
+    let mut names = Vec::new();
+    let mut index = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        if name == "index.json" {
+            e.read_to_end(&mut index).unwrap();
+        }
+        names.push(name);
+    }
+    (names, index)
+}
+
+fn manifest_digest(img: &Images, arch: &str) -> String {
+    img.info["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == arch)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn ctr2_pulls_from_a_registry_and_runs_the_image() {
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = busybox_image(dir.path());
+    let remote = skopeo_push(&img, &reg, "library/bb:1");
+    let d = Daemon::start();
+    let out = ctr2_ok(&d, &["images", "pull", "--plain-http", &remote]);
+    // containerd's progress: status lines and the tree of objects (the last
+    // lines race ctr's exit, as against containerd)
+    assert!(out.contains("from OCI Registry ("), "{out}");
+    assert!(out.contains("└──layer ("), "{out}");
+    assert_eq!(image_digest(&d, &remote), img.digest);
+    let check = ctr2_ok(&d, &["images", "check"]);
+    assert!(
+        check.contains("complete") && check.contains(&remote),
+        "{check}"
+    );
+    // unpacked into the default snapshotter: ctr run needs no unpack of its own
+    let snaps = d.ctr_ok(&["snapshots", "ls"]);
+    assert!(snaps.contains("Committed"), "{snaps}");
+    let run = ctr2_ok(
+        &d,
+        &["run", "--rm", &remote, "c2", "echo", "hello from ctr2"],
+    );
+    assert_eq!(run.trim(), "hello from ctr2");
+    // a missing image is NotFound, with the registry's word for it
+    let o = ctr2(
+        &d,
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            &format!("{}/library/nope:1", reg.host()),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn ctr2_pulls_one_platform_or_all_of_an_index() {
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = multi_image(dir.path());
+    let remote = skopeo_push(&img, &reg, "stevedore/multi:1");
+    let amd64 = manifest_digest(&img, "amd64");
+    let arm64 = manifest_digest(&img, "arm64");
+
+    let d = Daemon::start();
+    ctr2_ok(
+        &d,
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            "--platform",
+            "linux/arm64/v8",
+            &remote,
+        ],
+    );
+    let have = content_digests(&d);
+    assert!(have.contains(&arm64), "{have:?}");
+    assert!(!have.contains(&amd64), "{have:?}");
+    assert_eq!(image_digest(&d, &remote), img.digest);
+    // another platform than the host's is not unpacked (containerd skips it)
+    assert!(!d.ctr_ok(&["snapshots", "ls"]).contains("Committed"));
+
+    let d2 = Daemon::start();
+    ctr2_ok(
+        &d2,
+        &["images", "pull", "--plain-http", "--all-platforms", &remote],
+    );
+    let have = content_digests(&d2);
+    assert!(have.contains(&arm64) && have.contains(&amd64), "{have:?}");
+    let check = ctr2_ok(&d2, &["images", "check"]);
+    assert!(check.contains("complete"), "{check}");
+}
+
+#[test]
+fn ctr2_pulls_through_a_hosts_directory_and_with_basic_auth() {
+    let reg = TestRegistry::start_with_basic_auth("alice", "s3cret");
+    let dir = tempfile::tempdir().unwrap();
+    let img = busybox_image(dir.path());
+    // skopeo needs the credentials too
+    let dest = format!("{}/private/bb:1", reg.host());
+    let o = Command::new(require_tool("skopeo", "skopeo"))
+        .args(["copy", "--dest-tls-verify=false", "--insecure-policy"])
+        .args(["--dest-creds", "alice:s3cret"])
+        .arg(format!("oci:{}", img.oci_dir.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let hosts = dir.path().join("hosts");
+    let hdir = hosts.join(reg.host());
+    std::fs::create_dir_all(&hdir).unwrap();
+    std::fs::write(
+        hdir.join("hosts.toml"),
+        format!(
+            "server = \"http://{0}\"\n[host.\"http://{0}\"]\ncapabilities = [\"pull\", \"resolve\", \"push\"]\n",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let hosts = hosts.to_str().unwrap();
+    let d = Daemon::start();
+    // without credentials the registry refuses
+    let o = ctr2(&d, &["images", "pull", "--hosts-dir", hosts, &dest]);
+    assert!(!o.status.success(), "pulled without credentials");
+    // the credentials travel over ctr's auth stream
+    ctr2_ok(
+        &d,
+        &[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts,
+            "--user",
+            "alice:s3cret",
+            &dest,
+        ],
+    );
+    assert_eq!(image_digest(&d, &dest), img.digest);
+    assert!(!d.log().contains("s3cret"), "the password reached the log");
+    // push back under another name with the same credentials
+    let copy = format!("{}/private/copy:2", reg.host());
+    ctr2_ok(&d, &["images", "tag", &dest, &copy]);
+    ctr2_ok(
+        &d,
+        &[
+            "images",
+            "push",
+            "--hosts-dir",
+            hosts,
+            "--user",
+            "alice:s3cret",
+            &copy,
+        ],
+    );
+    let d2 = Daemon::start();
+    ctr2_ok(
+        &d2,
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            "--user",
+            "alice:s3cret",
+            &copy,
+        ],
+    );
+    assert_eq!(image_digest(&d2, &copy), img.digest);
+}
+
+#[test]
+fn ctr2_tags_lists_and_removes_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = busybox_image(dir.path());
+    let d = Daemon::start();
+    ctr2_ok(&d, &["images", "import", img.oci_tar.to_str().unwrap()]);
+    let out = ctr2_ok(
+        &d,
+        &[
+            "images",
+            "tag",
+            &img.name,
+            "example.com/copy:1",
+            "example.com/copy:2",
+        ],
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["example.com/copy:1", "example.com/copy:2"]
+    );
+    assert_eq!(image_digest(&d, "example.com/copy:1"), img.digest);
+    assert_eq!(image_digest(&d, "example.com/copy:2"), img.digest);
+    // tagging a missing image is NotFound and creates nothing
+    let o = ctr2(
+        &d,
+        &["images", "tag", "example.com/nope:1", "example.com/x:1"],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
+    assert!(!ctr2_ok(&d, &["images", "ls", "-q"]).contains("example.com/x:1"));
+    ctr2_ok(&d, &["images", "rm", "example.com/copy:1"]);
+    let ls = ctr2_ok(&d, &["images", "ls", "-q"]);
+    assert!(
+        !ls.contains("example.com/copy:1") && ls.contains("example.com/copy:2"),
+        "{ls}"
+    );
+    // the 1.6 path of tag still works
+    ctr2_ok(
+        &d,
+        &["images", "tag", "--local", &img.name, "example.com/local:1"],
+    );
+    assert_eq!(image_digest(&d, "example.com/local:1"), img.digest);
+}
+
+#[test]
+fn ctr2_import_export_round_trip_is_byte_identical_to_ctr_1_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = busybox_image(dir.path());
+    let d = Daemon::start();
+    let out = ctr2_ok(&d, &["images", "import", img.oci_tar.to_str().unwrap()]);
+    assert!(out.contains("Importing"), "{out}");
+    assert_eq!(image_digest(&d, &img.name), img.digest);
+    // unpacked for this host: runs straight away
+    let run = ctr2_ok(&d, &["run", "--rm", &img.name, "imp", "echo", "imported"]);
+    assert_eq!(run.trim(), "imported");
+
+    let ours = dir.path().join("ctr2.tar");
+    ctr2_ok(&d, &["images", "export", ours.to_str().unwrap(), &img.name]);
+    let reference = dir.path().join("ctr16.tar");
+    d.ctr_ok(&["images", "export", reference.to_str().unwrap(), &img.name]);
+    assert!(
+        std::fs::read(&ours).unwrap() == std::fs::read(&reference).unwrap(),
+        "ctr 2.x's export differs from ctr 1.6's"
+    );
+    // the exported archive imports into another daemon, under a base name
+    let d2 = Daemon::start();
+    ctr2_ok(
+        &d2,
+        &[
+            "images",
+            "import",
+            "--base-name",
+            "docker.io/library/busybox",
+            ours.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(image_digest(&d2, &img.name), img.digest);
+    // a missing image exports nothing and says NotFound
+    let o = ctr2(
+        &d,
+        &[
+            "images",
+            "export",
+            dir.path().join("x.tar").to_str().unwrap(),
+            "nope:1",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
+    // the 1.6 services (ctr 2.x's own client-side exporter and importer)
+    let local = dir.path().join("local.tar");
+    ctr2_ok(
+        &d,
+        &[
+            "images",
+            "export",
+            "--local",
+            local.to_str().unwrap(),
+            &img.name,
+        ],
+    );
+    let d3 = Daemon::start();
+    ctr2_ok(
+        &d3,
+        &["images", "import", "--local", local.to_str().unwrap()],
+    );
+    assert_eq!(image_digest(&d3, &img.name), img.digest);
+}
+
+#[test]
+fn ctr2_import_export_of_a_multi_platform_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = multi_image(dir.path());
+    let amd64 = manifest_digest(&img, "amd64");
+    let arm64 = manifest_digest(&img, "arm64");
+    let d = Daemon::start();
+    ctr2_ok(
+        &d,
+        &[
+            "images",
+            "import",
+            "--all-platforms",
+            img.oci_tar.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(image_digest(&d, &img.name), img.digest);
+    let have = content_digests(&d);
+    assert!(have.contains(&amd64) && have.contains(&arm64), "{have:?}");
+
+    let all = dir.path().join("all.tar");
+    ctr2_ok(
+        &d,
+        &[
+            "images",
+            "export",
+            "--all-platforms",
+            all.to_str().unwrap(),
+            &img.name,
+        ],
+    );
+    let reference = dir.path().join("all16.tar");
+    d.ctr_ok(&[
+        "images",
+        "export",
+        "--all-platforms",
+        reference.to_str().unwrap(),
+        &img.name,
+    ]);
+    assert!(
+        std::fs::read(&all).unwrap() == std::fs::read(&reference).unwrap(),
+        "ctr 2.x's export --all-platforms differs from ctr 1.6's"
+    );
+    let (names, _) = tar_entries(&all);
+    for m in [&amd64, &arm64] {
+        let blob = format!("blobs/sha256/{}", m.trim_start_matches("sha256:"));
+        assert!(names.contains(&blob), "{blob} missing from {names:?}");
+    }
+    // one platform: only its manifest's blobs
+    let one = dir.path().join("arm64.tar");
+    ctr2_ok(
+        &d,
+        &[
+            "images",
+            "export",
+            "--platform",
+            "linux/arm64/v8",
+            one.to_str().unwrap(),
+            &img.name,
+        ],
+    );
+    let (names, index) = tar_entries(&one);
+    assert!(names.contains(&format!(
+        "blobs/sha256/{}",
+        arm64.trim_start_matches("sha256:")
+    )));
+    assert!(!names.contains(&format!(
+        "blobs/sha256/{}",
+        amd64.trim_start_matches("sha256:")
+    )));
+    assert!(!index.is_empty());
+
+    // round trip into another daemon
+    let d2 = Daemon::start();
+    ctr2_ok(
+        &d2,
+        &["images", "import", "--all-platforms", all.to_str().unwrap()],
+    );
+    assert_eq!(image_digest(&d2, &img.name), img.digest);
+    let check = ctr2_ok(&d2, &["images", "check"]);
+    assert!(check.contains("complete"), "{check}");
+}
+
+#[test]
+fn ctr2_pushes_to_a_registry_and_the_local_paths_still_work() {
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = busybox_image(dir.path());
+    let d = Daemon::start();
+    ctr2_ok(&d, &["images", "import", img.oci_tar.to_str().unwrap()]);
+    let dest = format!("{}/pushed/bb:1", reg.host());
+    let out = ctr2_ok(&d, &["images", "push", "--plain-http", &dest, &img.name]);
+    assert!(out.contains("to OCI Registry ("), "{out}");
+    // pushing a missing image is NotFound
+    let o = ctr2(&d, &["images", "push", "--plain-http", &dest, "nope:1"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
+
+    // what was pushed pulls and runs elsewhere, with ctr 2.x's --local too
+    let d2 = Daemon::start();
+    ctr2_ok(&d2, &["images", "pull", "--plain-http", &dest]);
+    assert_eq!(image_digest(&d2, &dest), img.digest);
+    let run = ctr2_ok(&d2, &["run", "--rm", &dest, "p2", "echo", "pushed"]);
+    assert_eq!(run.trim(), "pushed");
+    let d3 = Daemon::start();
+    ctr2_ok(&d3, &["images", "pull", "--local", "--plain-http", &dest]);
+    assert_eq!(image_digest(&d3, &dest), img.digest);
+    let local = format!("{}/pushed/local:1", reg.host());
+    ctr2_ok(&d3, &["images", "tag", "--local", &dest, &local]);
+    ctr2_ok(&d3, &["images", "push", "--local", "--plain-http", &local]);
+    let d4 = Daemon::start();
+    ctr2_ok(&d4, &["images", "pull", "--plain-http", &local]);
+    assert_eq!(image_digest(&d4, &local), img.digest);
+}
