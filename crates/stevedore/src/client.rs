@@ -59,7 +59,14 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// Turn a gRPC status into a CLI error that says what failed.
 pub fn rpc_error(what: &str, s: Status) -> anyhow::Error {
     let code = format!("{:?}", s.code());
-    anyhow!("{what}: {} ({code})", s.message())
+    // messages that passed through containerd's errdefs already end with
+    // the code's phrase (`...: unknown`): say it once
+    let phrase = stevedore_api::status::kind_of(s.code()).as_str();
+    if s.message().ends_with(&format!(": {phrase}")) {
+        anyhow!("{what}: {}", s.message())
+    } else {
+        anyhow!("{what}: {} ({code})", s.message())
+    }
 }
 
 /// Tag a request with a lease (`containerd-lease` header) so what it
