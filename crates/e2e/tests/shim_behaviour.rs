@@ -390,6 +390,48 @@ on_both_shims!(kill_of_a_container_deleted_behind_the_shims_back_is_not_found:
     stevedore_shim_kill_of_a_container_deleted_behind_its_back_is_not_found,
     go_shim_kill_of_a_container_deleted_behind_its_back_is_not_found);
 
+async fn pause_and_resume_follow_containerds_state_rules(shim: Shim) {
+    let e = setup(shim).await;
+    let p1 = e.id("p1");
+    e.run_sleeper(&p1, &[]);
+    // each refusal carries containerd's reason (pkg/process/init_state.go)
+    let refused = |args: &[&str], why: &str| {
+        let o = e.d.ctr(args);
+        assert!(!o.status.success(), "ctr {args:?} succeeded");
+        let err = stderr(&o);
+        assert!(err.contains(why), "ctr {args:?}: {err}");
+    };
+    refused(&["tasks", "resume", &p1], "cannot resume a running process");
+    e.d.ctr_ok(&["tasks", "pause", &p1]);
+    refused(&["tasks", "pause", &p1], "cannot pause a paused container");
+    e.d.ctr_ok(&["tasks", "resume", &p1]);
+    e.d.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &p1]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !e
+        .d
+        .ctr_ok(&["tasks", "ls"])
+        .lines()
+        .any(|l| l.starts_with(&p1) && l.contains("STOPPED"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {p1} never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    refused(&["tasks", "pause", &p1], "cannot pause a stopped container");
+    refused(
+        &["tasks", "exec", "--exec-id", "x", &p1, "true"],
+        "cannot exec in a stopped state",
+    );
+    e.remove(&p1);
+    e.d.expect_no_shims(Duration::from_secs(10));
+}
+
+on_both_shims!(pause_and_resume_follow_containerds_state_rules:
+    stevedore_shim_pause_and_resume_follow_containerds_state_rules,
+    go_shim_pause_and_resume_follow_containerds_state_rules);
+
 async fn unstarted_exec_deletes_with_status_0_and_resize_without_a_tty_is_a_noop(shim: Shim) {
     let e = setup(shim).await;
     let u1 = e.id("u1");

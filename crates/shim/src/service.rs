@@ -519,6 +519,21 @@ impl Shim {
     async fn pause_resume(&self, id: &str, pause: bool) -> Result<()> {
         self.check(id, "")?;
         let init = self.process("")?;
+        // containerd's init state machine (pkg/process/init_state.go)
+        let refused = match (init.state().status, pause) {
+            (Status::Created, true) => Some("cannot pause task in created state"),
+            (Status::Created, false) => Some("cannot resume task in created state"),
+            (Status::Paused, true) => Some("cannot pause a paused container"),
+            (Status::Running, false) => Some("cannot resume a running process"),
+            (Status::Stopped, true) => Some("cannot pause a stopped container"),
+            (Status::Stopped, false) => Some("cannot resume a stopped container"),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            return Err(Error::FailedPrecondition(format!(
+                "{why}: failed precondition"
+            )));
+        }
         let (runc, i) = (self.runc(), self.id.clone());
         let (verb, what) = if pause {
             ("pause", "OCI runtime pause failed")
