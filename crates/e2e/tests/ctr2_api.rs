@@ -428,3 +428,56 @@ fn ctr2_runs_containers_and_manages_tasks_snapshots_leases_and_namespaces() {
     d.ctr2_ok(&["namespaces", "rm", "team"]);
     assert!(!d.ctr2_ok(&["namespaces", "ls"]).contains("team"));
 }
+
+#[test]
+fn ctr2_inspects_the_runtime_through_plugin_info() {
+    stevedore_e2e::require_tool("runc", "runc");
+    let d = Daemon::start();
+    // the default runtime runs on stevedore's shim, which answers `-info`
+    // as containerd's runc shim does: identical JSON but for the version
+    let info: serde_json::Value =
+        serde_json::from_str(&d.ctr2_ok(&["plugins", "inspect-runtime"])).unwrap();
+    assert_eq!(info["Name"], "io.containerd.runc.v2", "{info}");
+    assert!(info["Version"]["Version"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
+    // runc's own `runc features`, passed through
+    let runc: serde_json::Value = serde_json::from_slice(
+        &std::process::Command::new("runc")
+            .arg("features")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(info["Features"], runc, "{info}");
+    // the runc options reach the shim and come back
+    let info: serde_json::Value =
+        serde_json::from_str(&d.ctr2_ok(&["plugins", "inspect-runtime", "--runc-binary", "runc"]))
+            .unwrap();
+    assert_eq!(info["Options"]["binary_name"], "runc", "{info}");
+    let o = d.ctr2(&[
+        "plugins",
+        "inspect-runtime",
+        "--runtime",
+        "io.containerd.nope.v1",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("failed to resolve runtime path"), "{err}");
+    assert!(err.contains("containerd-shim-nope-v1"), "{err}");
+    let o = d.ctr2(&[
+        "plugins",
+        "inspect-runtime",
+        "--runc-binary",
+        "no-such-runc",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("-info]: exit status 1")
+            && err.contains("failed to look up the path of")
+            && err.contains("no-such-runc"),
+        "{err}"
+    );
+}

@@ -192,9 +192,14 @@ pub fn plugins() -> Registry {
         Ok(ImagesService::grpc(db, (*ex).clone(), gc))
     }));
     r.register(grpc("introspection", &["*"], |ctx| {
+        // plugins that answer PluginInfo with extra data (containerd's pluginInfoProvider)
+        let mut providers = crate::introspection::PluginInfoProviders::new();
+        if let Ok(rt) = ctx.get::<crate::tasks::RuntimeV2>(RUNTIME_V2, "task") {
+            providers.insert((RUNTIME_V2.into(), "task".into()), rt);
+        }
         Ok(IntrospectionService::grpc(
             ctx.records(),
-            Default::default(),
+            providers,
             ctx.root.clone(),
         ))
     }));
