@@ -39,7 +39,6 @@ FILES = [
     (CTRD + "/api/events/namespace.proto", "containerd/events/namespace.proto"),
     (CTRD + "/api/events/snapshot.proto", "containerd/events/snapshot.proto"),
     (CTRD + "/api/events/task.proto", "containerd/events/task.proto"),
-    (CTRD + "/api/services/containers/v1/containers.proto", "containerd/services/containers/v1/containers.proto"),
     (CTRD + "/api/services/content/v1/content.proto", "containerd/services/content/v1/content.proto"),
     (CTRD + "/api/services/diff/v1/diff.proto", "containerd/services/diff/v1/diff.proto"),
     (CTRD + "/api/services/events/v1/events.proto", "containerd/services/events/v1/events.proto"),
@@ -74,6 +73,8 @@ FILES2 = [
     ("api/types/sandbox.proto", "containerd/types/sandbox.proto"),
     ("api/services/sandbox/v1/sandbox.proto", "containerd/services/sandbox/v1/sandbox.proto"),
     ("api/events/sandbox.proto", "containerd/events/sandbox.proto"),
+    # Container.sandbox (field 11), the sandbox a container belongs to
+    ("api/services/containers/v1/containers.proto", "containerd/services/containers/v1/containers.proto"),
 ]
 
 IMPORT_MAP = {}

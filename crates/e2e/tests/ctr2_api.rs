@@ -6,6 +6,10 @@
 //! version) against stevedored.
 
 use std::time::Duration;
+use stevedore_api::services::containers::{
+    container::Runtime as ContainerRuntime, containers_client::ContainersClient, Container,
+    CreateContainerRequest, DeleteContainerRequest, GetContainerRequest, UpdateContainerRequest,
+};
 use stevedore_api::services::introspection::{
     introspection_client::IntrospectionClient, PluginInfoRequest,
 };
@@ -201,6 +205,52 @@ async fn sandbox_store_over_grpc_follows_containerd() {
         .sandbox
         .unwrap();
     assert_eq!(got, u);
+
+    // containerd 2.x's Container.sandbox (field 11): a container names its
+    // sandbox, kept across updates that do not name it
+    let mut cc = ContainersClient::new(d.channel().await);
+    let container = Container {
+        id: "app".into(),
+        runtime: Some(ContainerRuntime {
+            name: "io.containerd.runc.v2".into(),
+            options: None,
+        }),
+        spec: sandbox("x", &[]).spec,
+        sandbox: "pod1".into(),
+        ..Default::default()
+    };
+    cc.create(req(
+        "ns1",
+        CreateContainerRequest {
+            container: Some(container.clone()),
+        },
+    ))
+    .await
+    .unwrap();
+    let mut relabelled = container.clone();
+    relabelled.sandbox = String::new();
+    relabelled.labels.insert("k".into(), "v".into());
+    cc.update(req(
+        "ns1",
+        UpdateContainerRequest {
+            container: Some(relabelled),
+            update_mask: None,
+        },
+    ))
+    .await
+    .unwrap();
+    let got = cc
+        .get(req("ns1", GetContainerRequest { id: "app".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
+    assert_eq!(got.sandbox, "pod1");
+    assert_eq!(got.labels.get("k").map(String::as_str), Some("v"));
+    cc.delete(req("ns1", DeleteContainerRequest { id: "app".into() }))
+        .await
+        .unwrap();
 
     // a namespace holding sandboxes cannot be deleted, as containerd says
     let o = d.ctr2(&["namespaces", "rm", "ns2"]);
