@@ -8,8 +8,9 @@ and its dependencies) and writes a normalised copy under this directory:
 comments, Go options and gogoproto annotations are removed (they do not affect
 the wire), and import paths are shortened to this tree's layout.
 
-containerd 2.x's additions (the Transfer and Streaming services, the transfer
-types, Platform's os_version) come from a git checkout of containerd at
+containerd 2.x's additions (the Transfer, Streaming and Sandbox services, the
+transfer and sandbox types, Introspection's PluginInfo and Server fields,
+Platform's os_version) come from a git checkout of containerd at
 CONTAINERD2_TAG (`git show <tag>:api/...`); they only add packages and fields.
 
 Usage: python3 crates/api/proto/regen.py [CONTAINERD_GIT_DIR]
@@ -38,12 +39,10 @@ FILES = [
     (CTRD + "/api/events/namespace.proto", "containerd/events/namespace.proto"),
     (CTRD + "/api/events/snapshot.proto", "containerd/events/snapshot.proto"),
     (CTRD + "/api/events/task.proto", "containerd/events/task.proto"),
-    (CTRD + "/api/services/containers/v1/containers.proto", "containerd/services/containers/v1/containers.proto"),
     (CTRD + "/api/services/content/v1/content.proto", "containerd/services/content/v1/content.proto"),
     (CTRD + "/api/services/diff/v1/diff.proto", "containerd/services/diff/v1/diff.proto"),
     (CTRD + "/api/services/events/v1/events.proto", "containerd/services/events/v1/events.proto"),
     (CTRD + "/api/services/images/v1/images.proto", "containerd/services/images/v1/images.proto"),
-    (CTRD + "/api/services/introspection/v1/introspection.proto", "containerd/services/introspection/v1/introspection.proto"),
     (CTRD + "/api/services/leases/v1/leases.proto", "containerd/services/leases/v1/leases.proto"),
     (CTRD + "/api/services/namespaces/v1/namespace.proto", "containerd/services/namespaces/v1/namespace.proto"),
     (CTRD + "/api/services/snapshots/v1/snapshots.proto", "containerd/services/snapshots/v1/snapshots.proto"),
@@ -68,6 +67,14 @@ FILES2 = [
     ("api/types/transfer/progress.proto", "containerd/types/transfer/progress.proto"),
     ("api/types/transfer/registry.proto", "containerd/types/transfer/registry.proto"),
     ("api/types/transfer/streaming.proto", "containerd/types/transfer/streaming.proto"),
+    # Introspection 2.x (PluginInfo, Server's pid/pidns/deprecations) replaces 1.6's file
+    ("api/services/introspection/v1/introspection.proto", "containerd/services/introspection/v1/introspection.proto"),
+    ("api/types/introspection.proto", "containerd/types/introspection.proto"),
+    ("api/types/sandbox.proto", "containerd/types/sandbox.proto"),
+    ("api/services/sandbox/v1/sandbox.proto", "containerd/services/sandbox/v1/sandbox.proto"),
+    ("api/events/sandbox.proto", "containerd/events/sandbox.proto"),
+    # Container.sandbox (field 11), the sandbox a container belongs to
+    ("api/services/containers/v1/containers.proto", "containerd/services/containers/v1/containers.proto"),
 ]
 
 IMPORT_MAP = {}

@@ -29,6 +29,7 @@ pub mod services {
     pub use crate::containerd::services::introspection::v1 as introspection;
     pub use crate::containerd::services::leases::v1 as leases;
     pub use crate::containerd::services::namespaces::v1 as namespaces;
+    pub use crate::containerd::services::sandbox::v1 as sandbox;
     pub use crate::containerd::services::snapshots::v1 as snapshots;
     pub use crate::containerd::services::streaming::v1 as streaming;
     pub use crate::containerd::services::tasks::v1 as tasks;

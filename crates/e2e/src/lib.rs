@@ -250,6 +250,38 @@ impl Daemon {
         panic!("event watcher never received events");
     }
 
+    /// `ctr` 2.x (containerd 2.1's, unpacked by scripts/unstable-tools.sh)
+    /// against this daemon.
+    pub fn ctr2_command(&self, args: &[&str]) -> Command {
+        let p = Path::new(CTR2);
+        assert!(
+            p.is_file(),
+            "{CTR2} is required by this test: run scripts/unstable-tools.sh (as root)"
+        );
+        let mut c = Command::new(p);
+        c.arg("--address").arg(&self.socket).args(args);
+        c
+    }
+
+    /// Run `ctr` 2.x.
+    pub fn ctr2(&self, args: &[&str]) -> Output {
+        self.ctr2_command(args).output().expect("run ctr 2.x")
+    }
+
+    /// Run `ctr` 2.x and return stdout, failing the test on a non-zero exit.
+    pub fn ctr2_ok(&self, args: &[&str]) -> String {
+        let o = self.ctr2(args);
+        assert!(
+            o.status.success(),
+            "ctr 2.x {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}\ndaemon log:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(require_tool("ctr", "containerd"));
         c.arg("--address").arg(&self.socket).args(args);
@@ -333,6 +365,9 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// containerd 2.1's `ctr` (Debian unstable's, never installed).
+pub const CTR2: &str = "/opt/stevedore-tools/containerd/usr/bin/ctr";
 
 /// Start a long-running client command whose stdout lines are collected on
 /// a channel.

@@ -5,43 +5,10 @@
 //! Debian unstable, unpacked by scripts/unstable-tools.sh.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use stevedore_e2e::{busybox_image, multi_image, require_tool, Daemon, Images};
 use stevedore_remote::testutil::TestRegistry;
-
-const CTR2: &str = "/opt/stevedore-tools/containerd/usr/bin/ctr";
-
-fn ctr2_path() -> PathBuf {
-    let p = PathBuf::from(CTR2);
-    assert!(
-        p.is_file(),
-        "{CTR2} is required by this test: run scripts/unstable-tools.sh (as root)"
-    );
-    p
-}
-
-fn ctr2(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(ctr2_path())
-        .arg("--address")
-        .arg(&d.socket)
-        .args(args)
-        .output()
-        .expect("run ctr 2.x")
-}
-
-fn ctr2_ok(d: &Daemon, args: &[&str]) -> String {
-    let o = ctr2(d, args);
-    assert!(
-        o.status.success(),
-        "ctr 2.x {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}\ndaemon log:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        d.log()
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
 
 fn skopeo_push(img: &Images, reg: &TestRegistry, name: &str) -> String {
     let dest = format!("{}/{name}", reg.host());
@@ -70,7 +37,7 @@ fn content_digests(d: &Daemon) -> Vec<String> {
 
 /// The target digest `ctr images ls` shows for `name`.
 fn image_digest(d: &Daemon, name: &str) -> String {
-    let ls = ctr2_ok(d, &["images", "ls"]);
+    let ls = d.ctr2_ok(&["images", "ls"]);
     let line = ls
         .lines()
         .find(|l| l.split_whitespace().next() == Some(name))
@@ -116,13 +83,13 @@ fn ctr2_pulls_from_a_registry_and_runs_the_image() {
     let img = busybox_image(dir.path());
     let remote = skopeo_push(&img, &reg, "library/bb:1");
     let d = Daemon::start();
-    let out = ctr2_ok(&d, &["images", "pull", "--plain-http", &remote]);
+    let out = d.ctr2_ok(&["images", "pull", "--plain-http", &remote]);
     // containerd's progress: status lines and the tree of objects (the last
     // lines race ctr's exit, as against containerd)
     assert!(out.contains("from OCI Registry ("), "{out}");
     assert!(out.contains("└──layer ("), "{out}");
     assert_eq!(image_digest(&d, &remote), img.digest);
-    let check = ctr2_ok(&d, &["images", "check"]);
+    let check = d.ctr2_ok(&["images", "check"]);
     assert!(
         check.contains("complete") && check.contains(&remote),
         "{check}"
@@ -130,21 +97,15 @@ fn ctr2_pulls_from_a_registry_and_runs_the_image() {
     // unpacked into the default snapshotter: ctr run needs no unpack of its own
     let snaps = d.ctr_ok(&["snapshots", "ls"]);
     assert!(snaps.contains("Committed"), "{snaps}");
-    let run = ctr2_ok(
-        &d,
-        &["run", "--rm", &remote, "c2", "echo", "hello from ctr2"],
-    );
+    let run = d.ctr2_ok(&["run", "--rm", &remote, "c2", "echo", "hello from ctr2"]);
     assert_eq!(run.trim(), "hello from ctr2");
     // a missing image is NotFound, with the registry's word for it
-    let o = ctr2(
-        &d,
-        &[
-            "images",
-            "pull",
-            "--plain-http",
-            &format!("{}/library/nope:1", reg.host()),
-        ],
-    );
+    let o = d.ctr2(&[
+        "images",
+        "pull",
+        "--plain-http",
+        &format!("{}/library/nope:1", reg.host()),
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("not found"), "{err}");
@@ -160,17 +121,14 @@ fn ctr2_pulls_one_platform_or_all_of_an_index() {
     let arm64 = manifest_digest(&img, "arm64");
 
     let d = Daemon::start();
-    ctr2_ok(
-        &d,
-        &[
-            "images",
-            "pull",
-            "--plain-http",
-            "--platform",
-            "linux/arm64/v8",
-            &remote,
-        ],
-    );
+    d.ctr2_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--platform",
+        "linux/arm64/v8",
+        &remote,
+    ]);
     let have = content_digests(&d);
     assert!(have.contains(&arm64), "{have:?}");
     assert!(!have.contains(&amd64), "{have:?}");
@@ -179,13 +137,10 @@ fn ctr2_pulls_one_platform_or_all_of_an_index() {
     assert!(!d.ctr_ok(&["snapshots", "ls"]).contains("Committed"));
 
     let d2 = Daemon::start();
-    ctr2_ok(
-        &d2,
-        &["images", "pull", "--plain-http", "--all-platforms", &remote],
-    );
+    d2.ctr2_ok(&["images", "pull", "--plain-http", "--all-platforms", &remote]);
     let have = content_digests(&d2);
     assert!(have.contains(&arm64) && have.contains(&amd64), "{have:?}");
-    let check = ctr2_ok(&d2, &["images", "check"]);
+    let check = d2.ctr2_ok(&["images", "check"]);
     assert!(check.contains("complete"), "{check}");
 }
 
@@ -218,50 +173,41 @@ fn ctr2_pulls_through_a_hosts_directory_and_with_basic_auth() {
     let hosts = hosts.to_str().unwrap();
     let d = Daemon::start();
     // without credentials the registry refuses
-    let o = ctr2(&d, &["images", "pull", "--hosts-dir", hosts, &dest]);
+    let o = d.ctr2(&["images", "pull", "--hosts-dir", hosts, &dest]);
     assert!(!o.status.success(), "pulled without credentials");
     // the credentials travel over ctr's auth stream
-    ctr2_ok(
-        &d,
-        &[
-            "images",
-            "pull",
-            "--hosts-dir",
-            hosts,
-            "--user",
-            "alice:s3cret",
-            &dest,
-        ],
-    );
+    d.ctr2_ok(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        hosts,
+        "--user",
+        "alice:s3cret",
+        &dest,
+    ]);
     assert_eq!(image_digest(&d, &dest), img.digest);
     assert!(!d.log().contains("s3cret"), "the password reached the log");
     // push back under another name with the same credentials
     let copy = format!("{}/private/copy:2", reg.host());
-    ctr2_ok(&d, &["images", "tag", &dest, &copy]);
-    ctr2_ok(
-        &d,
-        &[
-            "images",
-            "push",
-            "--hosts-dir",
-            hosts,
-            "--user",
-            "alice:s3cret",
-            &copy,
-        ],
-    );
+    d.ctr2_ok(&["images", "tag", &dest, &copy]);
+    d.ctr2_ok(&[
+        "images",
+        "push",
+        "--hosts-dir",
+        hosts,
+        "--user",
+        "alice:s3cret",
+        &copy,
+    ]);
     let d2 = Daemon::start();
-    ctr2_ok(
-        &d2,
-        &[
-            "images",
-            "pull",
-            "--plain-http",
-            "--user",
-            "alice:s3cret",
-            &copy,
-        ],
-    );
+    d2.ctr2_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--user",
+        "alice:s3cret",
+        &copy,
+    ]);
     assert_eq!(image_digest(&d2, &copy), img.digest);
 }
 
@@ -270,17 +216,14 @@ fn ctr2_tags_lists_and_removes_images() {
     let dir = tempfile::tempdir().unwrap();
     let img = busybox_image(dir.path());
     let d = Daemon::start();
-    ctr2_ok(&d, &["images", "import", img.oci_tar.to_str().unwrap()]);
-    let out = ctr2_ok(
-        &d,
-        &[
-            "images",
-            "tag",
-            &img.name,
-            "example.com/copy:1",
-            "example.com/copy:2",
-        ],
-    );
+    d.ctr2_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
+    let out = d.ctr2_ok(&[
+        "images",
+        "tag",
+        &img.name,
+        "example.com/copy:1",
+        "example.com/copy:2",
+    ]);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         ["example.com/copy:1", "example.com/copy:2"]
@@ -288,24 +231,20 @@ fn ctr2_tags_lists_and_removes_images() {
     assert_eq!(image_digest(&d, "example.com/copy:1"), img.digest);
     assert_eq!(image_digest(&d, "example.com/copy:2"), img.digest);
     // tagging a missing image is NotFound and creates nothing
-    let o = ctr2(
-        &d,
-        &["images", "tag", "example.com/nope:1", "example.com/x:1"],
-    );
+    let o = d.ctr2(&["images", "tag", "example.com/nope:1", "example.com/x:1"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
-    assert!(!ctr2_ok(&d, &["images", "ls", "-q"]).contains("example.com/x:1"));
-    ctr2_ok(&d, &["images", "rm", "example.com/copy:1"]);
-    let ls = ctr2_ok(&d, &["images", "ls", "-q"]);
+    assert!(!d
+        .ctr2_ok(&["images", "ls", "-q"])
+        .contains("example.com/x:1"));
+    d.ctr2_ok(&["images", "rm", "example.com/copy:1"]);
+    let ls = d.ctr2_ok(&["images", "ls", "-q"]);
     assert!(
         !ls.contains("example.com/copy:1") && ls.contains("example.com/copy:2"),
         "{ls}"
     );
     // the 1.6 path of tag still works
-    ctr2_ok(
-        &d,
-        &["images", "tag", "--local", &img.name, "example.com/local:1"],
-    );
+    d.ctr2_ok(&["images", "tag", "--local", &img.name, "example.com/local:1"]);
     assert_eq!(image_digest(&d, "example.com/local:1"), img.digest);
 }
 
@@ -314,15 +253,15 @@ fn ctr2_import_export_round_trip_is_byte_identical_to_ctr_1_6() {
     let dir = tempfile::tempdir().unwrap();
     let img = busybox_image(dir.path());
     let d = Daemon::start();
-    let out = ctr2_ok(&d, &["images", "import", img.oci_tar.to_str().unwrap()]);
+    let out = d.ctr2_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
     assert!(out.contains("Importing"), "{out}");
     assert_eq!(image_digest(&d, &img.name), img.digest);
     // unpacked for this host: runs straight away
-    let run = ctr2_ok(&d, &["run", "--rm", &img.name, "imp", "echo", "imported"]);
+    let run = d.ctr2_ok(&["run", "--rm", &img.name, "imp", "echo", "imported"]);
     assert_eq!(run.trim(), "imported");
 
     let ours = dir.path().join("ctr2.tar");
-    ctr2_ok(&d, &["images", "export", ours.to_str().unwrap(), &img.name]);
+    d.ctr2_ok(&["images", "export", ours.to_str().unwrap(), &img.name]);
     let reference = dir.path().join("ctr16.tar");
     d.ctr_ok(&["images", "export", reference.to_str().unwrap(), &img.name]);
     assert!(
@@ -331,46 +270,34 @@ fn ctr2_import_export_round_trip_is_byte_identical_to_ctr_1_6() {
     );
     // the exported archive imports into another daemon, under a base name
     let d2 = Daemon::start();
-    ctr2_ok(
-        &d2,
-        &[
-            "images",
-            "import",
-            "--base-name",
-            "docker.io/library/busybox",
-            ours.to_str().unwrap(),
-        ],
-    );
+    d2.ctr2_ok(&[
+        "images",
+        "import",
+        "--base-name",
+        "docker.io/library/busybox",
+        ours.to_str().unwrap(),
+    ]);
     assert_eq!(image_digest(&d2, &img.name), img.digest);
     // a missing image exports nothing and says NotFound
-    let o = ctr2(
-        &d,
-        &[
-            "images",
-            "export",
-            dir.path().join("x.tar").to_str().unwrap(),
-            "nope:1",
-        ],
-    );
+    let o = d.ctr2(&[
+        "images",
+        "export",
+        dir.path().join("x.tar").to_str().unwrap(),
+        "nope:1",
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
     // the 1.6 services (ctr 2.x's own client-side exporter and importer)
     let local = dir.path().join("local.tar");
-    ctr2_ok(
-        &d,
-        &[
-            "images",
-            "export",
-            "--local",
-            local.to_str().unwrap(),
-            &img.name,
-        ],
-    );
+    d.ctr2_ok(&[
+        "images",
+        "export",
+        "--local",
+        local.to_str().unwrap(),
+        &img.name,
+    ]);
     let d3 = Daemon::start();
-    ctr2_ok(
-        &d3,
-        &["images", "import", "--local", local.to_str().unwrap()],
-    );
+    d3.ctr2_ok(&["images", "import", "--local", local.to_str().unwrap()]);
     assert_eq!(image_digest(&d3, &img.name), img.digest);
 }
 
@@ -381,30 +308,24 @@ fn ctr2_import_export_of_a_multi_platform_archive() {
     let amd64 = manifest_digest(&img, "amd64");
     let arm64 = manifest_digest(&img, "arm64");
     let d = Daemon::start();
-    ctr2_ok(
-        &d,
-        &[
-            "images",
-            "import",
-            "--all-platforms",
-            img.oci_tar.to_str().unwrap(),
-        ],
-    );
+    d.ctr2_ok(&[
+        "images",
+        "import",
+        "--all-platforms",
+        img.oci_tar.to_str().unwrap(),
+    ]);
     assert_eq!(image_digest(&d, &img.name), img.digest);
     let have = content_digests(&d);
     assert!(have.contains(&amd64) && have.contains(&arm64), "{have:?}");
 
     let all = dir.path().join("all.tar");
-    ctr2_ok(
-        &d,
-        &[
-            "images",
-            "export",
-            "--all-platforms",
-            all.to_str().unwrap(),
-            &img.name,
-        ],
-    );
+    d.ctr2_ok(&[
+        "images",
+        "export",
+        "--all-platforms",
+        all.to_str().unwrap(),
+        &img.name,
+    ]);
     let reference = dir.path().join("all16.tar");
     d.ctr_ok(&[
         "images",
@@ -424,17 +345,14 @@ fn ctr2_import_export_of_a_multi_platform_archive() {
     }
     // one platform: only its manifest's blobs
     let one = dir.path().join("arm64.tar");
-    ctr2_ok(
-        &d,
-        &[
-            "images",
-            "export",
-            "--platform",
-            "linux/arm64/v8",
-            one.to_str().unwrap(),
-            &img.name,
-        ],
-    );
+    d.ctr2_ok(&[
+        "images",
+        "export",
+        "--platform",
+        "linux/arm64/v8",
+        one.to_str().unwrap(),
+        &img.name,
+    ]);
     let (names, index) = tar_entries(&one);
     assert!(names.contains(&format!(
         "blobs/sha256/{}",
@@ -448,12 +366,9 @@ fn ctr2_import_export_of_a_multi_platform_archive() {
 
     // round trip into another daemon
     let d2 = Daemon::start();
-    ctr2_ok(
-        &d2,
-        &["images", "import", "--all-platforms", all.to_str().unwrap()],
-    );
+    d2.ctr2_ok(&["images", "import", "--all-platforms", all.to_str().unwrap()]);
     assert_eq!(image_digest(&d2, &img.name), img.digest);
-    let check = ctr2_ok(&d2, &["images", "check"]);
+    let check = d2.ctr2_ok(&["images", "check"]);
     assert!(check.contains("complete"), "{check}");
 }
 
@@ -463,28 +378,28 @@ fn ctr2_pushes_to_a_registry_and_the_local_paths_still_work() {
     let dir = tempfile::tempdir().unwrap();
     let img = busybox_image(dir.path());
     let d = Daemon::start();
-    ctr2_ok(&d, &["images", "import", img.oci_tar.to_str().unwrap()]);
+    d.ctr2_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
     let dest = format!("{}/pushed/bb:1", reg.host());
-    let out = ctr2_ok(&d, &["images", "push", "--plain-http", &dest, &img.name]);
+    let out = d.ctr2_ok(&["images", "push", "--plain-http", &dest, &img.name]);
     assert!(out.contains("to OCI Registry ("), "{out}");
     // pushing a missing image is NotFound
-    let o = ctr2(&d, &["images", "push", "--plain-http", &dest, "nope:1"]);
+    let o = d.ctr2(&["images", "push", "--plain-http", &dest, "nope:1"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
 
     // what was pushed pulls and runs elsewhere, with ctr 2.x's --local too
     let d2 = Daemon::start();
-    ctr2_ok(&d2, &["images", "pull", "--plain-http", &dest]);
+    d2.ctr2_ok(&["images", "pull", "--plain-http", &dest]);
     assert_eq!(image_digest(&d2, &dest), img.digest);
-    let run = ctr2_ok(&d2, &["run", "--rm", &dest, "p2", "echo", "pushed"]);
+    let run = d2.ctr2_ok(&["run", "--rm", &dest, "p2", "echo", "pushed"]);
     assert_eq!(run.trim(), "pushed");
     let d3 = Daemon::start();
-    ctr2_ok(&d3, &["images", "pull", "--local", "--plain-http", &dest]);
+    d3.ctr2_ok(&["images", "pull", "--local", "--plain-http", &dest]);
     assert_eq!(image_digest(&d3, &dest), img.digest);
     let local = format!("{}/pushed/local:1", reg.host());
-    ctr2_ok(&d3, &["images", "tag", "--local", &dest, &local]);
-    ctr2_ok(&d3, &["images", "push", "--local", "--plain-http", &local]);
+    d3.ctr2_ok(&["images", "tag", "--local", &dest, &local]);
+    d3.ctr2_ok(&["images", "push", "--local", "--plain-http", &local]);
     let d4 = Daemon::start();
-    ctr2_ok(&d4, &["images", "pull", "--plain-http", &local]);
+    d4.ctr2_ok(&["images", "pull", "--plain-http", &local]);
     assert_eq!(image_digest(&d4, &local), img.digest);
 }

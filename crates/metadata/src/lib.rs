@@ -10,6 +10,8 @@
 //! - `meta`: `&str -> &[u8]`, holds `schema_version` (checked on open).
 //! - `namespaces`: `name -> JSON {labels}`.
 //! - `containers`: `(namespace, id) -> JSON container record` (`containers.rs`).
+//! - `sandboxes`: `(namespace, id) -> JSON sandbox record` (`sandboxes.rs`,
+//!   containerd 2.x's sandbox store).
 //! - every namespaced object table is keyed by `(namespace, id)` so that a
 //!   namespace's objects are one range scan, and emptiness checks are cheap.
 //! - content (`content_blobs`, `content_ingests`): see [`content`].
@@ -26,6 +28,7 @@ mod gc_containers;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
+pub mod sandboxes;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
@@ -48,6 +51,7 @@ pub const NAMESPACED_TABLES: &[(NsTable, &str)] = &[
     (content::BLOBS, "blobs"),
     (leases::LEASES, "leases"),
     (containers::CONTAINERS, "containers"),
+    (sandboxes::SANDBOXES, "sandboxes"),
 ];
 
 /// What a change did, for the GC scheduler.
@@ -95,6 +99,7 @@ impl Db {
                 Arc::new(gc::LeaseSource),
                 Arc::new(images::ImageSource),
                 Arc::new(gc_containers::ContainerSource),
+                Arc::new(sandboxes::SandboxSource),
             ]),
             hooks: Mutex::new(Vec::new()),
         };

@@ -29,6 +29,7 @@ pub mod types {
     pub const INTERNAL: &str = "io.containerd.internal.v1";
     pub const TRANSFER: &str = "io.containerd.transfer.v1";
     pub const STREAMING: &str = "io.containerd.streaming.v1";
+    pub const SANDBOX_STORE: &str = "io.containerd.sandbox.store.v1";
 }
 
 /// An initialised plugin instance; consumers downcast to the concrete type.

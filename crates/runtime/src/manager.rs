@@ -88,6 +88,50 @@ impl TaskManager {
         shim::resolve_binary(runtime, &self.cfg.env.publish_binary)
     }
 
+    /// Run the runtime's shim with `-info` (containerd 2.x's `PluginInfo`
+    /// for the runtime plugin): `options` (a protobuf `Any`, possibly
+    /// empty) on its stdin, the encoded `containerd.types.RuntimeInfo` it
+    /// prints returned as is.
+    pub async fn runtime_info(&self, runtime: &str, options: Vec<u8>) -> Result<Vec<u8>> {
+        use tokio::io::AsyncWriteExt;
+        let binary = self
+            .binary(runtime)
+            .map_err(|e| e.context("failed to resolve runtime path"))?;
+        let mut child = tokio::process::Command::new(&binary)
+            .arg("-info")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                Error::from(e).context(format!("failed to run [{} -info]", binary.display()))
+            })?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // a shim that exits without reading its stdin answers through its status
+        let _ = stdin.write_all(&options).await;
+        drop(stdin);
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .map_err(|_| {
+                Error::unavailable(format!("{} -info: no answer within 30s", binary.display()))
+            })?
+            .map_err(|e| Error::from(e).context(format!("{} -info", binary.display())))?;
+        if !out.status.success() {
+            // Go's wording: `exit status N` / `signal: ...`
+            let status = match out.status.code() {
+                Some(c) => format!("exit status {c}"),
+                None => out.status.to_string(),
+            };
+            return Err(Error::unknown(format!(
+                "failed to run [{} -info]: {status} (stderr: {:?})",
+                binary.display(),
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            )));
+        }
+        Ok(out.stdout)
+    }
+
     fn key(ns: &str, id: &str) -> Key {
         (ns.to_string(), id.to_string())
     }

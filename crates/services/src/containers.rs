@@ -64,6 +64,7 @@ fn from_pb(c: PbContainer) -> Container {
             .into_iter()
             .map(|(k, v)| (k, any_in(v)))
             .collect(),
+        sandbox_id: c.sandbox,
         ..Default::default()
     }
 }
@@ -87,6 +88,7 @@ fn to_pb(c: Container) -> PbContainer {
             .into_iter()
             .map(|(k, v)| (k, any_out(v)))
             .collect(),
+        sandbox: c.sandbox_id,
     }
 }
 

@@ -29,6 +29,7 @@ pub mod introspection;
 pub mod leases;
 pub mod namespaces;
 pub mod registry;
+pub mod sandbox;
 pub mod snapshot_gc;
 pub mod snapshots;
 pub mod streaming;

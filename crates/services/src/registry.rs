@@ -192,7 +192,16 @@ pub fn plugins() -> Registry {
         Ok(ImagesService::grpc(db, (*ex).clone(), gc))
     }));
     r.register(grpc("introspection", &["*"], |ctx| {
-        Ok(IntrospectionService::grpc(ctx.records(), ctx.root.clone()))
+        // plugins that answer PluginInfo with extra data (containerd's pluginInfoProvider)
+        let mut providers = crate::introspection::PluginInfoProviders::new();
+        if let Ok(rt) = ctx.get::<crate::tasks::RuntimeV2>(RUNTIME_V2, "task") {
+            providers.insert((RUNTIME_V2.into(), "task".into()), rt);
+        }
+        Ok(IntrospectionService::grpc(
+            ctx.records(),
+            providers,
+            ctx.root.clone(),
+        ))
     }));
     r.register(grpc("leases", &[METADATA, GC], |ctx| {
         let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
@@ -203,6 +212,17 @@ pub fn plugins() -> Registry {
         let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
         Ok(NamespacesService::grpc(db, (*ex).clone()))
+    }));
+    r.register(
+        Registration::new(SANDBOX_STORE, "local", |ctx| {
+            let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+            Ok(Arc::new(crate::sandbox::SandboxStore::new(db)) as Instance)
+        })
+        .requires(&[METADATA]),
+    );
+    r.register(grpc("sandboxes", &[SANDBOX_STORE], |ctx| {
+        let store: Arc<crate::sandbox::SandboxStore> = ctx.get(SANDBOX_STORE, "local")?;
+        Ok(crate::sandbox::SandboxStoreService::grpc(store))
     }));
     r.register(grpc("snapshots", &[SNAPSHOTTER, EVENT, METADATA], |ctx| {
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;

@@ -68,6 +68,35 @@ pub struct RuntimeV2 {
     _events: EventsServer,
 }
 
+/// The runtime plugin's extra data (containerd's `TaskManager.PluginInfo`):
+/// a `RuntimeRequest` runs the runtime's shim with `-info` and answers its
+/// `RuntimeInfo` (`ctr plugins inspect-runtime`).
+#[tonic::async_trait]
+impl crate::introspection::PluginInfoProvider for RuntimeV2 {
+    async fn plugin_info(
+        &self,
+        options: prost_types::Any,
+    ) -> Result<prost_types::Any, stevedore_types::Error> {
+        use prost::Message;
+        use stevedore_api::types::{RuntimeInfo, RuntimeRequest};
+        let req: RuntimeRequest = stevedore_api::typeurl::from_any(&options).ok_or_else(|| {
+            stevedore_types::Error::unimplemented(format!(
+                "unknown request type {}: not implemented",
+                options.type_url
+            ))
+        })?;
+        let opts = req.options.map(|o| o.encode_to_vec()).unwrap_or_default();
+        let out = self.manager.runtime_info(&req.runtime_path, opts).await?;
+        let info = RuntimeInfo::decode(out.as_slice()).map_err(|e| {
+            stevedore_types::Error::unknown(format!(
+                "failed to unmarshal the -info output of {:?} into containerd.types.RuntimeInfo: {e}",
+                req.runtime_path
+            ))
+        })?;
+        Ok(stevedore_api::typeurl::to_any(&info))
+    }
+}
+
 fn to_rt_any(a: prost_types::Any) -> Any {
     Any {
         type_url: a.type_url,

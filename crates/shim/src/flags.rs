@@ -40,6 +40,7 @@ impl Flags {
                 }
                 "debug" => f.debug = true,
                 "v" | "version" => f.action = "version".into(),
+                "info" => f.action = "info".into(),
                 other if !a.starts_with('-') => f.action = other.to_string(),
                 _ => {}
             }

@@ -9,7 +9,8 @@
 //! one launch path, stdio), `console` (ptys), `runc` (the OCI runtime driver
 //! and its errors), `events` (publisher), `cgroups` (metrics, OOM, the shim
 //! cgroup), `options` (runc options), `error` (the error type and its ttrpc
-//! codes), `log` (the shim log FIFO).
+//! codes), `log` (the shim log FIFO), `info` (`-info`: containerd 2.x's
+//! runtime info).
 
 mod actions;
 mod cgroups;
@@ -17,6 +18,7 @@ mod console;
 mod error;
 mod events;
 mod flags;
+mod info;
 mod log;
 mod options;
 mod process;
@@ -30,6 +32,7 @@ fn main() {
             println!("containerd-shim-stevedore-v1 {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        "info" => info::info(),
         "start" | "delete" | "serve" => f.validate().and_then(|()| match f.action.as_str() {
             "start" => actions::start(&f),
             "delete" => actions::delete(&f),
