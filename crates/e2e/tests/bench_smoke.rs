@@ -57,6 +57,7 @@ fn bench_smoke_produces_the_side_by_side_table() {
         "export_big_gzip",
         "pull_busybox_cold",
         "pull_big_zstd_warm",
+        "rss_after_transfers",
         "run_true",
         "run_3_sequential",
         "run_3_parallel",

@@ -282,7 +282,10 @@ impl Content for ContentService {
                 inbound,
                 tx: tx.clone(),
             };
-            if let Err(s) = session.run().await {
+            let result = session.run().await;
+            drop(session);
+            crate::memory::work_done();
+            if let Err(s) = result {
                 if s.code() != tonic::Code::AlreadyExists {
                     tracing::debug!(error = %s.message(), "content write failed");
                 }

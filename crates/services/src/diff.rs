@@ -86,7 +86,9 @@ impl Diff for DiffService {
             crate::convert::descriptor_from_pb(&pb).map_err(stevedore_api::status::to_status)?;
         let mounts: Vec<Mount> = r.mounts.into_iter().map(mount_from_pb).collect();
         let (db, scratch) = (self.db.clone(), self.scratch.clone());
-        let applied = blocking(move || apply_layer(&db, &ns, &desc, &mounts, &scratch)).await?;
+        let applied = blocking(move || apply_layer(&db, &ns, &desc, &mounts, &scratch)).await;
+        crate::memory::work_done();
+        let applied = applied?;
         Ok(Response::new(ApplyResponse {
             applied: Some(descriptor_to_pb(&applied)),
         }))

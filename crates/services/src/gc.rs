@@ -105,9 +105,9 @@ async fn collect(db: &Arc<Db>, counters: &Counters) -> Result<GcStats> {
     counters.deletions.store(0, Ordering::Relaxed);
     counters.mutations.store(0, Ordering::Relaxed);
     let db = db.clone();
-    tokio::task::spawn_blocking(move || db.garbage_collect())
-        .await
-        .map_err(|e| Error::internal(format!("gc task failed: {e}")))?
+    let r = tokio::task::spawn_blocking(move || db.garbage_collect()).await;
+    crate::memory::work_done();
+    r.map_err(|e| Error::internal(format!("gc task failed: {e}")))?
 }
 
 async fn run(

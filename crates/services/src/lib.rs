@@ -27,6 +27,7 @@ pub mod health;
 pub mod images;
 pub mod introspection;
 pub mod leases;
+pub mod memory;
 pub mod namespaces;
 pub mod registry;
 pub mod sandbox;

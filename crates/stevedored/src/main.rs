@@ -72,6 +72,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
+    // before any thread starts: the allocator's arenas and thresholds
+    stevedore_sys::malloc::tune();
     let cli = Cli::parse();
     let registry = stevedore_services::registry::plugins();
     let explicit = cli.config.is_some();
@@ -224,6 +226,7 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
         state = %cfg.state.display(),
         "stevedored serving"
     );
+    stevedore_services::memory::spawn_trimmer();
     let exchange = plugins.get::<Exchange>(EVENT, "exchange");
     let shutdown = async move {
         use tokio::signal::unix::{signal, SignalKind};

@@ -1,6 +1,7 @@
 //! Linux facilities behind small functions and traits, so the logic above is
 //! testable and the real thing is tested for real (as root) here.
 
+pub mod malloc;
 pub mod mount;
 
 use std::path::Path;

@@ -157,6 +157,8 @@ impl Engine {
     /// Drop a lease this engine created (a failure is logged: the lease
     /// still expires on its own).
     async fn delete_lease(&self, ns: &str, lease: &str) {
+        // the end of a transfer: its buffers are free now
+        crate::memory::work_done();
         let (db, n, l) = (self.db.clone(), ns.to_string(), lease.to_string());
         if let Err(e) = blocking(move || db.delete_lease(&n, &l)).await {
             tracing::warn!(namespace = ns, lease, error = %e, "transfer: cannot drop its lease");
