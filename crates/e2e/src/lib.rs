@@ -493,6 +493,26 @@ pub fn make_image(kind: &str, dir: &Path, extra: &[&str]) -> Images {
     }
 }
 
+/// Copy `img`'s OCI layout into the plain-HTTP registry at `host` as
+/// `<host>/<name>` with skopeo (`extra`: more flags, e.g. `--all` for an
+/// index, `--format v2s2`); returns the reference.
+pub fn skopeo_push(img: &Images, host: &str, name: &str, extra: &[&str]) -> String {
+    let dest = format!("{host}/{name}");
+    let o = Command::new(require_tool("skopeo", "skopeo"))
+        .args(["copy", "--dest-tls-verify=false", "--insecure-policy"])
+        .args(extra)
+        .arg(format!("oci:{}", img.oci_dir.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        o.status.success(),
+        "skopeo copy to {dest}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    dest
+}
+
 /// `docker.io/library/busybox:latest` from Debian's busybox-static (one gzip layer).
 pub fn busybox_image(dir: &Path) -> Images {
     require_tool("busybox", "busybox-static");

@@ -63,18 +63,7 @@ fn clientcheck() -> PathBuf {
 fn registry_with_busybox(dir: &Path) -> (TestRegistry, String) {
     let reg = TestRegistry::start();
     let img = busybox_image(dir);
-    let dest = format!("{}/containerd/busybox:1.32", reg.host());
-    let o = Command::new(require_tool("skopeo", "skopeo"))
-        .args(["copy", "--dest-tls-verify=false", "--insecure-policy"])
-        .arg(format!("oci:{}", img.oci_dir.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let dest = stevedore_e2e::skopeo_push(&img, &reg.host(), "containerd/busybox:1.32", &[]);
     (reg, dest)
 }
 

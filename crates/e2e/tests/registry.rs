@@ -3,24 +3,11 @@
 //! middle of a pull.
 
 use std::process::Command;
-use stevedore_e2e::{big_image, busybox_image, require_tool, Daemon, Images};
+use stevedore_e2e::{big_image, busybox_image, Daemon, Images};
 use stevedore_remote::testutil::TestRegistry;
 
 fn skopeo_push(img: &Images, reg: &TestRegistry, name: &str, extra: &[&str]) -> String {
-    let dest = format!("{}/{name}", reg.host());
-    let o = Command::new(require_tool("skopeo", "skopeo"))
-        .args(["copy", "--dest-tls-verify=false", "--insecure-policy"])
-        .args(extra)
-        .arg(format!("oci:{}", img.oci_dir.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    dest
+    stevedore_e2e::skopeo_push(img, &reg.host(), name, extra)
 }
 
 #[test]

@@ -29,20 +29,7 @@ const RUNC_SHIM: &str = "io.containerd.runc.v2";
 /// stevedore's own shim (`containerd-shim-stevedore-v1`, found next to stevedored).
 const STEVEDORE_SHIM: &str = "io.containerd.stevedore.v1";
 
-/// A directory with busybox-static and its applets: a minimal rootfs.
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    require_tool("busybox", "busybox-static");
-    let root = dir.join("busybox-rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "sleep", "cat", "true", "ls"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    for d in ["proc", "dev", "sys", "tmp", "etc", "run"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    root
-}
+use stevedore_e2e::busybox_rootfs;
 
 fn req<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);

@@ -2,8 +2,7 @@
 //! CLI against a real stevedored: import, unpack, mount, export, run, pull
 //! from a real registry, and garbage collection of what is removed.
 
-use std::process::Command;
-use stevedore_e2e::{busybox_image, multi_image, require_tool, Daemon, Images};
+use stevedore_e2e::{busybox_image, multi_image, Daemon, Images};
 use stevedore_remote::testutil::TestRegistry;
 
 fn busybox() -> (tempfile::TempDir, Images) {
@@ -14,25 +13,7 @@ fn busybox() -> (tempfile::TempDir, Images) {
 
 /// Push a generated OCI layout into the registry under `name`.
 fn push(img: &Images, reg: &TestRegistry, name: &str) -> String {
-    let skopeo = require_tool("skopeo", "skopeo");
-    let dest = format!("{}/{name}", reg.host());
-    let o = Command::new(skopeo)
-        .args([
-            "copy",
-            "--all",
-            "--dest-tls-verify=false",
-            "--insecure-policy",
-        ])
-        .arg(format!("oci:{}", img.oci_dir.display()))
-        .arg(format!("docker://{dest}"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    dest
+    stevedore_e2e::skopeo_push(img, &reg.host(), name, &["--all"])
 }
 
 #[test]
