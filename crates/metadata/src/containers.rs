@@ -208,18 +208,9 @@ impl Db {
                 paths
             };
             for p in paths {
-                if let Some(k) = p.strip_prefix("labels.") {
-                    match c.labels.get(k) {
-                        Some(v) => u.labels.insert(k.into(), v.clone()),
-                        None => u.labels.remove(k),
-                    };
-                    continue;
-                }
-                if let Some(k) = p.strip_prefix("extensions.") {
-                    match c.extensions.get(k) {
-                        Some(v) => u.extensions.insert(k.into(), v.clone()),
-                        None => u.extensions.remove(k),
-                    };
+                if crate::apply_key_path(p, "labels.", &c.labels, &mut u.labels)
+                    || crate::apply_key_path(p, "extensions.", &c.extensions, &mut u.extensions)
+                {
                     continue;
                 }
                 match p.as_str() {

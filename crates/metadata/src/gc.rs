@@ -90,10 +90,14 @@ pub fn is_root(labels: &HashMap<String, String>) -> bool {
     labels.contains_key(LABEL_GC_ROOT)
 }
 
-/// A participant in garbage collection.
+/// A participant in garbage collection. A source that only emits roots
+/// (images, containers, sandboxes) owns no node kinds and implements
+/// `roots` alone; the defaults of the rest are for it.
 pub trait GcSource: Send + Sync {
     /// The node kinds this source owns (it answers `references`, `all`, `remove` for them).
-    fn kinds(&self) -> &[&'static str];
+    fn kinds(&self) -> &[&'static str] {
+        &[]
+    }
     /// Emit roots.
     fn roots(
         &self,
@@ -104,14 +108,20 @@ pub trait GcSource: Send + Sync {
     /// Emit what `node` (of one of this source's kinds) references.
     fn references(
         &self,
-        tx: &redb::WriteTransaction,
-        node: &Node,
-        emit: &mut dyn FnMut(Node),
-    ) -> Result<()>;
+        _tx: &redb::WriteTransaction,
+        _node: &Node,
+        _emit: &mut dyn FnMut(Node),
+    ) -> Result<()> {
+        Ok(())
+    }
     /// Emit every node of this source's kinds.
-    fn all(&self, tx: &redb::WriteTransaction, emit: &mut dyn FnMut(Node)) -> Result<()>;
+    fn all(&self, _tx: &redb::WriteTransaction, _emit: &mut dyn FnMut(Node)) -> Result<()> {
+        Ok(())
+    }
     /// Remove an unreferenced node's record, inside the sweep transaction.
-    fn remove(&self, tx: &redb::WriteTransaction, node: &Node) -> Result<()>;
+    fn remove(&self, _tx: &redb::WriteTransaction, _node: &Node) -> Result<()> {
+        Ok(())
+    }
     /// Reconcile backend storage with the records, after the sweep committed
     /// (GC lock held). Returns how many backend objects were removed.
     fn cleanup(&self, _db: &Db) -> Result<usize> {

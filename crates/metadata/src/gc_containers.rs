@@ -14,10 +14,6 @@ use stevedore_types::Result;
 pub(crate) struct ContainerSource;
 
 impl GcSource for ContainerSource {
-    fn kinds(&self) -> &[&'static str] {
-        &[]
-    }
-
     fn roots(
         &self,
         tx: &redb::WriteTransaction,
@@ -53,23 +49,6 @@ impl GcSource for ContainerSource {
             }
             label_refs(ns, &c.labels, emit);
         }
-        Ok(())
-    }
-
-    fn references(
-        &self,
-        _tx: &redb::WriteTransaction,
-        _node: &Node,
-        _emit: &mut dyn FnMut(Node),
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    fn all(&self, _tx: &redb::WriteTransaction, _emit: &mut dyn FnMut(Node)) -> Result<()> {
-        Ok(())
-    }
-
-    fn remove(&self, _tx: &redb::WriteTransaction, _node: &Node) -> Result<()> {
         Ok(())
     }
 }

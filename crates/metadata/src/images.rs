@@ -216,9 +216,6 @@ impl Db {
 pub(crate) struct ImageSource;
 
 impl crate::gc::GcSource for ImageSource {
-    fn kinds(&self) -> &[&'static str] {
-        &[]
-    }
     fn roots(
         &self,
         tx: &redb::WriteTransaction,
@@ -235,24 +232,6 @@ impl crate::gc::GcSource for ImageSource {
             emit(crate::gc::content_node(ns, &img.target.digest));
             crate::gc::label_refs(ns, &img.labels, emit);
         }
-        Ok(())
-    }
-    fn references(
-        &self,
-        _tx: &redb::WriteTransaction,
-        _node: &crate::gc::Node,
-        _emit: &mut dyn FnMut(crate::gc::Node),
-    ) -> Result<()> {
-        Ok(())
-    }
-    fn all(
-        &self,
-        _tx: &redb::WriteTransaction,
-        _emit: &mut dyn FnMut(crate::gc::Node),
-    ) -> Result<()> {
-        Ok(())
-    }
-    fn remove(&self, _tx: &redb::WriteTransaction, _node: &crate::gc::Node) -> Result<()> {
         Ok(())
     }
 }

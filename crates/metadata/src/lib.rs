@@ -76,6 +76,25 @@ pub struct Db {
     hooks: Mutex<Vec<MutationHook>>,
 }
 
+/// Apply one `<prefix><key>` field path of an update (`labels.<k>`,
+/// `extensions.<k>`): copy `from[key]` into `into`, or remove the key when
+/// `from` lacks it. False when `path` does not start with `prefix`.
+pub(crate) fn apply_key_path<V: Clone>(
+    path: &str,
+    prefix: &str,
+    from: &std::collections::HashMap<String, V>,
+    into: &mut std::collections::HashMap<String, V>,
+) -> bool {
+    let Some(k) = path.strip_prefix(prefix) else {
+        return false;
+    };
+    match from.get(k) {
+        Some(v) => into.insert(k.into(), v.clone()),
+        None => into.remove(k),
+    };
+    true
+}
+
 pub(crate) fn db_err(op: &str, e: impl std::fmt::Display) -> Error {
     Error::internal(format!("metadata database: {op}: {e}"))
 }

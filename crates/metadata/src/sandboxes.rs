@@ -177,18 +177,9 @@ impl Db {
                 paths
             };
             for p in paths {
-                if let Some(k) = p.strip_prefix("labels.") {
-                    match s.labels.get(k) {
-                        Some(v) => u.labels.insert(k.into(), v.clone()),
-                        None => u.labels.remove(k),
-                    };
-                    continue;
-                }
-                if let Some(k) = p.strip_prefix("extensions.") {
-                    match s.extensions.get(k) {
-                        Some(v) => u.extensions.insert(k.into(), v.clone()),
-                        None => u.extensions.remove(k),
-                    };
+                if crate::apply_key_path(p, "labels.", &s.labels, &mut u.labels)
+                    || crate::apply_key_path(p, "extensions.", &s.extensions, &mut u.extensions)
+                {
                     continue;
                 }
                 match p.as_str() {
@@ -238,10 +229,6 @@ impl Db {
 pub(crate) struct SandboxSource;
 
 impl crate::gc::GcSource for SandboxSource {
-    fn kinds(&self) -> &[&'static str] {
-        &[]
-    }
-
     fn roots(
         &self,
         tx: &redb::WriteTransaction,
@@ -257,27 +244,6 @@ impl crate::gc::GcSource for SandboxSource {
             let s = decode(id, v.value())?;
             crate::gc::label_refs(ns, &s.labels, emit);
         }
-        Ok(())
-    }
-
-    fn references(
-        &self,
-        _tx: &redb::WriteTransaction,
-        _node: &crate::gc::Node,
-        _emit: &mut dyn FnMut(crate::gc::Node),
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    fn all(
-        &self,
-        _tx: &redb::WriteTransaction,
-        _emit: &mut dyn FnMut(crate::gc::Node),
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    fn remove(&self, _tx: &redb::WriteTransaction, _node: &crate::gc::Node) -> Result<()> {
         Ok(())
     }
 }
