@@ -77,6 +77,12 @@ FILES2 = [
     ("api/services/containers/v1/containers.proto", "containerd/services/containers/v1/containers.proto"),
 ]
 
+# Kubernetes' CRI (k8s.io/cri-api, Apache-2.0) as containerd CONTAINERD2_TAG
+# vendors it: (path in containerd's repository, destination)
+FILES_CRI = [
+    ("vendor/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto", "k8s/cri/runtime/v1/api.proto"),
+]
+
 IMPORT_MAP = {}
 for src, dst in FILES:
     key = src.replace(GOCODE + "/", "github.com/")
@@ -146,6 +152,12 @@ HEADER2 = (
 ) % CONTAINERD2_TAG
 
 
+HEADER_CRI = (
+    "// Wire contract of Kubernetes' CRI (k8s.io/cri-api as containerd %s vendors it,\n"
+    "// Apache-2.0), normalised by crates/api/proto/regen.py. Do not edit by hand.\n\n"
+) % CONTAINERD2_TAG
+
+
 def main():
     for src, dst in FILES:
         if not os.path.exists(src):
@@ -170,6 +182,16 @@ def main():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(normalise(text, HEADER2))
+        print("wrote", dst)
+    for src, dst in FILES_CRI:
+        text = subprocess.run(
+            ["git", "-C", git_dir, "show", "%s:%s" % (CONTAINERD2_TAG, src)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        path = os.path.join(OUT, dst)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(normalise(text, HEADER_CRI))
         print("wrote", dst)
 
 

@@ -41,5 +41,9 @@ pub mod services {
     pub use crate::stevedore::services::transfer::v1 as stevedore_transfer;
 }
 
+/// Kubernetes' Container Runtime Interface (`runtime.v1`: RuntimeService and
+/// ImageService), served by the CRI plugins.
+pub use generated::runtime::v1 as cri;
+
 pub use containerd::events;
 pub use containerd::types;
