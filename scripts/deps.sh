@@ -17,6 +17,8 @@ PKGS=(
   python3 util-linux  # test images (mkimage.py), socket probes as other users (setpriv)
   jq zstd pigz hyperfine
   docker.io         # Docker Engine 20.10: dockerd --containerd against stevedored
+  containernetworking-plugins  # CNI plugins (bridge, host-local, loopback, portmap) for CRI pods
+  iptables iproute2 # portmap's rules; ip/nsenter checks inside pod network namespaces
 )
 missing=()
 for p in "${PKGS[@]}"; do
