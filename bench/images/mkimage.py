@@ -2,7 +2,7 @@
 """Deterministic test images for stevedore's tests and benchmarks.
 
     python3 bench/images/mkimage.py <kind> --out DIR [--compression gzip|zstd|none]
-                                    [--scale F] [--name REF]
+                                    [--scale F] [--name REF] [--cmd JSON]
 
 kinds:
   busybox  Debian's busybox-static as /bin/busybox plus applet symlinks,
@@ -528,7 +528,7 @@ def docker_archive(path, name, config_bytes, layer_tars, diff_ids):
 # ---------------------------------------------------------------------------
 
 
-def build(kind, out, compression, scale, name):
+def build(kind, out, compression, scale, name, cmd_override=None):
     name = name or DEFAULT_NAMES[kind].format(compression=compression)
     if ":" not in name.rsplit("/", 1)[-1]:
         name += ":latest"
@@ -562,6 +562,8 @@ def build(kind, out, compression, scale, name):
     else:
         die(f"unknown kind {kind!r} (busybox, big, multi)")
 
+    if cmd_override is not None:
+        cmd = cmd_override
     diff_ids = [x["diff_id"] for x in layer_facts]
     info["layers"] = [dict(desc, **facts) for desc, facts in zip(layer_descs, layer_facts)]
     info["unpacked_size"] = sum(x["unpacked_size"] for x in layer_facts)
@@ -615,11 +617,21 @@ def main():
     p.add_argument("--scale", type=float, default=1.0,
                    help="big: multiply file counts and binary sizes (1.0 = ~360 MB)")
     p.add_argument("--name", help="image reference (default depends on kind)")
+    p.add_argument("--cmd", help="the image config's Cmd as a JSON list (e.g. a pause "
+                                 "command for a CRI sandbox image)")
     a = p.parse_args()
+    cmd = None
+    if a.cmd is not None:
+        try:
+            cmd = json.loads(a.cmd)
+        except ValueError as e:
+            die(f"--cmd must be a JSON list of strings: {e}")
+        if not isinstance(cmd, list) or not all(isinstance(x, str) for x in cmd):
+            die("--cmd must be a JSON list of strings")
     if a.scale <= 0:
         die("--scale must be positive")
     os.makedirs(a.out, exist_ok=True)
-    info = build(a.kind, a.out, a.compression, a.scale, a.name)
+    info = build(a.kind, a.out, a.compression, a.scale, a.name, cmd)
     print(json.dumps({k: info[k] for k in ("name", "digest", "unpacked_size", "files")}))
 
 

@@ -58,6 +58,19 @@ impl GrpcService {
             }),
         }
     }
+    /// One more service mounted with this one (a plugin serving two APIs).
+    pub fn and<S>(self, svc: S) -> Self
+    where
+        S: tower_service_bound::Svc,
+    {
+        let first = self.add;
+        GrpcService {
+            add: Box::new(move |routes| {
+                first(routes);
+                routes.add_service(svc.clone());
+            }),
+        }
+    }
     /// Mount the service.
     pub fn add_to(&self, routes: &mut tonic::service::RoutesBuilder) {
         (self.add)(routes)

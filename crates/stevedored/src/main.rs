@@ -75,7 +75,8 @@ fn run() -> Result<()> {
     // before any thread starts: the allocator's arenas and thresholds
     stevedore_sys::malloc::tune();
     let cli = Cli::parse();
-    let registry = stevedore_services::registry::plugins();
+    let mut registry = stevedore_services::registry::plugins();
+    stevedore_cri::register(&mut registry);
     let explicit = cli.config.is_some();
     let path = cli
         .config

@@ -1,0 +1,270 @@
+//! The CRI plugin's configuration, with containerd 1.6's keys
+//! (`[plugins."io.containerd.grpc.v1.cri"]`), so a containerd config's CRI
+//! section moves over unchanged. Keys stevedore does not act on are accepted
+//! and listed in docs/compatibility.md; unknown keys are errors, as for every
+//! other plugin.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `[plugins."io.containerd.grpc.v1.cri"]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriConfig {
+    pub containerd: ContainerdConfig,
+    pub cni: CniConfig,
+    pub registry: RegistryConfig,
+    pub image_decryption: toml::Table,
+    pub x509_key_pair_streaming: toml::Table,
+    pub disable_tcp_service: bool,
+    pub stream_server_address: String,
+    pub stream_server_port: String,
+    pub stream_idle_timeout: String,
+    pub enable_selinux: bool,
+    pub selinux_category_range: i64,
+    /// The pause image every pod sandbox runs.
+    pub sandbox_image: String,
+    pub stats_collect_period: i64,
+    pub systemd_cgroup: bool,
+    pub enable_tls_streaming: bool,
+    /// Longer log lines are split into partial (`P`) lines; -1: no limit.
+    pub max_container_log_line_size: i64,
+    pub disable_cgroup: bool,
+    pub disable_apparmor: bool,
+    /// Never ask for an `oom_score_adj` below the daemon's own (hosts that
+    /// refuse lowering it, like this VM).
+    pub restrict_oom_score_adj: bool,
+    pub max_concurrent_downloads: i64,
+    pub disable_proc_mount: bool,
+    pub unset_seccomp_profile: String,
+    pub tolerate_missing_hugetlb_controller: bool,
+    pub disable_hugetlb_controller: bool,
+    pub device_ownership_from_security_context: bool,
+    pub ignore_image_defined_volumes: bool,
+    /// Network namespaces under `<state>/netns` instead of /var/run/netns.
+    pub netns_mounts_under_state_dir: bool,
+    pub enable_unprivileged_ports: bool,
+    pub enable_unprivileged_icmp: bool,
+    pub enable_cdi: bool,
+    pub cdi_spec_dirs: Vec<String>,
+    pub image_pull_progress_timeout: String,
+    pub drain_exec_sync_io_timeout: String,
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        CriConfig {
+            containerd: ContainerdConfig::default(),
+            cni: CniConfig::default(),
+            registry: RegistryConfig::default(),
+            image_decryption: toml::Table::new(),
+            x509_key_pair_streaming: toml::Table::new(),
+            disable_tcp_service: true,
+            stream_server_address: "127.0.0.1".into(),
+            stream_server_port: "0".into(),
+            stream_idle_timeout: "4h0m0s".into(),
+            enable_selinux: false,
+            selinux_category_range: 1024,
+            sandbox_image: "registry.k8s.io/pause:3.6".into(),
+            stats_collect_period: 10,
+            systemd_cgroup: false,
+            enable_tls_streaming: false,
+            max_container_log_line_size: 16 * 1024,
+            disable_cgroup: false,
+            disable_apparmor: false,
+            restrict_oom_score_adj: false,
+            max_concurrent_downloads: 3,
+            disable_proc_mount: false,
+            unset_seccomp_profile: String::new(),
+            tolerate_missing_hugetlb_controller: true,
+            disable_hugetlb_controller: true,
+            device_ownership_from_security_context: false,
+            ignore_image_defined_volumes: false,
+            netns_mounts_under_state_dir: false,
+            enable_unprivileged_ports: false,
+            enable_unprivileged_icmp: false,
+            enable_cdi: false,
+            cdi_spec_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
+            image_pull_progress_timeout: "1m0s".into(),
+            drain_exec_sync_io_timeout: "0s".into(),
+        }
+    }
+}
+
+/// `[...cri.containerd]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerdConfig {
+    pub snapshotter: String,
+    pub default_runtime_name: String,
+    pub runtimes: BTreeMap<String, RuntimeEntry>,
+    pub default_runtime: Option<RuntimeEntry>,
+    pub untrusted_workload_runtime: Option<RuntimeEntry>,
+    pub no_pivot: bool,
+    pub disable_snapshot_annotations: bool,
+    pub discard_unpacked_layers: bool,
+    pub ignore_rdt_not_enabled_errors: bool,
+    pub ignore_blockio_not_enabled_errors: bool,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        ContainerdConfig {
+            snapshotter: "overlayfs".into(),
+            default_runtime_name: "runc".into(),
+            runtimes: [("runc".to_string(), RuntimeEntry::default())].into(),
+            default_runtime: None,
+            untrusted_workload_runtime: None,
+            no_pivot: false,
+            disable_snapshot_annotations: true,
+            discard_unpacked_layers: false,
+            ignore_rdt_not_enabled_errors: false,
+            ignore_blockio_not_enabled_errors: false,
+        }
+    }
+}
+
+/// `[...cri.containerd.runtimes.<name>]`: a runtime handler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeEntry {
+    pub runtime_type: String,
+    pub runtime_engine: String,
+    pub runtime_root: String,
+    pub pod_annotations: Vec<String>,
+    pub container_annotations: Vec<String>,
+    pub privileged_without_host_devices: bool,
+    pub privileged_without_host_devices_all_devices_allowed: bool,
+    pub base_runtime_spec: String,
+    pub cni_conf_dir: String,
+    pub cni_max_conf_num: i64,
+    pub snapshotter: String,
+    pub sandbox_mode: String,
+    /// The shim's options: for runc, `BinaryName`, `Root`, `SystemdCgroup`,
+    /// `ShimCgroup`, ... (containerd's runc `Options` in TOML).
+    pub options: toml::Table,
+}
+
+impl Default for RuntimeEntry {
+    fn default() -> Self {
+        RuntimeEntry {
+            runtime_type: "io.containerd.runc.v2".into(),
+            runtime_engine: String::new(),
+            runtime_root: String::new(),
+            pod_annotations: Vec::new(),
+            container_annotations: Vec::new(),
+            privileged_without_host_devices: false,
+            privileged_without_host_devices_all_devices_allowed: false,
+            base_runtime_spec: String::new(),
+            cni_conf_dir: String::new(),
+            cni_max_conf_num: 0,
+            snapshotter: String::new(),
+            sandbox_mode: "podsandbox".into(),
+            options: toml::Table::new(),
+        }
+    }
+}
+
+/// `[...cri.cni]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    pub bin_dir: String,
+    pub conf_dir: String,
+    pub max_conf_num: i64,
+    pub conf_template: String,
+    pub ip_pref: String,
+    pub setup_serially: bool,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            bin_dir: "/opt/cni/bin".into(),
+            conf_dir: "/etc/cni/net.d".into(),
+            max_conf_num: 1,
+            conf_template: String::new(),
+            ip_pref: String::new(),
+            setup_serially: false,
+        }
+    }
+}
+
+/// `[...cri.registry]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// containerd's hosts directory (`hosts.toml` per registry host).
+    pub config_path: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub mirrors: toml::Table,
+    pub configs: toml::Table,
+    pub auths: toml::Table,
+}
+
+impl CriConfig {
+    /// The runtime handler a request names ("" is the default).
+    pub fn runtime(&self, handler: &str) -> Result<(String, RuntimeEntry), String> {
+        let name = if handler.is_empty() {
+            self.containerd.default_runtime_name.as_str()
+        } else {
+            handler
+        };
+        match self.containerd.runtimes.get(name) {
+            Some(r) => Ok((name.to_string(), r.clone())),
+            None => Err(format!("no runtime for {name:?} is configured")),
+        }
+    }
+
+    /// The snapshotter for a runtime handler.
+    pub fn snapshotter_for(&self, rt: &RuntimeEntry) -> String {
+        if rt.snapshotter.is_empty() {
+            self.containerd.snapshotter.clone()
+        } else {
+            rt.snapshotter.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_1_6_section_is_accepted() {
+        let text = r#"
+            sandbox_image = "127.0.0.1:5000/pause:3.6"
+            stream_server_address = "127.0.0.1"
+            stream_server_port = "0"
+            restrict_oom_score_adj = true
+            max_container_log_line_size = 16384
+            enable_selinux = false
+            [containerd]
+              snapshotter = "overlayfs"
+              default_runtime_name = "runc"
+              [containerd.runtimes.runc]
+                runtime_type = "io.containerd.runc.v2"
+                [containerd.runtimes.runc.options]
+                  SystemdCgroup = false
+                  BinaryName = "runc"
+            [cni]
+              bin_dir = "/usr/lib/cni"
+              conf_dir = "/etc/cni/net.d"
+            [registry]
+              config_path = "/etc/containerd/certs.d"
+        "#;
+        let c: CriConfig = toml::from_str(text).unwrap();
+        assert!(c.restrict_oom_score_adj);
+        assert_eq!(c.cni.bin_dir, "/usr/lib/cni");
+        let (name, rt) = c.runtime("").unwrap();
+        assert_eq!(name, "runc");
+        assert_eq!(rt.runtime_type, "io.containerd.runc.v2");
+        assert_eq!(rt.options["BinaryName"].as_str(), Some("runc"));
+        assert!(c.runtime("kata").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<CriConfig>("sandbox_imag = \"x\"").is_err());
+    }
+}
