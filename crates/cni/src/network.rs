@@ -72,10 +72,12 @@ fn plugin_stdin(
     })
 }
 
-fn desc(plugin: &PluginConfig) -> PluginDesc {
+/// The plugin as errors name it: list entries rarely have a `name`, so the
+/// network's name (which libcni injects into the plugin's config) stands in.
+fn desc(list: &NetworkConfigList, plugin: &PluginConfig) -> PluginDesc {
     PluginDesc {
         plugin_type: plugin.plugin_type.clone(),
-        name: plugin.name.clone(),
+        name: Some(plugin.name.clone().unwrap_or_else(|| list.name.clone())),
     }
 }
 
@@ -91,7 +93,7 @@ fn invoke(
     let wrap = |source: PluginError| Error::Plugin {
         op,
         network: list.name.clone(),
-        plugin: desc(plugin),
+        plugin: desc(list, plugin),
         source: Box::new(source),
     };
     let path = exec.find(&plugin.plugin_type).map_err(wrap)?;
@@ -129,7 +131,7 @@ pub(crate) fn add(
         let parsed = CniResult::parse(&out).map_err(|reason| Error::Plugin {
             op: Op::Add,
             network: list.name.clone(),
-            plugin: desc(plugin),
+            plugin: desc(list, plugin),
             source: Box::new(PluginError::BadOutput {
                 reason,
                 stderr: String::new(),
