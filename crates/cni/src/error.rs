@@ -98,9 +98,6 @@ pub enum Error {
         container_id: String,
         ifname: String,
     },
-    /// A plugin chain finished but its result is unusable.
-    #[error("network {network:?} returned an invalid result: {reason}")]
-    InvalidResult { network: String, reason: String },
     /// Creating, checking or removing a network namespace failed.
     #[error("network namespace {}: {op}: {source}", path.display())]
     NetNs {
@@ -128,7 +125,7 @@ impl Error {
                 ErrorKind::InvalidArgument
             }
             Error::Plugin { source, .. } => source.kind(),
-            Error::Cache { .. } | Error::InvalidResult { .. } => ErrorKind::Unknown,
+            Error::Cache { .. } => ErrorKind::Unknown,
             Error::NoCachedResult { .. } => ErrorKind::NotFound,
             Error::NetNs { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,

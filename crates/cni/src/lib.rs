@@ -267,6 +267,58 @@ impl SetupResult {
     }
 }
 
+/// What the CRI needs from pod networking, so its tests can inject failures
+/// (implemented by [`Cni`]).
+pub trait PodNetwork: Send + Sync {
+    /// Ready when a pod network is configured (containerd's `NetworkReady`).
+    fn status(&self) -> Result<()>;
+    /// Set up the pod's networks in the namespace at `netns_path`.
+    fn setup(
+        &self,
+        id: &str,
+        netns_path: &str,
+        pod: &PodArgs,
+        caps: &Capabilities,
+    ) -> Result<SetupResult>;
+    /// Tear them down again (tolerant, idempotent).
+    fn teardown(
+        &self,
+        id: &str,
+        netns_path: &str,
+        pod: &PodArgs,
+        caps: &Capabilities,
+    ) -> Result<()>;
+    /// Verify they are still as set up.
+    fn check(&self, id: &str, netns_path: &str, pod: &PodArgs, caps: &Capabilities) -> Result<()>;
+}
+
+impl PodNetwork for Cni {
+    fn status(&self) -> Result<()> {
+        Cni::status(self)
+    }
+    fn setup(
+        &self,
+        id: &str,
+        netns_path: &str,
+        pod: &PodArgs,
+        caps: &Capabilities,
+    ) -> Result<SetupResult> {
+        Cni::setup(self, id, netns_path, pod, caps)
+    }
+    fn teardown(
+        &self,
+        id: &str,
+        netns_path: &str,
+        pod: &PodArgs,
+        caps: &Capabilities,
+    ) -> Result<()> {
+        Cni::teardown(self, id, netns_path, pod, caps)
+    }
+    fn check(&self, id: &str, netns_path: &str, pod: &PodArgs, caps: &Capabilities) -> Result<()> {
+        Cni::check(self, id, netns_path, pod, caps)
+    }
+}
+
 /// A loaded pod network and the interface it gets.
 #[derive(Debug, Clone)]
 struct Network {

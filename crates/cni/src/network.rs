@@ -217,6 +217,188 @@ pub(crate) fn check(
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// A script plugin that logs "<command> <its stdin>" to `log` and
+    /// prints `result` on ADD (or fails when `fail_on` is its command).
+    fn plugin(dir: &Path, name: &str, result: &str, fail_on: &str) {
+        let log = dir.join("log");
+        let body = format!(
+            r#"#!/bin/sh
+input=$(cat)
+echo "$CNI_COMMAND {name} $CNI_NETNS $input" >> {log}
+if [ "$CNI_COMMAND" = "{fail_on}" ]; then echo '{{"code":100,"msg":"{name} says no"}}'; exit 1; fi
+if [ "$CNI_COMMAND" = ADD ]; then echo '{result}'; fi
+"#,
+            log = log.display()
+        );
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn log(dir: &Path) -> Vec<(String, String, Value)> {
+        std::fs::read_to_string(dir.join("log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let mut parts = l.splitn(4, ' ');
+                let cmd = parts.next().unwrap().to_string();
+                let name = parts.next().unwrap().to_string();
+                let _netns = parts.next();
+                (
+                    cmd,
+                    name,
+                    serde_json::from_str(parts.next().unwrap()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        exec: Exec,
+        cache: Cache,
+        list: NetworkConfigList,
+    }
+
+    fn fixture(fail_on: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        plugin(
+            dir.path(),
+            "first",
+            r#"{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}]}"#,
+            "",
+        );
+        plugin(
+            dir.path(),
+            "second",
+            r#"{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.3/24"}]}"#,
+            fail_on,
+        );
+        let list = NetworkConfigList::from_conflist_bytes(
+            br#"{"cniVersion":"1.0.0","name":"chain","plugins":[{"type":"first"},{"type":"second"}]}"#,
+            "test",
+        )
+        .unwrap();
+        Fixture {
+            exec: Exec {
+                bin_dirs: vec![dir.path().to_path_buf()],
+                timeout: Duration::from_secs(10),
+            },
+            cache: Cache {
+                dir: dir.path().join("cache"),
+            },
+            list,
+            dir,
+        }
+    }
+
+    fn rt<'a>(caps: &'a Map<String, Value>) -> RuntimeConf<'a> {
+        RuntimeConf {
+            container_id: "c1",
+            netns: "/run/netns/x",
+            ifname: "eth0",
+            args: &[],
+            capability_args: caps,
+        }
+    }
+
+    #[test]
+    fn add_chains_prev_result_and_del_reverses_with_the_cached_result() {
+        let f = fixture("");
+        let caps = Map::new();
+        let r = add(&f.exec, &f.cache, &f.list, &rt(&caps)).unwrap();
+        assert_eq!(
+            r.ips[0].address.to_string(),
+            "10.0.0.3/24",
+            "the last plugin's result"
+        );
+        del(&f.exec, &f.cache, &f.list, &rt(&caps), |_| false).unwrap();
+        let log = log(f.dir.path());
+        let order: Vec<_> = log.iter().map(|(c, n, _)| format!("{c} {n}")).collect();
+        assert_eq!(
+            order,
+            ["ADD first", "ADD second", "DEL second", "DEL first"]
+        );
+        assert!(log[0].2.get("prevResult").is_none());
+        assert_eq!(log[1].2["prevResult"]["ips"][0]["address"], "10.0.0.2/24");
+        // DEL gets the cached final result
+        assert_eq!(log[2].2["prevResult"]["ips"][0]["address"], "10.0.0.3/24");
+        assert_eq!(log[3].2["prevResult"]["ips"][0]["address"], "10.0.0.3/24");
+        assert!(f.cache.read_result("chain", "c1", "eth0").is_none());
+    }
+
+    #[test]
+    fn failed_del_still_runs_the_other_plugins_and_keeps_the_cache() {
+        let f = fixture("DEL");
+        let caps = Map::new();
+        add(&f.exec, &f.cache, &f.list, &rt(&caps)).unwrap();
+        let e = del(&f.exec, &f.cache, &f.list, &rt(&caps), |_| false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "plugin type=\"second\" name=\"chain\" failed (delete): second says no"
+        );
+        let order: Vec<_> = log(f.dir.path())
+            .iter()
+            .map(|(c, n, _)| format!("{c} {n}"))
+            .collect();
+        assert_eq!(
+            order,
+            ["ADD first", "ADD second", "DEL second", "DEL first"]
+        );
+        assert!(
+            f.cache.read_result("chain", "c1", "eth0").is_some(),
+            "kept for the retry"
+        );
+        // a tolerated failure counts as done
+        del(&f.exec, &f.cache, &f.list, &rt(&caps), |e| {
+            e.to_string().contains("says no")
+        })
+        .unwrap();
+        assert!(f.cache.read_result("chain", "c1", "eth0").is_none());
+    }
+
+    #[test]
+    fn add_failure_and_bad_output_name_the_plugin() {
+        let f = fixture("ADD");
+        let caps = Map::new();
+        let e = add(&f.exec, &f.cache, &f.list, &rt(&caps)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "plugin type=\"second\" name=\"chain\" failed (add): second says no"
+        );
+        assert!(f.cache.read_result("chain", "c1", "eth0").is_none());
+        plugin(f.dir.path(), "second", "this is no result", "");
+        let e = add(&f.exec, &f.cache, &f.list, &rt(&caps)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("plugin type=\"second\" name=\"chain\" failed (add): invalid plugin output: not JSON"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn check_needs_a_cached_result_and_a_recent_version() {
+        let f = fixture("");
+        let caps = Map::new();
+        let e = check(&f.exec, &f.cache, &f.list, &rt(&caps)).unwrap_err();
+        assert!(matches!(e, Error::NoCachedResult { .. }), "{e}");
+        add(&f.exec, &f.cache, &f.list, &rt(&caps)).unwrap();
+        check(&f.exec, &f.cache, &f.list, &rt(&caps)).unwrap();
+        let log = log(f.dir.path());
+        assert_eq!(log[2].0, "CHECK");
+        assert_eq!(log[2].2["prevResult"]["ips"][0]["address"], "10.0.0.3/24");
+        let old = NetworkConfigList::from_conflist_bytes(
+            br#"{"cniVersion":"0.3.1","name":"chain","plugins":[{"type":"first"}]}"#,
+            "old",
+        )
+        .unwrap();
+        let e = check(&f.exec, &f.cache, &old, &rt(&caps)).unwrap_err();
+        assert!(matches!(e, Error::CheckUnsupported { .. }), "{e}");
+    }
 
     #[test]
     fn stdin_injects_name_version_prev_result_and_declared_capabilities_only() {
