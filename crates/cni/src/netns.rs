@@ -13,6 +13,11 @@
 //! unshare or the mount fails; once the mount succeeded nothing else can fail,
 //! so an error never leaves a mount behind.
 //!
+//! containerd's comment asks for `<dir>` to be a shared mount point (so the
+//! binds show up in mount namespaces that received a copy of it); neither
+//! containerd nor we set that up: binds propagate as `<dir>`'s own mount
+//! propagation says, and runtimes join the namespace by path at creation.
+//!
 //! Removal is `umount2(MNT_DETACH)` (repeated while stacked mounts remain) and
 //! `unlink`; both tolerate a missing path, so it is idempotent and safe after a
 //! crash half-way through.
