@@ -14,6 +14,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-content", 2),
         ("stevedore-remote", 2),
         ("stevedore-runtime", 2),
+        ("stevedore-cni", 2),
         ("stevedore-metadata", 3),
         ("stevedore-images", 4),
         ("stevedore-fsck", 4),
