@@ -108,8 +108,7 @@ impl Ctrd {
             .await
             .map_err(|s| context(s, &format!("read content {digest}")))?
         {
-            if out.len() + chunk.data.len() > stevedore_types::limits::MAX_CONFIG_SIZE as usize
-            {
+            if out.len() + chunk.data.len() > stevedore_types::limits::MAX_CONFIG_SIZE as usize {
                 return Err(Status::resource_exhausted(format!(
                     "content {digest} is larger than a manifest or config may be"
                 )));

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stevedore_api::cri;
 use stevedore_api::services::tasks::{
-    CreateTaskRequest, DeleteTaskRequest, KillRequest, StartRequest, UpdateTaskRequest,
-    WaitRequest,
+    CreateTaskRequest, DeleteTaskRequest, KillRequest, StartRequest, UpdateTaskRequest, WaitRequest,
 };
 use tonic::Status;
 
@@ -34,12 +33,16 @@ impl Cri {
             .clone()
             .ok_or_else(|| Status::invalid_argument("container config must include metadata"))?;
         if cmeta.name.is_empty() {
-            return Err(Status::invalid_argument("container metadata must include a name"));
+            return Err(Status::invalid_argument(
+                "container metadata must include a name",
+            ));
         }
-        let sb = self
-            .store
-            .sandbox(&req.pod_sandbox_id)
-            .map_err(|s| context(s, &format!("failed to find sandbox id {:?}", req.pod_sandbox_id)))?;
+        let sb = self.store.sandbox(&req.pod_sandbox_id).map_err(|s| {
+            context(
+                s,
+                &format!("failed to find sandbox id {:?}", req.pod_sandbox_id),
+            )
+        })?;
         if sb.state() != SandboxState::Ready {
             return Err(Status::failed_precondition(format!(
                 "sandbox {:?} is not ready: cannot create containers in it",
@@ -93,7 +96,9 @@ impl Cri {
             .map(|i| i.image.clone())
             .unwrap_or_default();
         if image_name.is_empty() {
-            return Err(Status::invalid_argument("container config must name an image"));
+            return Err(Status::invalid_argument(
+                "container config must name an image",
+            ));
         }
         let image = self
             .resolve_image(&image_name)
@@ -149,7 +154,8 @@ impl Cri {
             config: sconfig,
             files: &files,
         };
-        let spec = spec::container_spec(id, config, &image.config, &image_name, &pod, &self.config)?;
+        let spec =
+            spec::container_spec(id, config, &image.config, &image_name, &pod, &self.config)?;
         let meta = ContainerMeta {
             id: id.to_string(),
             name: name.to_string(),
@@ -373,9 +379,7 @@ impl Cri {
             {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => {
-                    return Err(context(s, &format!("failed to kill container {id:?}")))
-                }
+                Err(s) => return Err(context(s, &format!("failed to kill container {id:?}"))),
             }
             match tokio::time::timeout(Duration::from_secs(30), w).await {
                 Ok(r) => self.record_exit(c, r).await,
@@ -507,7 +511,12 @@ impl Cri {
         let _ = std::fs::remove_dir_all(self.container_state_dir(&id));
         self.store.remove_container(&id);
         self.store.release(&c.meta.name);
-        self.emit(&id, cri::ContainerEventType::ContainerDeletedEvent, None, vec![]);
+        self.emit(
+            &id,
+            cri::ContainerEventType::ContainerDeletedEvent,
+            None,
+            vec![],
+        );
         Ok(())
     }
 
@@ -630,7 +639,7 @@ impl Cri {
                 image_id: c.meta.image_ref.clone(),
             });
         }
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         Ok(cri::ListContainersResponse { containers: out })
     }
 
@@ -698,9 +707,7 @@ impl Cri {
     ) -> Result<cri::ReopenContainerLogResponse, Status> {
         let c = self.store.container(&req.container_id)?;
         if c.status().state() != cri::ContainerState::ContainerRunning {
-            return Err(Status::failed_precondition(
-                "container is not running",
-            ));
+            return Err(Status::failed_precondition("container is not running"));
         }
         if let Some(io) = c.io() {
             io.reopen_log()

@@ -70,17 +70,15 @@ impl Cri {
         let mut images = self.ctrd.images();
         let mut last = None;
         for n in &candidates {
-            match images
-                .get(GetImageRequest { name: n.clone() })
-                .await
-            {
+            match images.get(GetImageRequest { name: n.clone() }).await {
                 Ok(r) => {
-                    let img = r.into_inner().image.ok_or_else(|| {
-                        Status::internal(format!("image {n:?}: empty answer"))
-                    })?;
-                    let target = img.target.ok_or_else(|| {
-                        Status::internal(format!("image {n:?} has no target"))
-                    })?;
+                    let img = r
+                        .into_inner()
+                        .image
+                        .ok_or_else(|| Status::internal(format!("image {n:?}: empty answer")))?;
+                    let target = img
+                        .target
+                        .ok_or_else(|| Status::internal(format!("image {n:?} has no target")))?;
                     return self.resolve_target(n, &target).await;
                 }
                 Err(s) if s.code() == tonic::Code::NotFound => last = Some(s),
@@ -329,13 +327,15 @@ impl Cri {
         sandbox: Option<stevedore_api::cri::PodSandboxStatus>,
         containers: Vec<stevedore_api::cri::ContainerStatus>,
     ) {
-        let _ = self.events.send(stevedore_api::cri::ContainerEventResponse {
-            container_id: container_id.to_string(),
-            container_event_type: kind as i32,
-            created_at: crate::store::now_nanos(),
-            pod_sandbox_status: sandbox,
-            containers_statuses: containers,
-        });
+        let _ = self
+            .events
+            .send(stevedore_api::cri::ContainerEventResponse {
+                container_id: container_id.to_string(),
+                container_event_type: kind as i32,
+                created_at: crate::store::now_nanos(),
+                pod_sandbox_status: sandbox,
+                containers_statuses: containers,
+            });
     }
 }
 
@@ -381,12 +381,7 @@ pub fn runc_options(rt: &RuntimeEntry) -> Option<prost_types::Any> {
             .to_string()
     };
     let b = |k: &str| rt.options.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-    let u = |k: &str| {
-        rt.options
-            .get(k)
-            .and_then(|v| v.as_integer())
-            .unwrap_or(0) as u32
-    };
+    let u = |k: &str| rt.options.get(k).and_then(|v| v.as_integer()).unwrap_or(0) as u32;
     let o = RuncOptions {
         no_pivot_root: b("NoPivotRoot"),
         no_new_keyring: b("NoNewKeyring"),
@@ -432,7 +427,11 @@ pub fn parse_config(raw: &[u8]) -> Result<(ImageConfig, Vec<String>), String> {
     let c = &v["config"];
     let strings = |x: &serde_json::Value| -> Vec<String> {
         x.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let cfg = ImageConfig {
@@ -471,7 +470,10 @@ mod tests {
         assert_eq!(image_names(&"a".repeat(64)), vec![id]);
         assert_eq!(
             image_names("busybox"),
-            vec!["docker.io/library/busybox:latest".to_string(), "busybox".to_string()]
+            vec![
+                "docker.io/library/busybox:latest".to_string(),
+                "busybox".to_string()
+            ]
         );
     }
 

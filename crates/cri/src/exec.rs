@@ -102,7 +102,10 @@ impl Cri {
             .await;
         if let Err(s) = r {
             fifos.remove();
-            return Err(context(s, &format!("failed to exec in container {:?}", c.meta.id)));
+            return Err(context(
+                s,
+                &format!("failed to exec in container {:?}", c.meta.id),
+            ));
         }
         Ok(Exec {
             container_id: c.meta.id.clone(),

@@ -23,7 +23,10 @@ impl Cri {
         _sandbox: Option<&cri::PodSandboxConfig>,
     ) -> Result<String, Status> {
         let name = stevedore_images::reference::normalize_docker_ref(reference).map_err(|e| {
-            Status::invalid_argument(format!("failed to parse image reference {reference:?}: {}", e.message))
+            Status::invalid_argument(format!(
+                "failed to parse image reference {reference:?}: {}",
+                e.message
+            ))
         })?;
         let (username, password) = credentials(auth)?;
         let mut stream = self
@@ -65,7 +68,15 @@ impl Cri {
         let target = self.image_record(&name).await?;
         let mut names = vec![img.id.clone()];
         if let Ok(r) = stevedore_images::reference::parse_normalized_named(&name) {
-            names.push(format!("{}@{}", r.name(), target.target.as_ref().map(|t| t.digest.clone()).unwrap_or_default()));
+            names.push(format!(
+                "{}@{}",
+                r.name(),
+                target
+                    .target
+                    .as_ref()
+                    .map(|t| t.digest.clone())
+                    .unwrap_or_default()
+            ));
         }
         for n in names {
             self.put_image(&n, &target).await?;
@@ -105,7 +116,7 @@ impl Cri {
                 .update(UpdateImageRequest {
                     image: Some(img),
                     update_mask: None,
-                    })
+                })
                 .await
                 .map(|_| ())
                 .map_err(|s| context(s, &format!("update image {name:?}"))),
@@ -125,7 +136,11 @@ impl Cri {
             .images;
         let mut by_target: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for i in list {
-            let d = i.target.as_ref().map(|t| t.digest.clone()).unwrap_or_default();
+            let d = i
+                .target
+                .as_ref()
+                .map(|t| t.digest.clone())
+                .unwrap_or_default();
             by_target.entry(d).or_default().push(i.name);
         }
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -151,7 +166,11 @@ impl Cri {
     fn cri_image(&self, r: &Resolved, names: &[String]) -> cri::Image {
         let (repo_tags, repo_digests) = split_names(names);
         let size = r.manifest.config.size.max(0) as u64
-            + r.manifest.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>()
+            + r.manifest
+                .layers
+                .iter()
+                .map(|l| l.size.max(0) as u64)
+                .sum::<u64>()
             + r.target.size.max(0) as u64;
         let (uid, username) = image_user(&r.config.user);
         cri::Image {
@@ -255,9 +274,7 @@ impl Cri {
         let name = req.image.map(|i| i.image).unwrap_or_default();
         let r = match self.resolve_image(&name).await {
             Ok(r) => r,
-            Err(s) if s.code() == tonic::Code::NotFound => {
-                return Ok(cri::RemoveImageResponse {})
-            }
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(cri::RemoveImageResponse {}),
             Err(s) => return Err(s),
         };
         let all = self.images_by_id().await?;
@@ -277,7 +294,12 @@ impl Cri {
             {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(context(s, &format!("failed to delete image reference {n:?}"))),
+                Err(s) => {
+                    return Err(context(
+                        s,
+                        &format!("failed to delete image reference {n:?}"),
+                    ))
+                }
             }
         }
         Ok(cri::RemoveImageResponse {})
@@ -321,7 +343,9 @@ fn usage(dir: &std::path::Path) -> (u64, u64) {
     };
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if m.dev() != dev || !seen.insert(m.ino()) {
             continue;
         }
@@ -444,7 +468,10 @@ mod tests {
             auth: "!!".into(),
             ..Default::default()
         };
-        assert_eq!(credentials(Some(&a)).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            credentials(Some(&a)).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]

@@ -301,7 +301,9 @@ fn pump(
         };
         let data = &buf[..n];
         if let Some(log) = &log {
-            split.feed(data, &mut |partial, line| log.write_line(stream, partial, line));
+            split.feed(data, &mut |partial, line| {
+                log.write_line(stream, partial, line)
+            });
         }
         let subs: Vec<_> = lock(&attached).clone();
         for tx in subs {

@@ -45,7 +45,7 @@ pub fn register(r: &mut Registry) {
             } else {
                 std::path::PathBuf::from("/var/run/netns")
             };
-            let network = network::Network::new(config.cni.clone(), netns_dir, ctx.root.join("cni"));
+            let network = network::Network::new(&config.cni, netns_dir, ctx.root.join("cni"));
             let (events, _) = tokio::sync::broadcast::channel(256);
             let (ready, _) = tokio::sync::watch::channel(false);
             let cri = Arc::new(Cri {

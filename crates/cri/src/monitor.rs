@@ -10,12 +10,12 @@ use crate::store::{self, Container, ContainerMeta, Sandbox, SandboxMeta, Sandbox
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
+use stevedore_api::containerd::v1::types::Status as TaskStatus;
 use stevedore_api::cri;
 use stevedore_api::events::{TaskExit, TaskOom};
 use stevedore_api::services::containers::ListContainersRequest;
 use stevedore_api::services::events::SubscribeRequest;
 use stevedore_api::services::tasks::{DeleteTaskRequest, GetRequest};
-use stevedore_api::containerd::v1::types::Status as TaskStatus;
 
 impl Cri {
     /// Rebuild the store from the daemon's records, then follow events.
@@ -25,7 +25,10 @@ impl Cri {
         loop {
             match self.recover().await {
                 Ok(()) => break,
-                Err(e) if e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::Unknown => {
+                Err(e)
+                    if e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::Unknown =>
+                {
+                    tracing::debug!("cri: waiting for the daemon's API: {}", e.message());
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
@@ -35,7 +38,7 @@ impl Cri {
                 }
             }
         }
-        let _ = self.ready.send(true);
+        self.ready.send_replace(true);
         tokio::spawn(self.clone().follow_events());
     }
 

@@ -1,45 +1,138 @@
-//! Pod networks: a network namespace per pod, set up through CNI.
+//! Pod networks: a network namespace per pod (`<dir>/cni-<uuid>`), set up
+//! through CNI (loopback, then the configured pod network on eth0) with the
+//! pod's identity in CNI_ARGS and its port mappings and DNS as capability
+//! args, torn down (DEL with the cached result) on stop, on failure and
+//! after a restart.
 
 use crate::config::CniConfig;
 use crate::store::SandboxMeta;
 use std::path::PathBuf;
+use std::sync::Arc;
 use stevedore_api::cri;
+use stevedore_cni::{Capabilities, Cni, DnsConfig, NetNs, PodArgs, PortMapping};
 use tonic::Status;
 
 pub struct Network {
-    pub cfg: CniConfig,
-    pub netns_dir: PathBuf,
-    pub cache_dir: PathBuf,
+    cni: Arc<Cni>,
+    netns_dir: PathBuf,
+}
+
+fn status_of(e: stevedore_cni::Error) -> Status {
+    let kind = e.kind();
+    stevedore_api::status::to_status(stevedore_types::Error::new(kind, e.to_string()))
+}
+
+fn pod_args(id: &str, config: &cri::PodSandboxConfig) -> PodArgs {
+    let m = config.metadata.clone().unwrap_or_default();
+    PodArgs {
+        namespace: m.namespace,
+        name: m.name,
+        infra_container_id: id.to_string(),
+        uid: m.uid,
+        extra: Vec::new(),
+    }
+}
+
+fn capabilities(config: &cri::PodSandboxConfig) -> Capabilities {
+    let port_mappings = config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| PortMapping {
+            host_port: p.host_port,
+            container_port: p.container_port,
+            protocol: match cri::Protocol::try_from(p.protocol).unwrap_or(cri::Protocol::Tcp) {
+                cri::Protocol::Tcp => "tcp",
+                cri::Protocol::Udp => "udp",
+                cri::Protocol::Sctp => "sctp",
+            }
+            .into(),
+            host_ip: p.host_ip.clone(),
+        })
+        .collect();
+    let dns = config.dns_config.as_ref().map(|d| DnsConfig {
+        servers: d.servers.clone(),
+        searches: d.searches.clone(),
+        options: d.options.clone(),
+    });
+    Capabilities {
+        port_mappings,
+        dns,
+        ..Default::default()
+    }
 }
 
 impl Network {
-    pub fn new(cfg: CniConfig, netns_dir: PathBuf, cache_dir: PathBuf) -> Network {
-        Network {
-            cfg,
-            netns_dir,
+    pub fn new(cfg: &CniConfig, netns_dir: PathBuf, cache_dir: PathBuf) -> Network {
+        let cni = Cni::new(stevedore_cni::Config {
+            bin_dirs: cfg
+                .bin_dir
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            conf_dir: PathBuf::from(&cfg.conf_dir),
+            max_conf_num: cfg.max_conf_num.max(0) as usize,
             cache_dir,
+            ..Default::default()
+        });
+        Network {
+            cni: Arc::new(cni),
+            netns_dir,
         }
     }
 
-    /// Whether pod networks can be set up (NetworkReady).
+    /// Whether pod networks can be set up (the CRI's NetworkReady).
     pub fn status(&self) -> Result<(), String> {
-        Err(format!(
-            "cni config load failed: no network config found in {}: cni plugin not initialized: failed to load cni config",
-            self.cfg.conf_dir
-        ))
+        self.cni.status().map_err(|e| e.to_string())
     }
 
-    /// Make the pod's network namespace and run CNI ADD; its path and IPs.
+    /// Make the pod's network namespace and run CNI ADD; the namespace's
+    /// path and the pod's IPs (primary first).
     pub async fn setup(
         &self,
-        _id: &str,
-        _config: &cri::PodSandboxConfig,
+        id: &str,
+        config: &cri::PodSandboxConfig,
     ) -> Result<(String, Vec<String>), Status> {
-        Err(Status::failed_precondition(self.status().unwrap_err()))
+        let cni = self.cni.clone();
+        let dir = self.netns_dir.clone();
+        let id = id.to_string();
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            cni.status().map_err(status_of)?;
+            let ns = NetNs::create(&dir).map_err(|e| {
+                Status::internal(format!("failed to create network namespace: {e}"))
+            })?;
+            let path = ns.path().display().to_string();
+            match cni.setup(&id, &path, &pod_args(&id, &config), &capabilities(&config)) {
+                Ok(r) => Ok((path, r.pod_ips().iter().map(|ip| ip.to_string()).collect())),
+                Err(e) => {
+                    let _ = ns.remove();
+                    Err(status_of(e))
+                }
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
     }
 
-    /// CNI DEL and remove the namespace.
-    pub async fn teardown(&self, _meta: &SandboxMeta) -> Result<(), Status> {
-        Ok(())
+    /// CNI DEL, then remove the namespace; done once (the path is
+    /// forgotten by the caller after success).
+    pub async fn teardown(&self, meta: &SandboxMeta) -> Result<(), Status> {
+        // a namespace already removed was torn down by an earlier stop
+        if meta.netns_path.is_empty() || !std::path::Path::new(&meta.netns_path).exists() {
+            return Ok(());
+        }
+        let cni = self.cni.clone();
+        let id = meta.id.clone();
+        let path = meta.netns_path.clone();
+        let config = meta.config.clone().unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            cni.teardown(&id, &path, &pod_args(&id, &config), &capabilities(&config))
+                .map_err(status_of)?;
+            NetNs::load(&path).remove().map_err(status_of)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
     }
 }

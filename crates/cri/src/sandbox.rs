@@ -52,7 +52,9 @@ impl Cri {
             .clone()
             .ok_or_else(|| Status::invalid_argument("sandbox config must include metadata"))?;
         if metadata.name.is_empty() {
-            return Err(Status::invalid_argument("sandbox metadata must include a name"));
+            return Err(Status::invalid_argument(
+                "sandbox metadata must include a name",
+            ));
         }
         let id = store::generate_id();
         let name = store::sandbox_name(&metadata);
@@ -132,18 +134,24 @@ impl Cri {
         // the network
         if ns.network != cri::NamespaceMode::Node {
             made.network = true;
-            let (path, ips) = self
-                .network
-                .setup(&id, config)
-                .await
-                .map_err(|e| context(e, &format!("failed to setup network for sandbox {id:?}")))?;
+            let (path, ips) =
+                self.network.setup(&id, config).await.map_err(|e| {
+                    context(e, &format!("failed to setup network for sandbox {id:?}"))
+                })?;
             meta.netns_path = path;
             if let Some((first, rest)) = ips.split_first() {
                 meta.ip = first.clone();
                 meta.additional_ips = rest.to_vec();
             }
         }
-        let spec = spec::sandbox_spec(&id, config, &image.config, &meta.netns_path, &files, &self.config)?;
+        let spec = spec::sandbox_spec(
+            &id,
+            config,
+            &image.config,
+            &meta.netns_path,
+            &files,
+            &self.config,
+        )?;
         let mut labels: HashMap<String, String> = config.labels.clone().into_iter().collect();
         labels.insert(store::KIND_LABEL.into(), store::KIND_SANDBOX.into());
         let snapshotter = self.config.snapshotter_for(runtime.1);
@@ -175,7 +183,12 @@ impl Cri {
                 ..Default::default()
             })
             .await
-            .map_err(|s| context(s, &format!("failed to create containerd task for sandbox {id:?}")))?;
+            .map_err(|s| {
+                context(
+                    s,
+                    &format!("failed to create containerd task for sandbox {id:?}"),
+                )
+            })?;
         made.task = true;
         let pid = tasks
             .start(StartRequest {
@@ -251,9 +264,9 @@ impl Cri {
         match self.resolve_image(&name).await {
             Ok(i) => Ok(i),
             Err(s) if s.code() == tonic::Code::NotFound => {
-                self.pull(&name, None, None).await.map_err(|s| {
-                    context(s, &format!("failed to get sandbox image {name:?}"))
-                })?;
+                self.pull(&name, None, None)
+                    .await
+                    .map_err(|s| context(s, &format!("failed to get sandbox image {name:?}")))?;
                 self.resolve_image(&name).await
             }
             Err(s) => Err(context(s, &format!("failed to get sandbox image {name:?}"))),
@@ -282,10 +295,9 @@ impl Cri {
             unmount_shm(&self.sandbox_files(&id).shm);
         }
         if !meta.netns_path.is_empty() {
-            self.network
-                .teardown(&meta)
-                .await
-                .map_err(|s| context(s, &format!("failed to destroy network for sandbox {id:?}")))?;
+            self.network.teardown(&meta).await.map_err(|s| {
+                context(s, &format!("failed to destroy network for sandbox {id:?}"))
+            })?;
         }
         let status = self.sandbox_status(&sb).await;
         self.emit(
@@ -332,7 +344,12 @@ impl Cri {
         let _ = std::fs::remove_dir_all(self.sandbox_state_dir(&id));
         self.store.remove_sandbox(&id);
         self.store.release(&meta.name);
-        self.emit(&id, cri::ContainerEventType::ContainerDeletedEvent, None, vec![]);
+        self.emit(
+            &id,
+            cri::ContainerEventType::ContainerDeletedEvent,
+            None,
+            vec![],
+        );
         Ok(cri::RemovePodSandboxResponse {})
     }
 
@@ -381,7 +398,6 @@ impl Cri {
             labels: config.labels.clone(),
             annotations: config.annotations.clone(),
             runtime_handler: meta.runtime_handler.clone(),
-            ..Default::default()
         }
     }
 
@@ -407,11 +423,10 @@ impl Cri {
             });
             info.insert("info".to_string(), v.to_string());
         }
-        let containers = if req.verbose {
-            Vec::new()
-        } else {
-            Vec::new()
-        };
+        let mut containers = Vec::new();
+        for c in self.store.containers_of(&sb.id()) {
+            containers.push(self.container_status_of(&c).await);
+        }
         Ok(cri::PodSandboxStatusResponse {
             status: Some(status),
             info,
@@ -458,7 +473,7 @@ impl Cri {
                 runtime_handler: meta.runtime_handler.clone(),
             });
         }
-        items.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        items.sort_by_key(|p| std::cmp::Reverse(p.created_at));
         Ok(cri::ListPodSandboxResponse { items })
     }
 }
@@ -478,8 +493,12 @@ fn setup_files(config: &cri::PodSandboxConfig, f: &SandboxFiles) -> Result<(), S
     std::fs::write(&f.hostname, format!("{hostname}\n"))
         .map_err(|e| io(&format!("failed to write hostname to {:?}", f.hostname), e))?;
     let hosts = std::fs::read("/etc/hosts").unwrap_or_else(|_| b"127.0.0.1\tlocalhost\n".to_vec());
-    std::fs::write(&f.hosts, hosts)
-        .map_err(|e| io(&format!("failed to generate sandbox hosts file {:?}", f.hosts), e))?;
+    std::fs::write(&f.hosts, hosts).map_err(|e| {
+        io(
+            &format!("failed to generate sandbox hosts file {:?}", f.hosts),
+            e,
+        )
+    })?;
     let resolv = match &config.dns_config {
         Some(d) => resolv_conf(&d.servers, &d.searches, &d.options),
         None => String::new(),
@@ -489,8 +508,12 @@ fn setup_files(config: &cri::PodSandboxConfig, f: &SandboxFiles) -> Result<(), S
     } else {
         resolv.into_bytes()
     };
-    std::fs::write(&f.resolv, content)
-        .map_err(|e| io(&format!("failed to write resolv content to {:?}", f.resolv), e))?;
+    std::fs::write(&f.resolv, content).map_err(|e| {
+        io(
+            &format!("failed to write resolv content to {:?}", f.resolv),
+            e,
+        )
+    })?;
     Ok(())
 }
 
@@ -529,12 +552,8 @@ fn mount_shm(path: &str) -> Result<(), Status> {
 
 fn unmount_shm(path: &str) {
     use rustix::mount::{unmount, UnmountFlags};
-    loop {
-        match unmount(path, UnmountFlags::DETACH) {
-            Ok(()) => continue, // stacked mounts: until none is left
-            Err(_) => break,
-        }
-    }
+    // stacked mounts: until none is left
+    while unmount(path, UnmountFlags::DETACH).is_ok() {}
 }
 
 #[cfg(test)]

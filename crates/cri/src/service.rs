@@ -167,7 +167,11 @@ impl RuntimeService for CriService {
         &self,
         r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> R<cri::ListPodSandboxStatsResponse> {
-        ok(self.cri().await?.list_pod_sandbox_stats(r.into_inner()).await)
+        ok(self
+            .cri()
+            .await?
+            .list_pod_sandbox_stats(r.into_inner())
+            .await)
     }
     async fn update_runtime_config(
         &self,

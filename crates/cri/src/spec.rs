@@ -187,7 +187,9 @@ fn seccomp(
             let l = if legacy.is_empty() { unset } else { legacy };
             match l {
                 "" | "unconfined" => (ProfileType::Unconfined, String::new()),
-                "runtime/default" | "docker/default" => (ProfileType::RuntimeDefault, String::new()),
+                "runtime/default" | "docker/default" => {
+                    (ProfileType::RuntimeDefault, String::new())
+                }
                 other => match other.strip_prefix("localhost/") {
                     Some(path) => (ProfileType::Localhost, path.to_string()),
                     None => return Err(bad(format!("unsupported seccomp profile {other:?}"))),
@@ -201,9 +203,8 @@ fn seccomp(
             s.with_default_seccomp();
         }
         ProfileType::Localhost => {
-            let text = std::fs::read(&local).map_err(|e| {
-                bad(format!("failed to load seccomp profile {local:?}: {e}"))
-            })?;
+            let text = std::fs::read(&local)
+                .map_err(|e| bad(format!("failed to load seccomp profile {local:?}: {e}")))?;
             let v: Value = serde_json::from_slice(&text)
                 .map_err(|e| bad(format!("failed to parse seccomp profile {local:?}: {e}")))?;
             s.linux
@@ -227,7 +228,6 @@ pub fn sandbox_spec(
     let mut s = spec::default_spec(crate::client::K8S_NAMESPACE, id);
     without_default_security(&mut s);
     s.mounts.retain(|m| m.destination != "/run");
-    s.linux.get_or_insert_with(Default::default).cgroups_path = String::new();
     if image.entrypoint.is_empty() && image.cmd.is_empty() {
         return Err(bad(format!(
             "invalid empty entrypoint and cmd in image config of {id}"
@@ -235,11 +235,12 @@ pub fn sandbox_spec(
     }
     let mut args = image.entrypoint.clone();
     args.extend(image.cmd.iter().cloned());
-    s.with_args(&args).with_env(&image.env).with_readonly_rootfs();
+    s.with_args(&args)
+        .with_env(&image.env)
+        .with_readonly_rootfs();
     if !image.working_dir.is_empty() {
         s.with_cwd(&image.working_dir);
     }
-    s.hostname = cfg.hostname.clone();
     let linux = cfg.linux.clone().unwrap_or_default();
     if !c.disable_cgroup && !linux.cgroup_parent.is_empty() {
         s.linux.get_or_insert_with(Default::default).cgroups_path =
@@ -247,10 +248,12 @@ pub fn sandbox_spec(
     }
     let ns = pod_ns(cfg);
     if ns.network == cri::NamespaceMode::Node {
+        // the host's UTS namespace: runc refuses to set a hostname there
         set_ns(&mut s, "network", None);
         set_ns(&mut s, "uts", None);
     } else {
         set_ns(&mut s, "network", Some(netns.to_string()));
+        s.hostname = cfg.hostname.clone();
     }
     if ns.pid == cri::NamespaceMode::Node {
         set_ns(&mut s, "pid", None);
@@ -296,7 +299,10 @@ pub fn sandbox_spec(
             .get_or_insert_with(Default::default);
         r.cpu.get_or_insert_with(Cpu::default).shares = Some(2);
     }
-    set_oom(&mut s, oom_score_adj(SANDBOX_OOM_ADJ, c.restrict_oom_score_adj)?);
+    set_oom(
+        &mut s,
+        oom_score_adj(SANDBOX_OOM_ADJ, c.restrict_oom_score_adj)?,
+    );
     seccomp(
         &mut s,
         sc.seccomp.as_ref(),
@@ -366,10 +372,18 @@ fn cap_name(c: &str) -> String {
 fn capabilities(s: &mut Spec, caps: Option<&cri::Capability>) {
     let Some(caps) = caps else { return };
     let mut set = spec::default_capabilities();
-    if caps.add_capabilities.iter().any(|c| c.eq_ignore_ascii_case("ALL")) {
+    if caps
+        .add_capabilities
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("ALL"))
+    {
         set = spec::all_capabilities();
     }
-    if caps.drop_capabilities.iter().any(|c| c.eq_ignore_ascii_case("ALL")) {
+    if caps
+        .drop_capabilities
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("ALL"))
+    {
         set.clear();
     }
     for c in &caps.add_capabilities {
@@ -449,7 +463,6 @@ pub fn container_spec(
     let mut s = spec::default_spec(crate::client::K8S_NAMESPACE, id);
     without_default_security(&mut s);
     s.mounts.retain(|m| m.destination != "/run");
-    s.linux.get_or_insert_with(Default::default).cgroups_path = String::new();
     // args: containerd's WithProcessArgs
     let (mut args, cmd) = (cfg.command.clone(), cfg.args.clone());
     if args.is_empty() {
@@ -535,11 +548,7 @@ pub fn container_spec(
     }
     mounts.extend(cfg.mounts.iter().cloned());
     // sort by depth so a parent mount does not shadow a child
-    mounts.sort_by_key(|m| {
-        std::path::Path::new(&m.container_path)
-            .components()
-            .count()
-    });
+    mounts.sort_by_key(|m| std::path::Path::new(&m.container_path).components().count());
     let dests: Vec<String> = mounts
         .iter()
         .map(|m| m.container_path.trim_end_matches('/').to_string())
@@ -547,7 +556,7 @@ pub fn container_spec(
     let dev_given = dests.iter().any(|d| d == "/dev");
     s.mounts.retain(|m| {
         let d = m.destination.trim_end_matches('/');
-        !dests.iter().any(|x| x == d) && !(dev_given && d.starts_with("/dev/"))
+        !(dests.iter().any(|x| x == d) || dev_given && d.starts_with("/dev/"))
     });
     let mut rootfs_propagation = String::new();
     for m in &mounts {
@@ -559,9 +568,8 @@ pub fn container_spec(
         }
         let src = std::path::Path::new(&m.host_path);
         if !src.exists() {
-            std::fs::create_dir_all(src).map_err(|e| {
-                Status::internal(format!("failed to mkdir {:?}: {e}", m.host_path))
-            })?;
+            std::fs::create_dir_all(src)
+                .map_err(|e| Status::internal(format!("failed to mkdir {:?}: {e}", m.host_path)))?;
         }
         let src = std::fs::canonicalize(src)
             .map_err(|e| Status::internal(format!("resolve {:?}: {e}", m.host_path)))?;
@@ -635,7 +643,10 @@ pub fn container_spec(
     }
     if let Some(r) = &linux.resources {
         if r.oom_score_adj != 0 || c.restrict_oom_score_adj {
-            set_oom(&mut s, oom_score_adj(r.oom_score_adj, c.restrict_oom_score_adj)?);
+            set_oom(
+                &mut s,
+                oom_score_adj(r.oom_score_adj, c.restrict_oom_score_adj)?,
+            );
         }
     }
     // the pod's namespaces, through the pause process
@@ -655,9 +666,7 @@ pub fn container_spec(
     let cns = sc.namespace_options.clone().unwrap_or_default();
     match cri::NamespaceMode::try_from(cns.pid).unwrap_or(cri::NamespaceMode::Container) {
         cri::NamespaceMode::Node => set_ns(&mut s, "pid", None),
-        cri::NamespaceMode::Pod => {
-            set_ns(&mut s, "pid", Some(proc_ns(pod.sandbox_pid, "pid")))
-        }
+        cri::NamespaceMode::Pod => set_ns(&mut s, "pid", Some(proc_ns(pod.sandbox_pid, "pid"))),
         cri::NamespaceMode::Target => match pod.target_pid {
             Some(pid) => set_ns(&mut s, "pid", Some(proc_ns(pid, "pid"))),
             None => return Err(bad("target container for the pid namespace is not running")),
@@ -687,7 +696,11 @@ pub fn container_spec(
         &groups,
     )?;
     let meta = pod.config.metadata.clone().unwrap_or_default();
-    let cname = cfg.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+    let cname = cfg
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
     let a = &mut s.annotations;
     a.insert(ANN_CONTAINER_TYPE.into(), "container".into());
     a.insert(ANN_SANDBOX_ID.into(), pod.sandbox_id.into());
@@ -836,7 +849,10 @@ mod tests {
         assert!(nss
             .iter()
             .any(|n| n["type"] == "network" && n["path"] == "/proc/42/ns/net"));
-        assert!(nss.iter().any(|n| n["type"] == "pid" && n.get("path").is_none()));
+        // no namespace options: the pod's pid namespace (NamespaceMode POD is 0)
+        assert!(nss
+            .iter()
+            .any(|n| n["type"] == "pid" && n["path"] == "/proc/42/ns/pid"));
         let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
         assert!(caps.contains(&json!("CAP_NET_ADMIN")));
         assert!(!caps.contains(&json!("CAP_KILL")));

@@ -52,8 +52,10 @@ fn decode(data: &prost_types::Any) -> Option<Usage> {
             rss: mem.anon,
             page_faults: mem.pgfault,
             major_page_faults: mem.pgmajfault,
-            available: (mem.usage_limit > 0 && mem.usage_limit < (1 << 62))
-                .then(|| mem.usage_limit.saturating_sub(mem.usage.saturating_sub(mem.inactive_file))),
+            available: (mem.usage_limit > 0 && mem.usage_limit < (1 << 62)).then(|| {
+                mem.usage_limit
+                    .saturating_sub(mem.usage.saturating_sub(mem.inactive_file))
+            }),
             ..Default::default()
         })
     } else {
@@ -104,9 +106,12 @@ impl Cri {
                     .root
                     .parent()
                     .map(|p| {
-                        p.join(format!("io.containerd.snapshotter.v1.{}", c.meta.snapshotter))
-                            .display()
-                            .to_string()
+                        p.join(format!(
+                            "io.containerd.snapshotter.v1.{}",
+                            c.meta.snapshotter
+                        ))
+                        .display()
+                        .to_string()
                     })
                     .unwrap_or_default(),
             }),
@@ -212,7 +217,11 @@ impl Cri {
         for c in self.store.containers_of(&meta.id) {
             let s = self.stats_of(&c).await?;
             if let Some(cpu) = &s.cpu {
-                total.cpu_ns += cpu.usage_core_nano_seconds.as_ref().map(|v| v.value).unwrap_or(0);
+                total.cpu_ns += cpu
+                    .usage_core_nano_seconds
+                    .as_ref()
+                    .map(|v| v.value)
+                    .unwrap_or(0);
                 any = true;
             }
             if let Some(m) = &s.memory {
@@ -252,9 +261,11 @@ impl Cri {
                 annotations: config.annotations.clone(),
             }),
             linux: Some(cri::LinuxPodSandboxStats {
-                cpu: any.then(|| cri::CpuUsage {
+                cpu: any.then_some(cri::CpuUsage {
                     timestamp: ts,
-                    usage_core_nano_seconds: Some(cri::UInt64Value { value: total.cpu_ns }),
+                    usage_core_nano_seconds: Some(cri::UInt64Value {
+                        value: total.cpu_ns,
+                    }),
                     usage_nano_cores: None,
                 }),
                 memory: any.then(|| cri::MemoryUsage {
@@ -356,7 +367,12 @@ fn process_count(pid: u32) -> u64 {
         return 1;
     };
     rd.flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter(|e| std::fs::read_link(e.path().join("ns/pid")).ok().as_ref() == Some(&ns))
         .count() as u64
 }

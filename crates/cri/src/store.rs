@@ -389,7 +389,10 @@ mod tests {
         let s = Store::default();
         s.reserve("a", "1").unwrap();
         s.reserve("a", "1").unwrap();
-        assert_eq!(s.reserve("a", "2").unwrap_err().code(), tonic::Code::AlreadyExists);
+        assert_eq!(
+            s.reserve("a", "2").unwrap_err().code(),
+            tonic::Code::AlreadyExists
+        );
         s.release("a");
         s.reserve("a", "2").unwrap();
     }

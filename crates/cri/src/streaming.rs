@@ -10,7 +10,10 @@ impl Cri {
     pub async fn stream_exec(&self, _r: cri::ExecRequest) -> Result<cri::ExecResponse, Status> {
         Err(Status::unavailable("the streaming server is not running"))
     }
-    pub async fn stream_attach(&self, _r: cri::AttachRequest) -> Result<cri::AttachResponse, Status> {
+    pub async fn stream_attach(
+        &self,
+        _r: cri::AttachRequest,
+    ) -> Result<cri::AttachResponse, Status> {
         Err(Status::unavailable("the streaming server is not running"))
     }
     pub async fn stream_port_forward(

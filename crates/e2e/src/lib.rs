@@ -363,6 +363,23 @@ impl Drop for Daemon {
                     .status();
             }
         }
+        // anything else mounted under the daemon's directories (a CRI pod's
+        // network namespace or /dev/shm after a failed test), deepest first
+        let root = self.dir.path().display().to_string();
+        let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in left {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&m)
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

@@ -20,11 +20,12 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-fsck", 4),
         ("stevedore-plugin", 5),
         ("stevedore-services", 5),
-        ("stevedored", 6),
+        ("stevedored", 7),
+        ("stevedore-cri", 6),
         ("stevedore", 6),
         ("stevedore-shim", 6),
-        ("stevedore-e2e", 7),
-        ("stevedore-fuzz", 7),
+        ("stevedore-e2e", 8),
+        ("stevedore-fuzz", 8),
     ])
 }
 

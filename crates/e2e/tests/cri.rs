@@ -1,0 +1,892 @@
+//! Kubernetes' CRI on stevedored, driven the way kubelet drives it (a Rust
+//! client of `runtime.v1`): pods with their own network namespace from the
+//! real CNI plugins (a bridge in 198.19.0.0/24 without a gateway, so no
+//! traffic leaves the pod network), containers sharing it, logs in the CRI
+//! format, exec, stats, stop with a grace period, restart of the daemon,
+//! images from a local registry (also with basic auth), and bad requests,
+//! with nothing left behind (netns, mounts, shims).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use stevedore_api::cri;
+use stevedore_api::cri::image_service_client::ImageServiceClient;
+use stevedore_api::cri::runtime_service_client::RuntimeServiceClient;
+use stevedore_e2e::{busybox_image, make_image, require_tool, skopeo_push, Daemon};
+use stevedore_remote::testutil::TestRegistry;
+use tonic::transport::Channel;
+
+const PAUSE_CMD: &str =
+    r#"["/bin/sh","-c","trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"]"#;
+
+struct Env {
+    d: Daemon,
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+    busybox: String,
+    _reg: TestRegistry,
+    dir: tempfile::TempDir,
+}
+
+fn cni_conf(dir: &Path) -> PathBuf {
+    let conf = dir.join("net.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    let bridge = format!("cri{}", &uuid_like()[..8]);
+    let text = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "cri-test",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": false, "ipMasq": false,
+             "ipam": {"type": "host-local", "dataDir": dir.join("ipam"),
+                      "ranges": [[{"subnet": "198.19.0.0/24"}]]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    std::fs::write(conf.join("10-test.conflist"), text.to_string()).unwrap();
+    std::fs::write(dir.join("bridge-name"), bridge).unwrap();
+    conf
+}
+
+fn uuid_like() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:08x}", t, std::process::id())
+        .chars()
+        .rev()
+        .collect()
+}
+
+impl Env {
+    async fn start(with_cni: bool) -> Env {
+        require_tool("/usr/lib/cni/bridge", "containernetworking-plugins");
+        let reg = TestRegistry::start();
+        let dir = tempfile::tempdir().unwrap();
+        let bb = busybox_image(&dir.path().join("bb"));
+        let busybox = skopeo_push(&bb, &reg.host(), "library/busybox:1", &[]);
+        let pause = make_image(
+            "busybox",
+            &dir.path().join("pause"),
+            &["--name", "pause:3.6", "--cmd", PAUSE_CMD],
+        );
+        let pause = skopeo_push(&pause, &reg.host(), "pause:3.6", &[]);
+        let conf = if with_cni {
+            cni_conf(dir.path())
+        } else {
+            dir.path().join("empty.d")
+        };
+        let config = format!(
+            r#"
+[plugins."io.containerd.grpc.v1.cri"]
+sandbox_image = "{pause}"
+restrict_oom_score_adj = true
+netns_mounts_under_state_dir = true
+[plugins."io.containerd.grpc.v1.cri".cni]
+bin_dir = "/usr/lib/cni"
+conf_dir = "{}"
+"#,
+            conf.display()
+        );
+        let d = Daemon::start_with_config(Some(&config));
+        let ch = stevedore_api::client::connect(&d.socket).await.unwrap();
+        Env {
+            rt: RuntimeServiceClient::new(ch.clone()),
+            img: ImageServiceClient::new(ch),
+            d,
+            busybox,
+            _reg: reg,
+            dir,
+        }
+    }
+
+    async fn reconnect(&mut self) {
+        let ch = stevedore_api::client::connect(&self.d.socket)
+            .await
+            .unwrap();
+        self.rt = RuntimeServiceClient::new(ch.clone());
+        self.img = ImageServiceClient::new(ch);
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    fn pod_config(&self, name: &str, host_network: bool) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.logs().join(name).display().to_string(),
+            labels: [("app".to_string(), name.to_string())].into(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: if host_network {
+                            cri::NamespaceMode::Node as i32
+                        } else {
+                            cri::NamespaceMode::Pod as i32
+                        },
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn container_config(&self, name: &str, args: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: self.busybox.clone(),
+                ..Default::default()
+            }),
+            command: args.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            envs: vec![cri::KeyValue {
+                key: "GREETING".into(),
+                value: "hello".into(),
+            }],
+            labels: [("c".to_string(), name.to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    async fn pull_busybox(&mut self) -> String {
+        self.img
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: self.busybox.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image_ref
+    }
+
+    async fn run_pod(&mut self, cfg: &cri::PodSandboxConfig) -> String {
+        self.rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", self.d.log()))
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    async fn start_container(
+        &mut self,
+        pod: &str,
+        pod_cfg: &cri::PodSandboxConfig,
+        cfg: cri::ContainerConfig,
+    ) -> String {
+        let id = self
+            .rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(cfg),
+                sandbox_config: Some(pod_cfg.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", self.d.log()))
+            .into_inner()
+            .container_id;
+        self.rt
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", self.d.log()));
+        id
+    }
+
+    async fn exec(&mut self, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+        self.rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: 10,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}\n{}", self.d.log()))
+            .into_inner()
+    }
+
+    async fn status(&mut self, id: &str) -> cri::ContainerStatus {
+        self.rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    }
+
+    async fn wait_state(&mut self, id: &str, state: cri::ContainerState) -> cri::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.status(id).await;
+            if s.state == state as i32 || Instant::now() > deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn teardown(&mut self, pod: &str) {
+        self.rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", self.d.log()));
+        self.rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", self.d.log()));
+    }
+
+    /// Nothing of the daemon's is left mounted (netns, shm, rootfs).
+    fn assert_no_mounts(&self) {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.d.dir.path().display().to_string();
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&root)).collect();
+        assert!(left.is_empty(), "mounts left behind: {left:#?}");
+    }
+}
+
+fn wait_for_file(p: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = std::fs::read_to_string(p).unwrap_or_default();
+        if s.contains(needle) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `<RFC3339Nano> <stream> <P|F> <line>`
+fn assert_cri_line(line: &str, stream: &str, text: &str) {
+    let parts: Vec<&str> = line.splitn(4, ' ').collect();
+    assert_eq!(parts.len(), 4, "{line:?}");
+    assert!(
+        parts[0].ends_with('Z') && parts[0].contains('T'),
+        "timestamp: {line:?}"
+    );
+    assert_eq!(parts[1], stream, "{line:?}");
+    assert_eq!(parts[2], "F", "{line:?}");
+    assert_eq!(parts[3], text, "{line:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_runs_a_pod_whose_containers_share_the_pod_network() {
+    let mut e = Env::start(true).await;
+    let v =
+        e.rt.version(cri::VersionRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(v.runtime_api_version, "v1");
+    let st =
+        e.rt.status(cri::StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+    let conds: HashMap<String, bool> = st
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .map(|c| (c.r#type, c.status))
+        .collect();
+    assert!(conds["RuntimeReady"]);
+    assert!(conds["NetworkReady"], "{}", e.d.log());
+
+    let image_id = e.pull_busybox().await;
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    let pod_cfg = e.pod_config("web", false);
+    let pod = e.run_pod(&pod_cfg).await;
+    let ps =
+        e.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = ps.status.unwrap();
+    assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
+    let ip = status.network.unwrap().ip;
+    assert!(ip.starts_with("198.19.0."), "pod ip {ip}");
+    assert!(ps.info["info"].contains("netNamespacePath"));
+
+    let server = e
+        .start_container(
+            &pod,
+            &pod_cfg,
+            e.container_config(
+                "server",
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "mkdir -p /www && echo pong > /www/index.html && echo started; echo to-stderr >&2; exec /bin/busybox httpd -f -p 8080 -h /www",
+                ],
+            ),
+        )
+        .await;
+    // the client has a pid namespace of its own: its shell is pid 1 there
+    let mut client_cfg = e.container_config("client", &["sh", "-c", "sleep 3600"]);
+    client_cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let client = e.start_container(&pod, &pod_cfg, client_cfg).await;
+    // the client reaches the server over the pod's loopback and the pod IP
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut r = e
+        .exec(
+            &client,
+            &[
+                "/bin/busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://127.0.0.1:8080/",
+            ],
+        )
+        .await;
+    while r.exit_code != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r = e
+            .exec(
+                &client,
+                &[
+                    "/bin/busybox",
+                    "wget",
+                    "-q",
+                    "-O",
+                    "-",
+                    "http://127.0.0.1:8080/",
+                ],
+            )
+            .await;
+    }
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "pong\n", "{r:?}");
+    let url = format!("http://{ip}:8080/");
+    let r = e
+        .exec(&client, &["/bin/busybox", "wget", "-q", "-O", "-", &url])
+        .await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "pong\n", "{r:?}");
+    // hostname, env, exit codes, stderr
+    let r = e.exec(&client, &["hostname"]).await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "web");
+    let r = e
+        .exec(
+            &client,
+            &["sh", "-c", "echo $GREETING; echo oops >&2; exit 3"],
+        )
+        .await;
+    assert_eq!(r.exit_code, 3);
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "hello\n");
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "oops\n");
+    // a timeout kills the process and answers DeadlineExceeded
+    let t0 = Instant::now();
+    let err =
+        e.rt.exec_sync(cri::ExecSyncRequest {
+            container_id: client.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+
+    // logs in the CRI format at the path kubelet gave
+    let log = e.logs().join("web").join("server.log");
+    let text = wait_for_file(&log, "to-stderr");
+    let lines: Vec<&str> = text.lines().collect();
+    let out = lines.iter().find(|l| l.contains(" stdout ")).unwrap();
+    assert_cri_line(out, "stdout", "started");
+    let err_line = lines.iter().find(|l| l.contains(" stderr ")).unwrap();
+    assert_cri_line(err_line, "stderr", "to-stderr");
+    // reopen after kubelet's rotation
+    std::fs::rename(&log, log.with_extension("log.1")).unwrap();
+    e.rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: server.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(log.exists(), "the log was reopened at its path");
+
+    // status, lists, stats
+    let s = e.status(&server).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(s.image_id, image_id);
+    assert!(
+        s.image_ref.contains("@sha256:") || s.image_ref == image_id,
+        "{s:?}"
+    );
+    let list =
+        e.rt.list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(list.len(), 2);
+    let stats =
+        e.rt.container_stats(cri::ContainerStatsRequest {
+            container_id: server.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(stats.writable_layer.is_some());
+    let pstats =
+        e.rt.pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = pstats.linux.unwrap();
+    assert_eq!(linux.containers.len(), 2);
+    assert!(linux.network.unwrap().default_interface.is_some());
+
+    // stop with a grace period: the client's shell, pid 1 of its own pid
+    // namespace, ignores SIGTERM, so it takes the SIGKILL after a second
+    let t0 = Instant::now();
+    e.rt.stop_container(cri::StopContainerRequest {
+        container_id: client.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    let s = e
+        .wait_state(&client, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137, "{s:?}");
+    assert_eq!(s.reason, "Error");
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    // the pod goes, with its network namespace, shm and containers
+    e.teardown(&pod).await;
+    let pods =
+        e.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+    assert!(pods.is_empty());
+    let ctrs = e.d.ctr_ok(&["-n", "k8s.io", "containers", "ls", "-q"]);
+    assert!(ctrs.trim().is_empty(), "{ctrs}");
+    e.assert_no_mounts();
+    let netns_dir = e.d.state.join("io.containerd.grpc.v1.cri").join("netns");
+    let left: Vec<_> = std::fs::read_dir(&netns_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "netns left: {left:?}");
+    let bridge = std::fs::read_to_string(e.dir.path().join("bridge-name")).unwrap();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &bridge])
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_pods_survive_a_daemon_restart() {
+    let mut e = Env::start(true).await;
+    e.pull_busybox().await;
+    let pod_cfg = e.pod_config("keep", false);
+    let pod = e.run_pod(&pod_cfg).await;
+    let c = e
+        .start_container(
+            &pod,
+            &pod_cfg,
+            e.container_config(
+                "ticker",
+                &[
+                    "sh",
+                    "-c",
+                    "i=0; while :; do echo tick$i; i=$((i+1)); sleep 0.2; done",
+                ],
+            ),
+        )
+        .await;
+    let short = e
+        .start_container(
+            &pod,
+            &pod_cfg,
+            e.container_config("short", &["sh", "-c", "sleep 2; exit 7"]),
+        )
+        .await;
+    let log = e.logs().join("keep").join("ticker.log");
+    wait_for_file(&log, "tick2");
+    e.d.kill9();
+    // the short container exits while the daemon is down
+    std::thread::sleep(Duration::from_secs(3));
+    e.d.spawn();
+    e.reconnect().await;
+    let pods =
+        e.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
+    let s = e.status(&c).await;
+    assert_eq!(
+        s.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{s:?}"
+    );
+    let s = e
+        .wait_state(&short, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 7, "{s:?}\n{}", e.d.log());
+    // logging resumed after the restart
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log).unwrap().lines().count() <= before + 2 {
+        assert!(Instant::now() < deadline, "no log lines after the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = e.exec(&c, &["echo", "still here"]).await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "still here\n");
+    e.teardown(&pod).await;
+    e.assert_no_mounts();
+    let bridge = std::fs::read_to_string(e.dir.path().join("bridge-name")).unwrap();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &bridge])
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
+    let mut e = Env::start(false).await;
+    // without a CNI config: NetworkReady is false with containerd's reason
+    let st =
+        e.rt.status(cri::StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+    let net = st
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(!net.status);
+    assert!(
+        net.message.contains("cni plugin not initialized"),
+        "{net:?}"
+    );
+    // a pod network cannot be set up, and nothing stays behind
+    let pod_cfg = e.pod_config("nonet", false);
+    let err =
+        e.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("cni"), "{err}");
+    // the name was released: a host-network pod of that name runs
+    let host_cfg = e.pod_config("nonet", true);
+    let pod = e.run_pod(&host_cfg).await;
+    // the same name again is refused while the pod exists
+    let err =
+        e.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(host_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+    let err =
+        e.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig::default()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let err =
+        e.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(e.pod_config("kata", true)),
+            runtime_handler: "kata".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // unknown ids
+    let err =
+        e.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    let err =
+        e.rt.start_container(cri::StartContainerRequest {
+            container_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    // an image that is not there
+    let mut cfg = e.container_config("x", &["true"]);
+    cfg.image = Some(cri::ImageSpec {
+        image: "example.invalid/none:1".into(),
+        ..Default::default()
+    });
+    let err =
+        e.rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(host_cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    // ImageStatus of a missing image is an empty answer, not an error
+    let r = e
+        .img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: "example.invalid/none:1".into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.image.is_none());
+    // a created container cannot exec; duplicate container names are refused
+    e.pull_busybox().await;
+    let cfg = e.container_config("once", &["true"]);
+    let id =
+        e.rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg.clone()),
+            sandbox_config: Some(host_cfg.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let err =
+        e.rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(host_cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+    let err =
+        e.rt.exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            timeout: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    // a command that does not exist fails the start with runc's reason
+    let bad =
+        e.rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(e.container_config("bad", &["/no/such/binary"])),
+            sandbox_config: Some(host_cfg.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let err =
+        e.rt.start_container(cri::StartContainerRequest {
+            container_id: bad.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("/no/such/binary"), "{err}");
+    let s = e.status(&bad).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(s.reason, "StartError");
+    // removing twice is fine; images go with RemoveImage
+    e.rt.remove_container(cri::RemoveContainerRequest {
+        container_id: bad.clone(),
+    })
+    .await
+    .unwrap();
+    e.rt.remove_container(cri::RemoveContainerRequest { container_id: bad })
+        .await
+        .unwrap();
+    e.teardown(&pod).await;
+    e.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    let images = e
+        .img
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    let bb = images
+        .iter()
+        .find(|i| i.repo_tags.iter().any(|t| t == &e.busybox))
+        .unwrap_or_else(|| panic!("{images:?}"));
+    e.img
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: bb.id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let images = e
+        .img
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(images.iter().all(|i| i.id != bb.id), "{images:?}");
+    e.assert_no_mounts();
+    assert!(stevedore_e2e::shim_pids_for(&e.d.state.display().to_string()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_pulls_with_basic_auth_from_the_request() {
+    let reg = TestRegistry::start_with_basic_auth("kube", "s3cret");
+    let dir = tempfile::tempdir().unwrap();
+    let bb = busybox_image(&dir.path().join("bb"));
+    let (user, pass) = reg.credentials().unwrap();
+    let dest = format!("{}/private/busybox:1", reg.host());
+    let o = std::process::Command::new(require_tool("skopeo", "skopeo"))
+        .args(["copy", "--dest-tls-verify=false", "--insecure-policy"])
+        .arg(format!("--dest-creds={user}:{pass}"))
+        .arg(format!("oci:{}", bb.oci_dir.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = Daemon::start();
+    let ch = stevedore_api::client::connect(&d.socket).await.unwrap();
+    let mut img = ImageServiceClient::new(ch);
+    let err = img
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: dest.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("401") || err.message().to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+    let id = img
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: dest.clone(),
+                ..Default::default()
+            }),
+            auth: Some(cri::AuthConfig {
+                username: user,
+                password: pass,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()))
+        .into_inner()
+        .image_ref;
+    let st = img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: dest.clone(),
+                ..Default::default()
+            }),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let image = st.image.unwrap();
+    assert_eq!(image.id, id);
+    assert_eq!(image.repo_tags, vec![dest.clone()]);
+    assert_eq!(image.repo_digests.len(), 1);
+    assert!(image.size > 0);
+    assert!(st.info["info"].contains("chainID"));
+    // the CRI's images live in k8s.io, labelled as containerd's CRI does
+    let ls = d.ctr_ok(&["-n", "k8s.io", "images", "ls"]);
+    assert!(ls.contains(&dest) && ls.contains(&id), "{ls}");
+    assert!(ls.contains("io.cri-containerd.image=managed"), "{ls}");
+    let fs = img
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fs.image_filesystems[0].used_bytes.as_ref().unwrap().value > 0);
+    // ctr lists the CRI plugin as containerd 1.6 does
+    let plugins = d.ctr_ok(&["plugins", "ls"]);
+    assert!(
+        plugins.lines().any(|l| l.contains("io.containerd.grpc.v1")
+            && l.contains(" cri ")
+            && l.contains("ok")),
+        "{plugins}"
+    );
+}
