@@ -30,11 +30,7 @@ use crate::websocket::{self, Codec, WsConn};
 pub(crate) const SPDY_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
 
 /// WebSocket port forward subprotocols ("" = the client named none).
-pub(crate) const WS_PROTOCOLS: &[&str] = &[
-    websocket::V4_CHANNEL,
-    websocket::V4_BASE64_CHANNEL,
-    "",
-];
+pub(crate) const WS_PROTOCOLS: &[&str] = &[websocket::V4_CHANNEL, websocket::V4_BASE64_CHANNEL, ""];
 
 /// kubelet's message for a failed forward (the pod UID is unknown here).
 fn forward_error(port: u16, sandbox: &str, err: &RuntimeError) -> String {

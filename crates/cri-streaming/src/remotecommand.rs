@@ -92,9 +92,7 @@ async fn run<R: Runtime>(
         resize,
     };
     let result = match command {
-        Command::Exec { container_id, cmd } => {
-            runtime.exec(container_id, cmd, tty, streams).await
-        }
+        Command::Exec { container_id, cmd } => runtime.exec(container_id, cmd, tty, streams).await,
         Command::Attach { container_id } => runtime.attach(container_id, tty, streams).await,
     };
     match (result, command) {

@@ -95,13 +95,12 @@ impl<R: Runtime> Server<R> {
             reason: "the port is not a number in 0-65535".into(),
         })?;
         let host = config.address.trim_start_matches('[').trim_end_matches(']');
-        let listener =
-            TcpListener::bind((host, port))
-                .await
-                .map_err(|source| Error::Bind {
-                    address: format!("{}:{}", config.address, config.port),
-                    source,
-                })?;
+        let listener = TcpListener::bind((host, port))
+            .await
+            .map_err(|source| Error::Bind {
+                address: format!("{}:{}", config.address, config.port),
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             address: format!("{}:{}", config.address, config.port),
             source,
@@ -258,7 +257,10 @@ async fn handle<R: Runtime>(
         return Ok(not_found());
     }
     if req.method() != Method::GET && req.method() != Method::POST {
-        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed"));
+        return Ok(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405: Method Not Allowed",
+        ));
     }
     let Some(pending) = inner.cache.consume(token) else {
         return Ok(not_found());
@@ -448,7 +450,11 @@ fn port_forward<R: Runtime>(
 ) -> Response<Body> {
     let websocket = is_websocket(&req);
     // validated when the URL was handed out
-    let ports: Vec<u16> = pf.port.iter().filter_map(|p| u16::try_from(*p).ok()).collect();
+    let ports: Vec<u16> = pf
+        .port
+        .iter()
+        .filter_map(|p| u16::try_from(*p).ok())
+        .collect();
     if websocket && (ports.is_empty() || ports.len() > 127) {
         return plain(
             StatusCode::BAD_REQUEST,

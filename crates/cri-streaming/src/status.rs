@@ -100,7 +100,11 @@ mod tests {
 
     #[test]
     fn non_zero_exit_carries_the_code_as_a_cause() {
-        let got = String::from_utf8(non_zero_exit(3, "command terminated with non-zero exit code: x")).unwrap();
+        let got = String::from_utf8(non_zero_exit(
+            3,
+            "command terminated with non-zero exit code: x",
+        ))
+        .unwrap();
         assert_eq!(
             got,
             r#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: x","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#

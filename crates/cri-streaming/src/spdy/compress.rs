@@ -73,7 +73,10 @@ impl Headers {
         let count = take_u32(&mut rest)? as usize;
         // each pair needs at least two length fields and a one-byte name
         if count > rest.len() / 9 {
-            return Err(bad(format!("{count} headers cannot fit in {} bytes", block.len())));
+            return Err(bad(format!(
+                "{count} headers cannot fit in {} bytes",
+                block.len()
+            )));
         }
         let mut headers = Vec::with_capacity(count);
         for _ in 0..count {

@@ -163,8 +163,7 @@ impl AsyncWrite for StreamWriter {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.state.fin_sent.load(Ordering::SeqCst) || self.state.reset.load(Ordering::SeqCst)
-        {
+        if self.state.fin_sent.load(Ordering::SeqCst) || self.state.reset.load(Ordering::SeqCst) {
             return Poll::Ready(Ok(()));
         }
         ready!(self.poll.poll_reserve(cx)).map_err(|_| closed_error())?;
@@ -194,7 +193,8 @@ pub struct StreamControl {
 impl StreamControl {
     /// Half-closes the stream (empty data frame with FIN) unless already done.
     pub async fn finish(&self) {
-        if self.state.reset.load(Ordering::SeqCst) || self.state.fin_sent.swap(true, Ordering::SeqCst)
+        if self.state.reset.load(Ordering::SeqCst)
+            || self.state.fin_sent.swap(true, Ordering::SeqCst)
         {
             return;
         }
@@ -359,7 +359,10 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run<R: AsyncRead + Unpin>(mut self, mut rd: R) -> Result<(), super::frame::FrameError> {
+    async fn run<R: AsyncRead + Unpin>(
+        mut self,
+        mut rd: R,
+    ) -> Result<(), super::frame::FrameError> {
         let mut decoder = Decoder::new();
         while let Some(frame) = decoder.read(&mut rd).await? {
             self.handle(frame).await?;

@@ -109,10 +109,7 @@ pub enum FrameError {
     #[error("frame payload of {len} bytes exceeds the limit of {MAX_FRAME_PAYLOAD}")]
     TooLarge { len: usize },
     #[error("invalid {frame} frame: {reason}")]
-    Invalid {
-        frame: &'static str,
-        reason: String,
-    },
+    Invalid { frame: &'static str, reason: String },
     #[error("invalid header block: {0}")]
     HeaderBlock(String),
     #[error("connection closed inside a frame")]
@@ -469,7 +466,9 @@ impl Encoder {
                 out.extend_from_slice(data);
                 Ok(())
             }
-            Frame::Unknown { kind } => Err(invalid("unknown", format!("cannot encode type {kind}"))),
+            Frame::Unknown { kind } => {
+                Err(invalid("unknown", format!("cannot encode type {kind}")))
+            }
         }
     }
 }

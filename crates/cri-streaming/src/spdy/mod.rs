@@ -10,3 +10,6 @@ pub mod frame;
 
 pub use compress::{HeaderCompressor, HeaderDecompressor, Headers};
 pub use frame::{Decoder, Encoder, Frame, FrameError, Head};
+
+#[cfg(test)]
+mod tests;
