@@ -66,17 +66,29 @@ pub(crate) struct Options {
     pub tty: bool,
 }
 
+/// The client's streams as the protocol layer found them.
+struct ClientStreams {
+    stdin: Option<BoxRead>,
+    stdout: Option<BoxWrite>,
+    stderr: Option<BoxWrite>,
+    /// Undecoded resize messages.
+    resize: Option<BoxRead>,
+}
+
 /// Runs the command and returns the bytes for the error stream, if any.
 async fn run<R: Runtime>(
     runtime: &R,
     command: &Command,
     tty: bool,
-    stdin: Option<BoxRead>,
-    stdout: Option<BoxWrite>,
-    stderr: Option<BoxWrite>,
-    resize: Option<BoxRead>,
+    client: ClientStreams,
     json_status: bool,
 ) -> Option<Vec<u8>> {
+    let ClientStreams {
+        stdin,
+        stdout,
+        stderr,
+        resize,
+    } = client;
     let resize = match resize {
         Some(r) if tty => {
             let (tx, rx) = mpsc::channel(4);
@@ -243,17 +255,13 @@ pub(crate) async fn serve_spdy<R: Runtime, T>(
     let stdin = stdin.filter(|_| opts.stdin);
     let stdout = stdout.filter(|_| opts.stdout);
     let stderr = stderr.filter(|_| opts.stderr);
-    let status = run(
-        runtime,
-        &command,
-        opts.tty,
+    let client = ClientStreams {
         stdin,
         stdout,
         stderr,
         resize,
-        version >= 4,
-    )
-    .await;
+    };
+    let status = run(runtime, &command, opts.tty, client, version >= 4).await;
     if let (Some(mut error), Some(status)) = (error, status) {
         let _ = error.write_all(&status).await;
         let _ = error.shutdown().await;
@@ -305,17 +313,13 @@ pub(crate) async fn serve_websocket<R: Runtime, T>(
         protocol,
         websocket::V4_CHANNEL | websocket::V4_BASE64_CHANNEL | websocket::V5_CHANNEL
     );
-    let status = run(
-        runtime,
-        &command,
-        opts.tty,
+    let client = ClientStreams {
         stdin,
         stdout,
         stderr,
         resize,
-        json_status,
-    )
-    .await;
+    };
+    let status = run(runtime, &command, opts.tty, client, json_status).await;
     if let Some(status) = status {
         let mut error = conn.writer(ERROR);
         let _ = error.write_all(&status).await;

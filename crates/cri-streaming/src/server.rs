@@ -309,13 +309,20 @@ fn websocket_protocol(req: &Request<Incoming>, supported: &[&str]) -> Option<Str
         .find(|p| supported.contains(&p.as_str()))
 }
 
+/// An accepted upgrade: the 101 response, the negotiated protocol, and the
+/// future that yields the connection once the response is sent.
+type Upgrade = (Response<Body>, String, hyper::upgrade::OnUpgrade);
+
 /// Answers a WebSocket upgrade; the returned future yields the connection.
 fn websocket_upgrade(
     req: &mut Request<Incoming>,
     supported: &[&'static str],
-) -> Result<(Response<Body>, String, hyper::upgrade::OnUpgrade), Response<Body>> {
+) -> Result<Upgrade, Box<Response<Body>>> {
     let Some(key) = req.headers().get("sec-websocket-key") else {
-        return Err(plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
+        return Err(Box::new(plain(
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key",
+        )));
     };
     if req
         .headers()
@@ -326,16 +333,16 @@ fn websocket_upgrade(
         let mut resp = plain(StatusCode::BAD_REQUEST, "unsupported WebSocket version");
         resp.headers_mut()
             .insert("sec-websocket-version", HeaderValue::from_static("13"));
-        return Err(resp);
+        return Err(Box::new(resp));
     }
     let Some(protocol) = websocket_protocol(req, supported) else {
-        return Err(plain(
+        return Err(Box::new(plain(
             StatusCode::FORBIDDEN,
             &format!(
                 "requested protocol(s) are not supported: {:?}; supports {supported:?}",
                 header_list(req.headers(), "sec-websocket-protocol")
             ),
-        ));
+        )));
     };
     let accept = derive_accept_key(key.as_bytes());
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -358,13 +365,13 @@ fn websocket_upgrade(
 fn spdy_upgrade(
     req: &mut Request<Incoming>,
     supported: &[&'static str],
-) -> Result<(Response<Body>, String, hyper::upgrade::OnUpgrade), Response<Body>> {
+) -> Result<Upgrade, Box<Response<Body>>> {
     let client = header_list(req.headers(), PROTOCOL_VERSION);
     if client.is_empty() {
-        return Err(plain(
+        return Err(Box::new(plain(
             StatusCode::BAD_REQUEST,
             "unable to upgrade: X-Stream-Protocol-Version is required",
-        ));
+        )));
     }
     let Some(protocol) = client.iter().find(|p| supported.contains(&p.as_str())) else {
         let mut resp = plain(
@@ -377,16 +384,16 @@ fn spdy_upgrade(
             resp.headers_mut()
                 .append(ACCEPTED_VERSIONS, HeaderValue::from_static(p));
         }
-        return Err(resp);
+        return Err(Box::new(resp));
     };
     let protocol = protocol.clone();
     if !header_has_token(req.headers(), &header::CONNECTION, "upgrade")
         || !header_has_token(req.headers(), &header::UPGRADE, "spdy/3.1")
     {
-        return Err(plain(
+        return Err(Box::new(plain(
             StatusCode::BAD_REQUEST,
             "unable to upgrade: missing upgrade headers in request",
-        ));
+        )));
     }
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -413,7 +420,7 @@ fn remote_command<R: Runtime>(
     };
     let (resp, protocol, on_upgrade) = match upgrade {
         Ok(u) => u,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let cancel = inner.cancel.child_token();
     tokio::spawn(async move {
@@ -468,7 +475,7 @@ fn port_forward<R: Runtime>(
     };
     let (resp, protocol, on_upgrade) = match upgrade {
         Ok(u) => u,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let cancel = inner.cancel.child_token();
     tokio::spawn(async move {
