@@ -261,7 +261,16 @@ pub(crate) async fn serve_spdy<R: Runtime, T>(
         stderr,
         resize,
     };
-    let status = run(runtime, &command, opts.tty, client, version >= 4).await;
+    let session = run(runtime, &command, opts.tty, client, version >= 4);
+    tokio::pin!(session);
+    // streams beyond the expected ones are refused, so the connection's
+    // reader never waits for someone to take them
+    let status = loop {
+        tokio::select! {
+            status = &mut session => break status,
+            Some(extra) = conn.next_stream() => extra.refuse().await,
+        }
+    };
     if let (Some(mut error), Some(status)) = (error, status) {
         let _ = error.write_all(&status).await;
         let _ = error.shutdown().await;

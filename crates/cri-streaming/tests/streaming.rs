@@ -491,6 +491,55 @@ async fn spdy_attach_connects_to_the_container() {
 }
 
 #[tokio::test]
+async fn spdy_stdin_nobody_reads_is_bounded_by_backpressure() {
+    let (server, _) = server().await;
+    let url = server
+        .get_exec(&ExecRequest {
+            stdin: true,
+            ..exec(&["hold", "700"])
+        })
+        .unwrap();
+    let mut c = SpdyClient::connect(&url, &[V4]).await.unwrap();
+    let [stdin, _, _, error, _] = open_exec_streams(&mut c, true, true, false, false).await;
+    c.until(|s| s.replied.len() == 3).await;
+    // 1 MiB (loopback socket buffers take it) that the command never reads
+    let chunk = vec![b'x'; 32 << 10];
+    for _ in 0..32 {
+        c.data(stdin, &chunk, false).await;
+    }
+    c.collect_for(Duration::from_millis(300)).await;
+    // the server credits only what its bounded stream queue took
+    let held = c.credited(stdin);
+    assert!(held <= 5 * (32 << 10), "credited {held} bytes nobody read");
+    // once the command exits, the unread rest cannot stall the session
+    c.until_closed().await;
+    assert!(c.collected.goaway);
+    assert_eq!(
+        c.collected.text(error),
+        r#"{"metadata":{},"status":"Success"}"#
+    );
+}
+
+#[tokio::test]
+async fn spdy_refuses_streams_beyond_the_expected_ones() {
+    let (server, _) = server().await;
+    let url = server
+        .get_exec(&ExecRequest {
+            stdin: true,
+            ..exec(&["cat"])
+        })
+        .unwrap();
+    let mut c = SpdyClient::connect(&url, &[V4]).await.unwrap();
+    let [stdin, stdout, _, _, _] = open_exec_streams(&mut c, true, true, false, false).await;
+    c.until(|s| s.replied.len() == 3).await;
+    let extra = c.open(&[("streamType", "stdout")]).await;
+    c.until(|s| s.reset.contains(&extra)).await;
+    c.data(stdin, b"still works", true).await;
+    c.until_closed().await;
+    assert_eq!(c.collected.text(stdout), "still works");
+}
+
+#[tokio::test]
 async fn spdy_gives_up_on_clients_that_do_not_open_their_streams() {
     let (server, runtime) = server_with(Config {
         stream_creation_timeout: Duration::from_millis(200),

@@ -79,6 +79,12 @@ impl Runtime for FakeRuntime {
                 Ok(())
             }
             "fail" => Err(RuntimeError::Failed("boom".into())),
+            "hold" => {
+                // holds stdin without reading it
+                let _stdin = streams.stdin.take();
+                tokio::time::sleep(Duration::from_millis(cmd[1].parse().unwrap())).await;
+                Ok(())
+            }
             other => Err(RuntimeError::Failed(format!("unknown command {other}"))),
         }
     }
@@ -323,6 +329,26 @@ impl SpdyClient {
         })
         .await
         .expect("SPDY frames in time");
+    }
+
+    /// Reads frames for `period` (or until the connection ends).
+    pub async fn collect_for(&mut self, period: Duration) {
+        let _ = tokio::time::timeout(period, async {
+            while let Some(f) = self.frames.recv().await {
+                self.collected.absorb(f);
+            }
+        })
+        .await;
+    }
+
+    /// Bytes the server credited to `id` with WINDOW_UPDATEs.
+    pub fn credited(&self, id: u32) -> u64 {
+        self.collected
+            .window_updates
+            .iter()
+            .filter(|(s, _)| *s == id)
+            .map(|(_, d)| u64::from(*d))
+            .sum()
     }
 
     /// Reads frames until the server closes the connection.
