@@ -37,7 +37,8 @@ pub struct Config {
     pub address: String,
     /// Listen port (containerd's `stream_server_port`; "0" picks a free one).
     pub port: String,
-    /// Base of the handed-out URLs (default `http://<bound address>`).
+    /// Base of the handed-out URLs (default `http://<bound address>`). The
+    /// routes stay at the root: a base with a path needs a proxy that strips it.
     pub base_url: Option<String>,
     /// How long SPDY clients have to open their streams (30 s).
     pub stream_creation_timeout: Duration,

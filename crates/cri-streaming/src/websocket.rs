@@ -188,7 +188,8 @@ impl WsConn {
                             }
                             Codec::Base64 => {
                                 let mut text = String::with_capacity(data.len() * 4 / 3 + 5);
-                                text.push((b'0' + ch) as char);
+                                // as Go's string('0'+num): byte arithmetic wraps
+                                text.push(b'0'.wrapping_add(ch) as char);
                                 base64::engine::general_purpose::STANDARD
                                     .encode_string(&data, &mut text);
                                 Message::text(text)
