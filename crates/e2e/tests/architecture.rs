@@ -15,6 +15,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-remote", 2),
         ("stevedore-runtime", 2),
         ("stevedore-cni", 2),
+        ("stevedore-cri-streaming", 2),
         ("stevedore-metadata", 3),
         ("stevedore-images", 4),
         ("stevedore-fsck", 4),
