@@ -7,7 +7,6 @@ use crate::config::{CriConfig, RuntimeEntry};
 use crate::store::Store;
 use sha2::Digest as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use stevedore_api::services::images::GetImageRequest;
 use stevedore_api::services::leases::{CreateRequest as CreateLease, DeleteRequest as DeleteLease};
 use stevedore_images::spec::{Index, Manifest};
@@ -29,7 +28,7 @@ pub struct Cri {
     /// `<state>/io.containerd.grpc.v1.cri`
     pub state: PathBuf,
     pub network: crate::network::Network,
-    pub streams: Option<Arc<crate::streaming::StreamServer>>,
+    pub streams: std::sync::OnceLock<crate::streaming::StreamServer>,
     /// Container events for GetContainerEvents subscribers.
     pub events: tokio::sync::broadcast::Sender<stevedore_api::cri::ContainerEventResponse>,
     /// True once the store has been rebuilt after a start.

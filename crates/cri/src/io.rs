@@ -207,6 +207,8 @@ pub struct ContainerIo {
     pub log: Option<Arc<LogFile>>,
     attached: Arc<Mutex<Vec<mpsc::Sender<Chunk>>>>,
     readers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Readers still running; the last one to end closes the attachments.
+    live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ContainerIo {
@@ -221,6 +223,7 @@ impl ContainerIo {
             log,
             attached: Arc::new(Mutex::new(Vec::new())),
             readers: Mutex::new(Vec::new()),
+            live: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
     }
 
@@ -237,12 +240,23 @@ impl ContainerIo {
             let path = PathBuf::from(path);
             let log = self.log.clone();
             let attached = self.attached.clone();
+            let live = self.live.clone();
+            live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let spawned = std::thread::Builder::new()
                 .name("cri-log".into())
-                .spawn(move || pump(&path, stream, log, attached, max_line));
+                .spawn(move || {
+                    pump(&path, stream, log, attached.clone(), max_line);
+                    if live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                        // the process's output has ended: so do attachments
+                        lock(&attached).clear();
+                    }
+                });
             match spawned {
                 Ok(h) => readers.push(h),
-                Err(e) => tracing::warn!("start log reader: {e}"),
+                Err(e) => {
+                    self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    tracing::warn!("start log reader: {e}")
+                }
             }
         }
     }
@@ -250,7 +264,10 @@ impl ContainerIo {
     /// A receiver of the container's output from now on.
     pub fn subscribe(&self) -> mpsc::Receiver<Chunk> {
         let (tx, rx) = mpsc::channel(64);
-        lock(&self.attached).push(tx);
+        let mut attached = lock(&self.attached);
+        if self.live.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            attached.push(tx);
+        }
         rx
     }
 

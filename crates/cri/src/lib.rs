@@ -55,7 +55,7 @@ pub fn register(r: &mut Registry) {
                 root: ctx.root.clone(),
                 state: ctx.state.clone(),
                 network,
-                streams: None,
+                streams: std::sync::OnceLock::new(),
                 events,
                 ready,
             });

@@ -20,6 +20,7 @@ use stevedore_api::services::tasks::{DeleteTaskRequest, GetRequest};
 impl Cri {
     /// Rebuild the store from the daemon's records, then follow events.
     pub async fn start_background(self: Arc<Self>) {
+        self.start_streaming().await;
         // the daemon serves its socket once every plugin is initialised
         let mut delay = Duration::from_millis(20);
         loop {

@@ -890,3 +890,190 @@ async fn cri_pulls_with_basic_auth_from_the_request() {
         "{plugins}"
     );
 }
+
+mod ws {
+    //! A WebSocket client of the CRI streaming server, as kubectl 1.30+ speaks
+    //! to kubelet: channel byte first, v5 closes stdin with channel 255.
+    use futures::{SinkExt, StreamExt};
+    use std::time::Duration;
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
+
+    pub type Ws = WebSocketStream<TcpStream>;
+
+    pub async fn connect(url: &str, protocol: &str) -> Ws {
+        let host = url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let mut req = url
+            .replacen("http://", "ws://", 1)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(protocol).unwrap(),
+        );
+        let tcp = TcpStream::connect(&host).await.unwrap();
+        tokio_tungstenite::client_async(req, tcp).await.unwrap().0
+    }
+
+    pub async fn send(ws: &mut Ws, channel: u8, data: &[u8]) {
+        let mut m = vec![channel];
+        m.extend_from_slice(data);
+        ws.send(Message::Binary(m.into())).await.unwrap();
+    }
+
+    /// Messages until `done` holds or the server closes: (channel, data).
+    pub async fn read_until(
+        ws: &mut Ws,
+        done: impl Fn(&[(u8, Vec<u8>)]) -> bool,
+    ) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), async {
+            while !done(&out) {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(b))) if !b.is_empty() => {
+                        out.push((b[0], b[1..].to_vec()))
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        out
+    }
+
+    pub fn text(msgs: &[(u8, Vec<u8>)], ch: u8) -> String {
+        let b: Vec<u8> = msgs
+            .iter()
+            .filter(|(c, _)| *c == ch)
+            .flat_map(|(_, d)| d.clone())
+            .collect();
+        String::from_utf8_lossy(&b).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_streams_exec_attach_and_port_forward() {
+    let mut e = Env::start(true).await;
+    e.pull_busybox().await;
+    let pod_cfg = e.pod_config("stream", false);
+    let pod = e.run_pod(&pod_cfg).await;
+    let server = e
+        .start_container(
+            &pod,
+            &pod_cfg,
+            e.container_config(
+                "server",
+                &["/bin/sh", "-c", "mkdir -p /www && echo pong > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www"],
+            ),
+        )
+        .await;
+    let mut reader = e.container_config(
+        "reader",
+        &["/bin/sh", "-c", "while read l; do echo got:$l; done"],
+    );
+    reader.stdin = true;
+    let reader = e.start_container(&pod, &pod_cfg, reader).await;
+
+    // exec: stdin to stdout, stderr, and the exit code in the status
+    let url =
+        e.rt.exec(cri::ExecRequest {
+            container_id: server.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat; echo done >&2; exit 5".into(),
+            ],
+            tty: false,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let mut s = ws::connect(&url, "v5.channel.k8s.io").await;
+    ws::send(&mut s, 0, b"hello stream\n").await;
+    ws::send(&mut s, 255, &[0]).await; // v5: stdin closed
+    let msgs = ws::read_until(&mut s, |m| m.iter().any(|(c, _)| *c == 3)).await;
+    assert_eq!(ws::text(&msgs, 1), "hello stream\n", "{msgs:?}");
+    assert_eq!(ws::text(&msgs, 2), "done\n");
+    let status = ws::text(&msgs, 3);
+    assert!(
+        status.contains("NonZeroExitCode") && status.contains("\"5\""),
+        "{status}"
+    );
+    // a used URL is gone
+    let again =
+        std::net::TcpStream::connect(url.trim_start_matches("http://").split('/').next().unwrap())
+            .map(|mut c| {
+                use std::io::{Read, Write};
+                let path = &url[url.find("/exec").unwrap()..];
+                write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                let mut b = [0u8; 12];
+                c.read_exact(&mut b).unwrap();
+                String::from_utf8_lossy(&b).into_owned()
+            })
+            .unwrap();
+    assert!(again.contains("404"), "{again}");
+
+    // attach: the container's stdin and stdout
+    let url =
+        e.rt.attach(cri::AttachRequest {
+            container_id: reader.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut s = ws::connect(&url, "v5.channel.k8s.io").await;
+    ws::send(&mut s, 0, b"one\n").await;
+    let msgs = ws::read_until(&mut s, |m| ws::text(m, 1).contains("got:one")).await;
+    assert!(ws::text(&msgs, 1).contains("got:one"), "{msgs:?}");
+    drop(s);
+
+    // port forward into the pod's network namespace
+    let url =
+        e.rt.port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut s = ws::connect(&url, "v4.channel.k8s.io").await;
+    // each channel first carries its port (little endian)
+    let first = ws::read_until(&mut s, |m| m.len() >= 2).await;
+    assert!(
+        first
+            .iter()
+            .any(|(c, d)| *c == 0 && d == &8080u16.to_le_bytes()),
+        "{first:?}"
+    );
+    ws::send(&mut s, 0, b"GET / HTTP/1.0\r\n\r\n").await;
+    let msgs = ws::read_until(&mut s, |m| ws::text(m, 0).contains("pong")).await;
+    assert!(ws::text(&msgs, 0).contains("pong"), "{msgs:?}");
+    drop(s);
+
+    e.teardown(&pod).await;
+    e.assert_no_mounts();
+    let bridge = std::fs::read_to_string(e.dir.path().join("bridge-name")).unwrap();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &bridge])
+        .status();
+}
