@@ -203,6 +203,44 @@ pub struct RegistryConfig {
 }
 
 impl CriConfig {
+    /// Refuse settings stevedore accepts the key of but cannot honour, so
+    /// a moved-over config never silently means something else.
+    pub fn check_supported(&self) -> Result<(), String> {
+        let mut bad = Vec::new();
+        if !self.registry.mirrors.is_empty()
+            || !self.registry.configs.is_empty()
+            || !self.registry.auths.is_empty()
+        {
+            bad.push("registry.mirrors/configs/auths (deprecated in containerd 1.6): use registry.config_path with hosts.toml files");
+        }
+        if !self.cni.conf_template.is_empty() {
+            bad.push("cni.conf_template: write the CNI config into cni.conf_dir instead");
+        }
+        if self.enable_tls_streaming || !self.x509_key_pair_streaming.is_empty() {
+            bad.push("enable_tls_streaming / x509_key_pair_streaming: the streaming server serves plain HTTP on stream_server_address");
+        }
+        if self.systemd_cgroup {
+            bad.push("systemd_cgroup (the v1 runtime's): set SystemdCgroup in the runtime's options");
+        }
+        if self.enable_selinux {
+            bad.push("enable_selinux: SELinux labelling is not supported");
+        }
+        if self.containerd.default_runtime.is_some() || self.containerd.untrusted_workload_runtime.is_some() {
+            bad.push("containerd.default_runtime / untrusted_workload_runtime: use runtimes and default_runtime_name");
+        }
+        if !self.containerd.runtimes.contains_key(&self.containerd.default_runtime_name) {
+            return Err(format!(
+                "containerd.default_runtime_name {:?} names no runtime in containerd.runtimes",
+                self.containerd.default_runtime_name
+            ));
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("unsupported CRI settings: {}", bad.join("; ")))
+        }
+    }
+
     /// The runtime handler a request names ("" is the default).
     pub fn runtime(&self, handler: &str) -> Result<(String, RuntimeEntry), String> {
         let name = if handler.is_empty() {
@@ -261,6 +299,19 @@ mod tests {
         assert_eq!(rt.runtime_type, "io.containerd.runc.v2");
         assert_eq!(rt.options["BinaryName"].as_str(), Some("runc"));
         assert!(c.runtime("kata").is_err());
+    }
+
+    #[test]
+    fn settings_that_cannot_be_honoured_are_refused() {
+        assert!(CriConfig::default().check_supported().is_ok());
+        let c: CriConfig = toml::from_str(
+            "[registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n",
+        )
+        .unwrap();
+        assert!(c.check_supported().unwrap_err().contains("config_path"));
+        let c: CriConfig =
+            toml::from_str("[containerd]\ndefault_runtime_name = \"kata\"\n").unwrap();
+        assert!(c.check_supported().unwrap_err().contains("kata"));
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Cri {
     pub streams: std::sync::OnceLock<crate::streaming::StreamServer>,
     /// Container events for GetContainerEvents subscribers.
     pub events: tokio::sync::broadcast::Sender<stevedore_api::cri::ContainerEventResponse>,
+    /// Image records grouped by image id, briefly cached: container
+    /// statuses name their image's tags and digests on every list.
+    pub image_names: std::sync::Mutex<Option<(std::time::Instant, crate::image::ImageNames)>>,
     /// True once the store has been rebuilt after a start.
     pub ready: tokio::sync::watch::Sender<bool>,
 }

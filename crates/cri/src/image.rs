@@ -13,6 +13,12 @@ use stevedore_api::services::images::{
 use stevedore_api::services::stevedore_transfer::{PullRequest, RegistryOptions};
 use tonic::Status;
 
+/// Image record names by image id.
+pub type ImageNames = BTreeMap<String, Vec<String>>;
+
+/// How long a listing of the image records is reused.
+const IMAGE_NAMES_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Cri {
     /// Pull `reference` (normalised) and record it as the CRI does; the
     /// image id.
@@ -81,6 +87,7 @@ impl Cri {
         for n in names {
             self.put_image(&n, &target).await?;
         }
+        self.images_changed();
         Ok(img.id)
     }
 
@@ -124,8 +131,24 @@ impl Cri {
         }
     }
 
-    /// All image records, grouped by image id.
-    async fn images_by_id(&self) -> Result<BTreeMap<String, Vec<String>>, Status> {
+    /// Forget the cached image listing (after a pull or a removal).
+    fn images_changed(&self) {
+        *crate::store::lock(&self.image_names) = None;
+    }
+
+    /// All image records, grouped by image id (cached for a moment).
+    async fn images_by_id(&self) -> Result<ImageNames, Status> {
+        if let Some((at, names)) = crate::store::lock(&self.image_names).as_ref() {
+            if at.elapsed() < IMAGE_NAMES_TTL {
+                return Ok(names.clone());
+            }
+        }
+        let names = self.list_images_by_id().await?;
+        *crate::store::lock(&self.image_names) = Some((std::time::Instant::now(), names.clone()));
+        Ok(names)
+    }
+
+    async fn list_images_by_id(&self) -> Result<ImageNames, Status> {
         let list = self
             .ctrd
             .images()
@@ -277,6 +300,7 @@ impl Cri {
             Err(s) if s.code() == tonic::Code::NotFound => return Ok(cri::RemoveImageResponse {}),
             Err(s) => return Err(s),
         };
+        self.images_changed();
         let all = self.images_by_id().await?;
         let mut names = all.get(&r.id).cloned().unwrap_or_default();
         // the id record last, so a failure midway leaves it findable
@@ -302,6 +326,7 @@ impl Cri {
                 }
             }
         }
+        self.images_changed();
         Ok(cri::RemoveImageResponse {})
     }
 

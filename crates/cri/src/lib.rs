@@ -38,6 +38,9 @@ pub fn register(r: &mut Registry) {
     r.register(
         Registration::new(GRPC, "cri", |ctx| {
             let config: CriConfig = ctx.config_as()?;
+            config
+                .check_supported()
+                .map_err(stevedore_types::Error::invalid)?;
             let ctrd = client::Ctrd::new(ctx.env.address.clone(), client::K8S_NAMESPACE)
                 .map_err(stevedore_types::Error::invalid)?;
             let netns_dir = if config.netns_mounts_under_state_dir {
@@ -57,6 +60,7 @@ pub fn register(r: &mut Registry) {
                 network,
                 streams: std::sync::OnceLock::new(),
                 events,
+                image_names: std::sync::Mutex::new(None),
                 ready,
             });
             let handle = tokio::runtime::Handle::try_current().map_err(|e| {

@@ -522,6 +522,17 @@ async fn cri_runs_a_pod_whose_containers_share_the_pod_network() {
     let ctrs = e.d.ctr_ok(&["-n", "k8s.io", "containers", "ls", "-q"]);
     assert!(ctrs.trim().is_empty(), "{ctrs}");
     e.assert_no_mounts();
+    // no veth is left on the pod bridge
+    let bridge = std::fs::read_to_string(e.dir.path().join("bridge-name")).unwrap();
+    let o = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", &bridge])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).trim().is_empty(),
+        "veths left: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let netns_dir = e.d.state.join("io.containerd.grpc.v1.cri").join("netns");
     let left: Vec<_> = std::fs::read_dir(&netns_dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -706,6 +717,46 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
         .unwrap()
         .into_inner();
     assert!(r.image.is_none());
+    // malformed configs: a mount without paths, a privileged container in
+    // an unprivileged pod
+    let mut cfg = e.container_config("badmount", &["true"]);
+    cfg.mounts = vec![cri::Mount {
+        container_path: String::new(),
+        host_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    e.pull_busybox().await;
+    let err = e
+        .rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(host_cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let mut cfg = e.container_config("priv", &["true"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = e
+        .rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(host_cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("privileged"), "{err}");
+    // neither left a container record behind
+    let ls = e.d.ctr_ok(&["-n", "k8s.io", "containers", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 1, "only the sandbox: {ls}");
     // a created container cannot exec; duplicate container names are refused
     e.pull_busybox().await;
     let cfg = e.container_config("once", &["true"]);
@@ -1076,4 +1127,51 @@ async fn cri_streams_exec_attach_and_port_forward() {
     let _ = std::process::Command::new("ip")
         .args(["link", "del", &bridge])
         .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_reports_oom_killed_containers_and_events() {
+    let mut e = Env::start(false).await;
+    e.pull_busybox().await;
+    let mut events = e
+        .rt
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let pod_cfg = e.pod_config("oom", true);
+    let pod = e.run_pod(&pod_cfg).await;
+    let mut cfg = e.container_config("hog", &["sh", "-c", "a=x; while :; do a=$a$a; done"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = e.start_container(&pod, &pod_cfg, cfg).await;
+    let s = e.wait_state(&id, cri::ContainerState::ContainerExited).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32, "{s:?}");
+    assert_eq!(s.reason, "OOMKilled", "{s:?}\n{}", e.d.log());
+    assert_eq!(s.exit_code, 137);
+    // kubelet's evented PLEG: created, started, stopped for the container
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains(&(id.clone(), cri::ContainerEventType::ContainerStoppedEvent as i32))
+        && Instant::now() < deadline
+    {
+        match tokio::time::timeout(Duration::from_secs(5), events.message()).await {
+            Ok(Ok(Some(ev))) => seen.push((ev.container_id, ev.container_event_type)),
+            _ => break,
+        }
+    }
+    for kind in [
+        cri::ContainerEventType::ContainerCreatedEvent,
+        cri::ContainerEventType::ContainerStartedEvent,
+        cri::ContainerEventType::ContainerStoppedEvent,
+    ] {
+        assert!(seen.contains(&(id.clone(), kind as i32)), "{kind:?} missing: {seen:?}");
+    }
+    e.teardown(&pod).await;
+    e.assert_no_mounts();
 }
