@@ -220,15 +220,23 @@ impl CriConfig {
             bad.push("enable_tls_streaming / x509_key_pair_streaming: the streaming server serves plain HTTP on stream_server_address");
         }
         if self.systemd_cgroup {
-            bad.push("systemd_cgroup (the v1 runtime's): set SystemdCgroup in the runtime's options");
+            bad.push(
+                "systemd_cgroup (the v1 runtime's): set SystemdCgroup in the runtime's options",
+            );
         }
         if self.enable_selinux {
             bad.push("enable_selinux: SELinux labelling is not supported");
         }
-        if self.containerd.default_runtime.is_some() || self.containerd.untrusted_workload_runtime.is_some() {
+        if self.containerd.default_runtime.is_some()
+            || self.containerd.untrusted_workload_runtime.is_some()
+        {
             bad.push("containerd.default_runtime / untrusted_workload_runtime: use runtimes and default_runtime_name");
         }
-        if !self.containerd.runtimes.contains_key(&self.containerd.default_runtime_name) {
+        if !self
+            .containerd
+            .runtimes
+            .contains_key(&self.containerd.default_runtime_name)
+        {
             return Err(format!(
                 "containerd.default_runtime_name {:?} names no runtime in containerd.runtimes",
                 self.containerd.default_runtime_name
@@ -304,10 +312,9 @@ mod tests {
     #[test]
     fn settings_that_cannot_be_honoured_are_refused() {
         assert!(CriConfig::default().check_supported().is_ok());
-        let c: CriConfig = toml::from_str(
-            "[registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n",
-        )
-        .unwrap();
+        let c: CriConfig =
+            toml::from_str("[registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n")
+                .unwrap();
         assert!(c.check_supported().unwrap_err().contains("config_path"));
         let c: CriConfig =
             toml::from_str("[containerd]\ndefault_runtime_name = \"kata\"\n").unwrap();

@@ -726,9 +726,8 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
         ..Default::default()
     }];
     e.pull_busybox().await;
-    let err = e
-        .rt
-        .create_container(cri::CreateContainerRequest {
+    let err =
+        e.rt.create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
             config: Some(cfg),
             sandbox_config: Some(host_cfg.clone()),
@@ -744,9 +743,8 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
         }),
         ..Default::default()
     });
-    let err = e
-        .rt
-        .create_container(cri::CreateContainerRequest {
+    let err =
+        e.rt.create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
             config: Some(cfg),
             sandbox_config: Some(host_cfg.clone()),
@@ -1133,12 +1131,11 @@ async fn cri_streams_exec_attach_and_port_forward() {
 async fn cri_reports_oom_killed_containers_and_events() {
     let mut e = Env::start(false).await;
     e.pull_busybox().await;
-    let mut events = e
-        .rt
-        .get_container_events(cri::GetEventsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events =
+        e.rt.get_container_events(cri::GetEventsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
     let pod_cfg = e.pod_config("oom", true);
     let pod = e.run_pod(&pod_cfg).await;
     let mut cfg = e.container_config("hog", &["sh", "-c", "a=x; while :; do a=$a$a; done"]);
@@ -1150,15 +1147,23 @@ async fn cri_reports_oom_killed_containers_and_events() {
         ..Default::default()
     });
     let id = e.start_container(&pod, &pod_cfg, cfg).await;
-    let s = e.wait_state(&id, cri::ContainerState::ContainerExited).await;
-    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32, "{s:?}");
+    let s = e
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(
+        s.state,
+        cri::ContainerState::ContainerExited as i32,
+        "{s:?}"
+    );
     assert_eq!(s.reason, "OOMKilled", "{s:?}\n{}", e.d.log());
     assert_eq!(s.exit_code, 137);
     // kubelet's evented PLEG: created, started, stopped for the container
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen.contains(&(id.clone(), cri::ContainerEventType::ContainerStoppedEvent as i32))
-        && Instant::now() < deadline
+    while !seen.contains(&(
+        id.clone(),
+        cri::ContainerEventType::ContainerStoppedEvent as i32,
+    )) && Instant::now() < deadline
     {
         match tokio::time::timeout(Duration::from_secs(5), events.message()).await {
             Ok(Ok(Some(ev))) => seen.push((ev.container_id, ev.container_event_type)),
@@ -1170,7 +1175,10 @@ async fn cri_reports_oom_killed_containers_and_events() {
         cri::ContainerEventType::ContainerStartedEvent,
         cri::ContainerEventType::ContainerStoppedEvent,
     ] {
-        assert!(seen.contains(&(id.clone(), kind as i32)), "{kind:?} missing: {seen:?}");
+        assert!(
+            seen.contains(&(id.clone(), kind as i32)),
+            "{kind:?} missing: {seen:?}"
+        );
     }
     e.teardown(&pod).await;
     e.assert_no_mounts();

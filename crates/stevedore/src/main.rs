@@ -398,31 +398,62 @@ async fn cmd_namespaces(conn: &Conn, fmt: Format, cmd: NamespacesCmd) -> Result<
     Ok(())
 }
 
-/// A readable rendering of known event payloads.
+/// A readable rendering of known event payloads (containerd's event
+/// messages: namespaces, images, containers, content, snapshots, tasks,
+/// sandboxes); anything else as its type URL and size.
 fn event_json(any: &prost_types::Any) -> serde_json::Value {
     use stevedore_api::events::*;
+    use stevedore_api::services::images::{ImageCreate, ImageDelete, ImageUpdate};
     use stevedore_api::typeurl::from_any;
-    if let Some(e) = from_any::<NamespaceCreate>(any) {
-        return json!({"name": e.name, "labels": e.labels});
+    let ts = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+            .map(|t| humantime::format_rfc3339_nanos(t).to_string())
+    };
+    macro_rules! decode {
+        ($($ty:ty => |$e:ident| $body:expr),* $(,)?) => {
+            $(if let Some($e) = from_any::<$ty>(any) {
+                return $body;
+            })*
+        };
     }
-    if let Some(e) = from_any::<NamespaceUpdate>(any) {
-        return json!({"name": e.name, "labels": e.labels});
-    }
-    if let Some(e) = from_any::<NamespaceDelete>(any) {
-        return json!({"name": e.name});
-    }
-    {
-        use stevedore_api::services::images::{ImageCreate, ImageDelete, ImageUpdate};
-        if let Some(e) = from_any::<ImageCreate>(any) {
-            return json!({"name": e.name, "labels": e.labels});
-        }
-        if let Some(e) = from_any::<ImageUpdate>(any) {
-            return json!({"name": e.name, "labels": e.labels});
-        }
-        if let Some(e) = from_any::<ImageDelete>(any) {
-            return json!({"name": e.name});
-        }
-    }
+    decode!(
+        NamespaceCreate => |e| json!({"name": e.name, "labels": e.labels}),
+        NamespaceUpdate => |e| json!({"name": e.name, "labels": e.labels}),
+        NamespaceDelete => |e| json!({"name": e.name}),
+        ImageCreate => |e| json!({"name": e.name, "labels": e.labels}),
+        ImageUpdate => |e| json!({"name": e.name, "labels": e.labels}),
+        ImageDelete => |e| json!({"name": e.name}),
+        ContainerCreate => |e| json!({"id": e.id, "image": e.image,
+            "runtime": e.runtime.map(|r| r.name)}),
+        ContainerUpdate => |e| json!({"id": e.id, "image": e.image, "labels": e.labels,
+            "snapshot_key": e.snapshot_key}),
+        ContainerDelete => |e| json!({"id": e.id}),
+        ContentDelete => |e| json!({"digest": e.digest}),
+        SnapshotPrepare => |e| json!({"key": e.key, "parent": e.parent}),
+        SnapshotCommit => |e| json!({"key": e.key, "name": e.name}),
+        SnapshotRemove => |e| json!({"key": e.key}),
+        TaskCreate => |e| json!({"container_id": e.container_id, "bundle": e.bundle,
+            "pid": e.pid, "io": e.io.map(|io| json!({"stdin": io.stdin, "stdout": io.stdout,
+                "stderr": io.stderr, "terminal": io.terminal}))}),
+        TaskStart => |e| json!({"container_id": e.container_id, "pid": e.pid}),
+        TaskDelete => |e| json!({"container_id": e.container_id, "id": e.id, "pid": e.pid,
+            "exit_status": e.exit_status, "exited_at": ts(&e.exited_at)}),
+        TaskExit => |e| json!({"container_id": e.container_id, "id": e.id, "pid": e.pid,
+            "exit_status": e.exit_status, "exited_at": ts(&e.exited_at)}),
+        TaskOom => |e| json!({"container_id": e.container_id}),
+        TaskExecAdded => |e| json!({"container_id": e.container_id, "exec_id": e.exec_id}),
+        TaskExecStarted => |e| json!({"container_id": e.container_id, "exec_id": e.exec_id,
+            "pid": e.pid}),
+        TaskPaused => |e| json!({"container_id": e.container_id}),
+        TaskResumed => |e| json!({"container_id": e.container_id}),
+        TaskCheckpointed => |e| json!({"container_id": e.container_id,
+            "checkpoint": e.checkpoint}),
+        SandboxCreate => |e| json!({"sandbox_id": e.sandbox_id}),
+        SandboxStart => |e| json!({"sandbox_id": e.sandbox_id}),
+        SandboxExit => |e| json!({"sandbox_id": e.sandbox_id, "exit_status": e.exit_status,
+            "exited_at": ts(&e.exited_at)}),
+    );
     json!({"type_url": any.type_url, "bytes": any.value.len()})
 }
 
@@ -458,6 +489,38 @@ async fn cmd_events(conn: &Conn, fmt: Format, filters: Vec<String>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_decoded_into_their_fields() {
+        use prost::Name;
+        let any = |type_url: String, value: Vec<u8>| prost_types::Any { type_url, value };
+        use prost::Message;
+        let e = stevedore_api::events::TaskExit {
+            container_id: "c1".into(),
+            id: "c1".into(),
+            pid: 42,
+            exit_status: 3,
+            exited_at: None,
+        };
+        let v = event_json(&any(
+            stevedore_api::events::TaskExit::type_url(),
+            e.encode_to_vec(),
+        ));
+        assert_eq!(v["container_id"], "c1");
+        assert_eq!(v["exit_status"], 3);
+        let e = stevedore_api::events::SnapshotCommit {
+            key: "k".into(),
+            name: "n".into(),
+            ..Default::default()
+        };
+        let v = event_json(&any(
+            stevedore_api::events::SnapshotCommit::type_url(),
+            e.encode_to_vec(),
+        ));
+        assert_eq!(v["name"], "n");
+        let v = event_json(&any("example.com/Unknown".into(), vec![1, 2]));
+        assert_eq!(v["bytes"], 2);
+    }
 
     #[test]
     fn command_line_definition_is_consistent() {
