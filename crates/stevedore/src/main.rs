@@ -511,7 +511,6 @@ mod tests {
         let e = stevedore_api::events::SnapshotCommit {
             key: "k".into(),
             name: "n".into(),
-            ..Default::default()
         };
         let v = event_json(&any(
             stevedore_api::events::SnapshotCommit::type_url(),
