@@ -228,6 +228,8 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
         "stevedored serving"
     );
     stevedore_services::memory::spawn_trimmer();
+    // a systemd unit with Type=notify starts dependants only now
+    sd_notify("READY=1");
     let exchange = plugins.get::<Exchange>(EVENT, "exchange");
     let shutdown = async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -237,6 +239,7 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
+        sd_notify("STOPPING=1");
         // end event subscriptions so they do not hold connections open
         if let Some(ex) = exchange {
             ex.shutdown();
@@ -261,4 +264,29 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
     result.context("serve gRPC")?;
     tracing::info!("stevedored stopped");
     Ok(())
+}
+
+/// Tell systemd (`$NOTIFY_SOCKET`, for `Type=notify` units) about a state
+/// change; nothing without the variable. Failures are logged, not fatal.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_bytes();
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                std::os::unix::net::SocketAddr::from_abstract_name(name)?
+            }
+            None => std::os::unix::net::SocketAddr::from_pathname(std::path::Path::new(&path))?,
+        };
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!("sd_notify {state}: {e}");
+    }
 }
