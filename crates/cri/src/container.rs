@@ -154,8 +154,49 @@ impl Cri {
             config: sconfig,
             files: &files,
         };
-        let spec =
-            spec::container_spec(id, config, &image.config, &image_name, &pod, &self.config)?;
+        // containerd's user handling: WithUser(the CRI's user string, else
+        // the image's USER), WithAdditionalGIDs(runAsUsername, else the uid)
+        let sc = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.clone())
+            .unwrap_or_default();
+        let uid = sc.run_as_user.as_ref().map(|v| v.value);
+        let mut userstr = crate::user::user_string(
+            &sc.run_as_username,
+            uid,
+            sc.run_as_group.as_ref().map(|v| v.value),
+        )?;
+        if userstr.is_empty() {
+            userstr = image.config.user.clone();
+        }
+        let gids_of = if sc.run_as_username.is_empty() {
+            uid.unwrap_or(0).to_string()
+        } else {
+            sc.run_as_username.clone()
+        };
+        let db = self
+            .user_db(&image, &self.config.snapshotter_for(&rt))
+            .await?;
+        let (uid, gid) = if userstr.is_empty() {
+            (0, 0)
+        } else {
+            db.resolve(&userstr)?
+        };
+        let ids = crate::user::Ids {
+            uid,
+            gid,
+            additional_gids: db.additional_gids(&gids_of),
+        };
+        let spec = spec::container_spec(
+            id,
+            config,
+            &image.config,
+            &image_name,
+            &pod,
+            &self.config,
+            &ids,
+        )?;
         let meta = ContainerMeta {
             id: id.to_string(),
             name: name.to_string(),

@@ -25,6 +25,7 @@ pub mod spec;
 pub mod stats;
 pub mod store;
 pub mod streaming;
+pub mod user;
 
 use crate::config::CriConfig;
 use crate::core::Cri;

@@ -459,6 +459,7 @@ pub fn container_spec(
     image_name: &str,
     pod: &PodContext<'_>,
     c: &CriConfig,
+    ids: &crate::user::Ids,
 ) -> Result<Spec, Status> {
     let mut s = spec::default_spec(crate::client::K8S_NAMESPACE, id);
     without_default_security(&mut s);
@@ -681,20 +682,17 @@ pub fn container_spec(
         sc.privileged,
         &c.unset_seccomp_profile,
     )?;
-    let groups: Vec<i64> = sc.supplemental_groups.clone();
-    if !sc.run_as_username.is_empty() {
-        return Err(bad(format!(
-            "runAsUsername {:?}: user names are not resolved here; set runAsUser",
-            sc.run_as_username
-        )));
+    // the user as resolved against the image's passwd and group files
+    let p = s.process.get_or_insert_with(Default::default);
+    p.user.uid = ids.uid;
+    p.user.gid = ids.gid;
+    p.user.additional_gids = ids.additional_gids.clone();
+    for g in &sc.supplemental_groups {
+        let g = *g as u32;
+        if !p.user.additional_gids.contains(&g) {
+            p.user.additional_gids.push(g);
+        }
     }
-    set_user(
-        &mut s,
-        sc.run_as_user.as_ref().map(|v| v.value),
-        sc.run_as_group.as_ref().map(|v| v.value),
-        &image.user,
-        &groups,
-    )?;
     let meta = pod.config.metadata.clone().unwrap_or_default();
     let cname = cfg
         .metadata
@@ -840,7 +838,20 @@ mod tests {
             }),
             ..Default::default()
         };
-        let s = container_spec("c1", &cfg, &image(), "img", &ctx, &CriConfig::default()).unwrap();
+        let s = container_spec(
+            "c1",
+            &cfg,
+            &image(),
+            "img",
+            &ctx,
+            &CriConfig::default(),
+            &crate::user::Ids {
+                uid: 1000,
+                gid: 0,
+                additional_gids: vec![],
+            },
+        )
+        .unwrap();
         let v: Value = serde_json::from_slice(&s.to_json()).unwrap();
         assert_eq!(v["process"]["args"], json!(["/pause", "echo", "hi"]));
         let env = v["process"]["env"].as_array().unwrap();
@@ -866,7 +877,16 @@ mod tests {
             .as_mut()
             .unwrap()
             .privileged = true;
-        let e = container_spec("c1", &p, &image(), "img", &ctx, &CriConfig::default()).unwrap_err();
+        let e = container_spec(
+            "c1",
+            &p,
+            &image(),
+            "img",
+            &ctx,
+            &CriConfig::default(),
+            &crate::user::Ids::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
 }

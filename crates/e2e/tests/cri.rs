@@ -47,15 +47,18 @@ fn cni_conf(dir: &Path) -> PathBuf {
     conf
 }
 
+/// A name part unique per test, also among tests of one process (bridge
+/// names are at most 15 bytes).
 fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos();
-    format!("{:x}{:08x}", t, std::process::id())
-        .chars()
-        .rev()
-        .collect()
+        .subsec_nanos();
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let mix = (std::process::id() as u64) << 32 ^ (t as u64) ^ ((n as u64) << 24);
+    format!("{:012x}", mix & 0xffff_ffff_ffff)
 }
 
 impl Env {
@@ -807,6 +810,50 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
     let s = e.status(&bad).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(s.reason, "StartError");
+    // users by name from the image's /etc/passwd, and containerd's
+    // additional groups (root is in wheel in the test image)
+    let mut cfg = e.container_config("www", &["sleep", "3600"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_username: "www-data".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let www = e.start_container(&pod, &host_cfg, cfg).await;
+    let r = e.exec(&www, &["id"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        "uid=33(www-data) gid=33(www-data)",
+        "{r:?}"
+    );
+    let root = e
+        .start_container(
+            &pod,
+            &host_cfg,
+            e.container_config("root", &["sleep", "3600"]),
+        )
+        .await;
+    let r = e.exec(&root, &["id", "-G"]).await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "0 10", "{r:?}");
+    let mut cfg = e.container_config("ghost", &["true"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_username: "ghost".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err =
+        e.rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(host_cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("ghost"), "{err}");
     // removing twice is fine; images go with RemoveImage
     e.rt.remove_container(cri::RemoveContainerRequest {
         container_id: bad.clone(),
