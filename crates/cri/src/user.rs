@@ -145,7 +145,7 @@ impl UserDb {
         };
         self.group
             .iter()
-            .filter(|g| g.name != name && g.members.iter().any(|m| *m == name))
+            .filter(|g| g.name != name && g.members.contains(&name))
             .map(|g| g.gid)
             .collect()
     }
