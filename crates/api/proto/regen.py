@@ -73,6 +73,9 @@ FILES2 = [
     ("api/types/sandbox.proto", "containerd/types/sandbox.proto"),
     ("api/services/sandbox/v1/sandbox.proto", "containerd/services/sandbox/v1/sandbox.proto"),
     ("api/events/sandbox.proto", "containerd/events/sandbox.proto"),
+    # 2.x: the snapshotter on snapshot events, /content/create
+    ("api/events/snapshot.proto", "containerd/events/snapshot.proto"),
+    ("api/events/content.proto", "containerd/events/content.proto"),
     # Container.sandbox (field 11), the sandbox a container belongs to
     ("api/services/containers/v1/containers.proto", "containerd/services/containers/v1/containers.proto"),
 ]

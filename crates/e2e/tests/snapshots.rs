@@ -298,3 +298,42 @@ fn snapshot_changes_publish_events() {
     d.ctr_ok(&["snapshots", "rm", "done"]);
     w.expect_line(&["/snapshot/remove"], std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn containerd_2_events_name_the_snapshotter_and_content_creation() {
+    let d = Daemon::start();
+    let w = d.watch(d.ctr2_command(&["events"]));
+    let mut seen = None;
+    for i in 0..100 {
+        d.ctr_ok(&["snapshots", "prepare", &format!("p{i}"), ""]);
+        if let Some(l) = w
+            .lines_for(std::time::Duration::from_millis(200))
+            .into_iter()
+            .find(|l| l.contains("/snapshot/prepare"))
+        {
+            seen = Some(l);
+            break;
+        }
+    }
+    let line = seen.expect("a /snapshot/prepare event");
+    assert!(line.contains("\"snapshotter\":\"overlayfs\""), "{line}");
+    d.ctr_ok(&["snapshots", "rm", "p0"]);
+    let line = w.expect_line(&["/snapshot/remove"], std::time::Duration::from_secs(5));
+    assert!(line.contains("\"snapshotter\":\"overlayfs\""), "{line}");
+    // a committed write: containerd 2.x's /content/create with digest and size
+    let mut ingest = d.ctr_command(&["content", "ingest", "ev-blob"]);
+    let mut child = ingest.stdin(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello events\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let line = w.expect_line(&["/content/create"], std::time::Duration::from_secs(5));
+    assert!(
+        line.contains("sha256:") && line.contains("\"size\":13"),
+        "{line}"
+    );
+}

@@ -274,13 +274,17 @@ impl Content for ContentService {
         req: Request<Streaming<WriteContentRequest>>,
     ) -> Result<Response<Self::WriteStream>, Status> {
         let store = self.store(&req)?;
+        let ns = namespace_of(&req)?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<WriteContentResponse, Status>>(16);
+        let exchange = self.exchange.clone();
         tokio::spawn(async move {
             let mut session = WriteSession {
                 store,
                 inbound,
                 tx: tx.clone(),
+                exchange,
+                namespace: ns,
             };
             let result = session.run().await;
             drop(session);
@@ -308,6 +312,9 @@ struct WriteSession {
     store: NsContent,
     inbound: Streaming<WriteContentRequest>,
     tx: mpsc::Sender<Result<WriteContentResponse, Status>>,
+    /// containerd 2.x publishes `/content/create` once a write commits.
+    exchange: Exchange,
+    namespace: String,
 }
 
 /// Run a writer operation on the blocking pool, handing the writer back.
@@ -447,6 +454,14 @@ impl WriteSession {
             }
             self.send(&msg).await?;
             if action == WriteAction::Commit {
+                self.exchange.publish(
+                    &self.namespace,
+                    "/content/create",
+                    &stevedore_api::events::ContentCreate {
+                        digest: msg.digest.clone(),
+                        size: ws.offset,
+                    },
+                );
                 break;
             }
             match self.next().await? {

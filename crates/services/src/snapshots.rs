@@ -157,6 +157,7 @@ impl Snapshots for SnapshotsService {
             &SnapshotPrepare {
                 key: r.key,
                 parent: r.parent,
+                snapshotter: r.snapshotter,
             },
         );
         Ok(Response::new(PrepareSnapshotResponse {
@@ -207,6 +208,7 @@ impl Snapshots for SnapshotsService {
             &SnapshotCommit {
                 key: r.key,
                 name: r.name,
+                snapshotter: r.snapshotter,
             },
         );
         Ok(Response::new(()))
@@ -218,8 +220,14 @@ impl Snapshots for SnapshotsService {
         let s = self.get(&r.snapshotter)?;
         let (n, key) = (ns.clone(), r.key.clone());
         blocking(move || s.remove(&n, &key)).await?;
-        self.exchange
-            .publish(&ns, "/snapshot/remove", &SnapshotRemove { key: r.key });
+        self.exchange.publish(
+            &ns,
+            "/snapshot/remove",
+            &SnapshotRemove {
+                key: r.key,
+                snapshotter: r.snapshotter,
+            },
+        );
         Ok(Response::new(()))
     }
 

@@ -430,9 +430,12 @@ fn event_json(any: &prost_types::Any) -> serde_json::Value {
             "snapshot_key": e.snapshot_key}),
         ContainerDelete => |e| json!({"id": e.id}),
         ContentDelete => |e| json!({"digest": e.digest}),
-        SnapshotPrepare => |e| json!({"key": e.key, "parent": e.parent}),
-        SnapshotCommit => |e| json!({"key": e.key, "name": e.name}),
-        SnapshotRemove => |e| json!({"key": e.key}),
+        SnapshotPrepare => |e| json!({"key": e.key, "parent": e.parent,
+            "snapshotter": e.snapshotter}),
+        SnapshotCommit => |e| json!({"key": e.key, "name": e.name,
+            "snapshotter": e.snapshotter}),
+        SnapshotRemove => |e| json!({"key": e.key, "snapshotter": e.snapshotter}),
+        ContentCreate => |e| json!({"digest": e.digest, "size": e.size}),
         TaskCreate => |e| json!({"container_id": e.container_id, "bundle": e.bundle,
             "pid": e.pid, "io": e.io.map(|io| json!({"stdin": io.stdin, "stdout": io.stdout,
                 "stderr": io.stderr, "terminal": io.terminal}))}),
@@ -511,6 +514,7 @@ mod tests {
         let e = stevedore_api::events::SnapshotCommit {
             key: "k".into(),
             name: "n".into(),
+            snapshotter: "overlayfs".into(),
         };
         let v = event_json(&any(
             stevedore_api::events::SnapshotCommit::type_url(),
