@@ -74,6 +74,7 @@ impl Engine {
                 lease: lease.clone(),
                 repo: None,
                 report: report.clone(),
+                exchange: self.exchange.clone(),
                 downloads: Arc::new(Semaphore::new(1)),
             });
             let mut done: Vec<Digest> = Vec::new();

@@ -56,6 +56,8 @@ pub(super) struct Pull {
     pub(super) repo: Option<Repository>,
     pub(super) report: Reporter,
     pub(super) downloads: Arc<Semaphore>,
+    /// `/content/create` for each blob a pull commits (containerd 2.x).
+    pub(super) exchange: crate::exchange::Exchange,
 }
 
 impl Pull {
@@ -161,13 +163,13 @@ impl Pull {
         // a blocking task owns the writer; chunks flow through a small queue
         let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(16);
         let d = desc.clone();
-        let sink = tokio::task::spawn_blocking(move || -> Result<()> {
+        let sink = tokio::task::spawn_blocking(move || -> Result<bool> {
             while let Some(chunk) = rx.blocking_recv() {
                 writer.write(&chunk)?;
             }
             match writer.commit(d.size, Some(&d.digest), HashMap::new()) {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind == ErrorKind::AlreadyExists => Ok(()),
+                Ok(_) => Ok(true),
+                Err(e) if e.kind == ErrorKind::AlreadyExists => Ok(false),
                 Err(e) => Err(e),
             }
         });
@@ -192,7 +194,17 @@ impl Pull {
             .await
             .map_err(|e| Error::internal(format!("content writer task: {e}")))?;
         fed?;
-        written.map_err(|e| e.context(format!("store {}", desc.digest)))?;
+        let created = written.map_err(|e| e.context(format!("store {}", desc.digest)))?;
+        if created {
+            self.exchange.publish(
+                &self.ns,
+                "/content/create",
+                &stevedore_api::events::ContentCreate {
+                    digest: desc.digest.to_string(),
+                    size: desc.size,
+                },
+            );
+        }
         self.report.item(desc, kind, "done", desc.size, "").await;
         Ok(())
     }
@@ -284,6 +296,7 @@ impl Engine {
             lease: lease.clone(),
             repo: Some(repo),
             report: report.clone(),
+            exchange: self.exchange.clone(),
             downloads: Arc::new(Semaphore::new(
                 if req.registry.max_concurrent_downloads > 0 {
                     req.registry.max_concurrent_downloads
