@@ -1,6 +1,8 @@
 //! `bench/run --smoke` end to end, so the benchmark harness cannot rot: it
 //! starts the real containerd, stevedored and a registry, runs every workload
-//! once on tiny images and writes the results table.
+//! once on tiny images (the CRI rows with 2 pods, on both daemons started
+//! again with their CRI enabled) and writes the results table. Building this
+//! test builds `cri-bench` (a binary of this crate), the harness's CRI client.
 
 use std::process::Command;
 use stevedore_e2e::{bin_dir, require_tool};
@@ -16,6 +18,7 @@ fn bench_smoke_produces_the_side_by_side_table() {
         ("pigz", "pigz"),
         ("zstd", "zstd"),
         ("python3", "python3"),
+        ("/usr/lib/cni/bridge", "containernetworking-plugins"),
     ] {
         require_tool(tool, pkg);
     }
@@ -62,6 +65,11 @@ fn bench_smoke_produces_the_side_by_side_table() {
         "run_3_sequential",
         "run_3_parallel",
         "rss_3_running",
+        "cri_idle_rss",
+        "cri_pod_start",
+        "cri_pod_teardown",
+        "cri_rss_2_pods",
+        "cri_rss_2_pods_total",
     ] {
         assert!(names.contains(&expected), "{expected} missing: {names:?}");
     }
@@ -84,6 +92,18 @@ fn bench_smoke_produces_the_side_by_side_table() {
     let version = workloads.iter().find(|w| w["name"] == "version").unwrap();
     assert_eq!(version["daemons"]["stevedore"]["status"], "ok", "{version}");
     assert!(version["ratio"].as_f64().unwrap() > 0.0);
+    // and the CRI: pods start and go away on stevedored as on containerd,
+    // through the same client (`cri-bench`)
+    for name in ["cri_pod_start", "cri_pod_teardown", "cri_rss_2_pods"] {
+        let w = workloads.iter().find(|w| w["name"] == name).unwrap();
+        assert_eq!(w["daemons"]["stevedore"]["status"], "ok", "{w}");
+        assert!(w["ratio"].as_f64().unwrap() > 0.0, "{w}");
+    }
+    let start = workloads
+        .iter()
+        .find(|w| w["name"] == "cri_pod_start")
+        .unwrap();
+    assert_eq!(start["daemons"]["stevedore"]["n"], 2, "{start}");
     assert!(md.contains("| workload | unit | containerd | stevedore | ratio | floor |"));
     // nothing left behind: the temp dir (roots, states, sockets) is gone and
     // nothing is mounted below it
@@ -94,4 +114,15 @@ fn bench_smoke_produces_the_side_by_side_table() {
     assert!(!std::path::Path::new(&tmp).exists(), "{tmp} left behind");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&tmp), "mounts left under {tmp}:\n{mounts}");
+    // nor the CRI pods' bridges (the CNI bridge plugin never deletes them)
+    let bridges = stderr
+        .lines()
+        .find_map(|l| l.split_once("CRI bridges ").map(|(_, b)| b.to_string()))
+        .expect("harness logs its CRI bridges");
+    for b in bridges.split_whitespace() {
+        assert!(
+            !std::path::Path::new("/sys/class/net").join(b).exists(),
+            "bridge {b} left behind"
+        );
+    }
 }
