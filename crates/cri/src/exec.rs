@@ -52,6 +52,14 @@ impl Cri {
         }
         p["args"] = serde_json::json!(cmd);
         p["terminal"] = serde_json::json!(tty);
+        if tty {
+            // containerd's exec adds TERM=xterm for a terminal (oci.WithEnv:
+            // replacing a TERM the container has)
+            let mut env: Vec<serde_json::Value> = p["env"].as_array().cloned().unwrap_or_default();
+            env.retain(|e| !e.as_str().is_some_and(|e| e.starts_with("TERM=")));
+            env.push(serde_json::json!("TERM=xterm"));
+            p["env"] = serde_json::json!(env);
+        }
         if let Some(o) = p.as_object_mut() {
             o.remove("consoleSize");
         }
