@@ -25,6 +25,9 @@ pub struct Exec {
     pub container_id: String,
     pub exec_id: String,
     pub fifos: Fifos,
+    /// Turns true once the process is started (a terminal can be resized
+    /// only then, so a client's first size waits for it).
+    pub started: tokio::sync::watch::Sender<bool>,
 }
 
 impl Cri {
@@ -119,6 +122,7 @@ impl Cri {
             container_id: c.meta.id.clone(),
             exec_id,
             fifos,
+            started: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -148,6 +152,7 @@ impl Cri {
             self.delete_exec(e).await;
             return Err(context(s, "failed to start exec"));
         }
+        e.started.send_replace(true);
         let r = match timeout {
             Some(t) => match tokio::time::timeout(t, wait).await {
                 Ok(r) => r,

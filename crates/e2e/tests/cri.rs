@@ -1064,6 +1064,31 @@ async fn cri_streams_exec_attach_and_port_forward() {
         status.contains("NonZeroExitCode") && status.contains("\"5\""),
         "{status}"
     );
+    // exec with a terminal: TERM=xterm, and the size the client sends
+    // before the process starts applies (crictl exec -it sends it at once)
+    let url =
+        e.rt.exec(cri::ExecRequest {
+            container_id: server.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "sleep 1; stty size; echo TERM=$TERM".into(),
+            ],
+            tty: true,
+            stdin: false,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut s = ws::connect(&url, "v5.channel.k8s.io").await;
+    ws::send(&mut s, 4, br#"{"Width":100,"Height":40}"#).await;
+    let msgs = ws::read_until(&mut s, |m| m.iter().any(|(c, _)| *c == 3)).await;
+    let out = ws::text(&msgs, 1);
+    assert!(out.contains("40 100"), "{out:?}\n{}", e.d.log());
+    assert!(out.contains("TERM=xterm"), "{out:?}");
     // a used URL is gone
     let again =
         std::net::TcpStream::connect(url.trim_start_matches("http://").split('/').next().unwrap())
