@@ -1197,6 +1197,28 @@ async fn cri_reports_oom_killed_containers_and_events() {
     ] {
         assert!(seen.contains(&(id.clone(), kind as i32)), "{kind:?} missing: {seen:?}");
     }
+    // StopContainer and StopPodSandbox: one CONTAINER_STOPPED event per exit
+    // (the stop path and the exit monitor both see it; containerd sends one)
+    let cfg = e.container_config("sleeper", &["sleep", "1000"]);
+    let sleeper = e.start_container(&pod, &pod_cfg, cfg).await;
+    e.rt.stop_container(cri::StopContainerRequest {
+        container_id: sleeper.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
     e.teardown(&pod).await;
+    let mut stopped = Vec::new();
+    while let Ok(Ok(Some(ev))) =
+        tokio::time::timeout(Duration::from_secs(2), events.message()).await
+    {
+        if ev.container_event_type == cri::ContainerEventType::ContainerStoppedEvent as i32 {
+            stopped.push(ev.container_id);
+        }
+    }
+    for want in [&sleeper, &pod] {
+        let n = stopped.iter().filter(|c| *c == want).count();
+        assert_eq!(n, 1, "stopped events for {want}: {stopped:?}");
+    }
     e.assert_no_mounts();
 }
