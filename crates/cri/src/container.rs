@@ -478,10 +478,12 @@ impl Cri {
             )
             .await;
         }
+        let mut recorded = false;
         let r = c.update(|s| {
             if s.finished_at != 0 {
                 return;
             }
+            recorded = true;
             s.finished_at = at.max(1);
             s.exit_code = code as i32;
             if s.reason.is_empty() {
@@ -490,6 +492,11 @@ impl Cri {
         });
         if let Err(e) = r {
             tracing::warn!("record exit of {}: {}", c.meta.id, e.message());
+        }
+        if !recorded {
+            // another caller (the exit monitor or StopContainer) recorded
+            // this exit and sent its event: containerd sends one per exit
+            return;
         }
         let st = self.container_status_of(c).await;
         self.emit(

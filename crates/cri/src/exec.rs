@@ -25,6 +25,9 @@ pub struct Exec {
     pub container_id: String,
     pub exec_id: String,
     pub fifos: Fifos,
+    /// Turns true once the process is started (a terminal can be resized
+    /// only then, so a client's first size waits for it).
+    pub started: tokio::sync::watch::Sender<bool>,
 }
 
 impl Cri {
@@ -52,6 +55,14 @@ impl Cri {
         }
         p["args"] = serde_json::json!(cmd);
         p["terminal"] = serde_json::json!(tty);
+        if tty {
+            // containerd's exec adds TERM=xterm for a terminal (oci.WithEnv:
+            // replacing a TERM the container has)
+            let mut env: Vec<serde_json::Value> = p["env"].as_array().cloned().unwrap_or_default();
+            env.retain(|e| !e.as_str().is_some_and(|e| e.starts_with("TERM=")));
+            env.push(serde_json::json!("TERM=xterm"));
+            p["env"] = serde_json::json!(env);
+        }
         if let Some(o) = p.as_object_mut() {
             o.remove("consoleSize");
         }
@@ -111,6 +122,7 @@ impl Cri {
             container_id: c.meta.id.clone(),
             exec_id,
             fifos,
+            started: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -140,6 +152,7 @@ impl Cri {
             self.delete_exec(e).await;
             return Err(context(s, "failed to start exec"));
         }
+        e.started.send_replace(true);
         let r = match timeout {
             Some(t) => match tokio::time::timeout(t, wait).await {
                 Ok(r) => r,

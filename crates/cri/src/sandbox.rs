@@ -285,8 +285,12 @@ impl Cri {
                 .await
                 .map_err(|s| context(s, &format!("failed to stop container {:?}", c.meta.id)))?;
         }
+        // one CONTAINER_STOPPED event per sandbox exit, as containerd: from
+        // here unless the exit monitor saw the pause process go first
+        let mut stopped_here = false;
         if sb.state() == SandboxState::Ready || sb.state() == SandboxState::Unknown {
             self.kill_and_delete(&id).await;
+            stopped_here = sb.state() != SandboxState::NotReady;
             sb.set_state(SandboxState::NotReady);
         }
         let meta = sb.meta();
@@ -299,13 +303,15 @@ impl Cri {
                 context(s, &format!("failed to destroy network for sandbox {id:?}"))
             })?;
         }
-        let status = self.sandbox_status(&sb).await;
-        self.emit(
-            &id,
-            cri::ContainerEventType::ContainerStoppedEvent,
-            Some(status),
-            vec![],
-        );
+        if stopped_here {
+            let status = self.sandbox_status(&sb).await;
+            self.emit(
+                &id,
+                cri::ContainerEventType::ContainerStoppedEvent,
+                Some(status),
+                vec![],
+            );
+        }
         Ok(cri::StopPodSandboxResponse {})
     }
 

@@ -499,7 +499,13 @@ pub fn container_spec(
     } else {
         pod.config.hostname.clone()
     };
-    let mut env = vec![format!("HOSTNAME={hostname}")];
+    // containerd's oci.WithTTY: a terminal gets TERM=xterm, which the
+    // image's and the request's env may override
+    let mut env = Vec::new();
+    if cfg.tty {
+        env.push("TERM=xterm".to_string());
+    }
+    env.push(format!("HOSTNAME={hostname}"));
     env.extend(image.env.iter().cloned());
     env.extend(cfg.envs.iter().map(|kv| format!("{}={}", kv.key, kv.value)));
     s.with_env(&env);
@@ -888,5 +894,48 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_tty_container_gets_term_xterm_as_containerd_gives_it() {
+        let pod = cri::PodSandboxConfig::default();
+        let ctx = PodContext {
+            sandbox_id: "sb",
+            sandbox_pid: 42,
+            target_pid: None,
+            config: &pod,
+            files: &files(),
+        };
+        let env_of = |cfg: &cri::ContainerConfig| {
+            let s =
+                container_spec("c1", cfg, &image(), "img", &ctx, &CriConfig::default()).unwrap();
+            let v: Value = serde_json::from_slice(&s.to_json()).unwrap();
+            v["process"]["env"].clone()
+        };
+        let mut cfg = cri::ContainerConfig {
+            tty: true,
+            ..Default::default()
+        };
+        assert!(env_of(&cfg)
+            .as_array()
+            .unwrap()
+            .contains(&json!("TERM=xterm")));
+        cfg.envs = vec![cri::KeyValue {
+            key: "TERM".into(),
+            value: "dumb".into(),
+        }];
+        let env = env_of(&cfg);
+        assert!(
+            env.as_array().unwrap().contains(&json!("TERM=dumb")),
+            "{env}"
+        );
+        assert!(
+            !env.as_array().unwrap().contains(&json!("TERM=xterm")),
+            "{env}"
+        );
+        cfg.tty = false;
+        cfg.envs.clear();
+        let env = env_of(&cfg);
+        assert!(!env.to_string().contains("TERM="), "{env}");
     }
 }

@@ -259,7 +259,14 @@ impl streaming::Runtime for StreamRuntime {
         }
         if let Some(rx) = streams.resize {
             let (c2, cid, eid) = (cri.clone(), e.container_id.clone(), e.exec_id.clone());
-            tokio::spawn(async move { c2.resize(cid, eid, rx).await });
+            // as containerd: sizes apply once the process runs (a resize
+            // before the start fails and the client's first size is lost)
+            let mut started = e.started.subscribe();
+            tokio::spawn(async move {
+                if started.wait_for(|s| *s).await.is_ok() {
+                    c2.resize(cid, eid, rx).await
+                }
+            });
         }
         let code = cri.run_exec(&e, None).await;
         for c in copies {

@@ -1109,6 +1109,31 @@ async fn cri_streams_exec_attach_and_port_forward() {
         status.contains("NonZeroExitCode") && status.contains("\"5\""),
         "{status}"
     );
+    // exec with a terminal: TERM=xterm, and the size the client sends
+    // before the process starts applies (crictl exec -it sends it at once)
+    let url =
+        e.rt.exec(cri::ExecRequest {
+            container_id: server.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "sleep 1; stty size; echo TERM=$TERM".into(),
+            ],
+            tty: true,
+            stdin: false,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut s = ws::connect(&url, "v5.channel.k8s.io").await;
+    ws::send(&mut s, 4, br#"{"Width":100,"Height":40}"#).await;
+    let msgs = ws::read_until(&mut s, |m| m.iter().any(|(c, _)| *c == 3)).await;
+    let out = ws::text(&msgs, 1);
+    assert!(out.contains("40 100"), "{out:?}\n{}", e.d.log());
+    assert!(out.contains("TERM=xterm"), "{out:?}");
     // a used URL is gone
     let again =
         std::net::TcpStream::connect(url.trim_start_matches("http://").split('/').next().unwrap())
@@ -1227,6 +1252,28 @@ async fn cri_reports_oom_killed_containers_and_events() {
             "{kind:?} missing: {seen:?}"
         );
     }
+    // StopContainer and StopPodSandbox: one CONTAINER_STOPPED event per exit
+    // (the stop path and the exit monitor both see it; containerd sends one)
+    let cfg = e.container_config("sleeper", &["sleep", "1000"]);
+    let sleeper = e.start_container(&pod, &pod_cfg, cfg).await;
+    e.rt.stop_container(cri::StopContainerRequest {
+        container_id: sleeper.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
     e.teardown(&pod).await;
+    let mut stopped = Vec::new();
+    while let Ok(Ok(Some(ev))) =
+        tokio::time::timeout(Duration::from_secs(2), events.message()).await
+    {
+        if ev.container_event_type == cri::ContainerEventType::ContainerStoppedEvent as i32 {
+            stopped.push(ev.container_id);
+        }
+    }
+    for want in [&sleeper, &pod] {
+        let n = stopped.iter().filter(|c| *c == want).count();
+        assert_eq!(n, 1, "stopped events for {want}: {stopped:?}");
+    }
     e.assert_no_mounts();
 }
