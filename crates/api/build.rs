@@ -24,6 +24,9 @@ fn main() {
     let mut config = tonic_prost_build::Config::new();
     // `Name` impls give each message its full proto name, used for Any type URLs
     config.enable_type_names();
+    // the CRI's messages serialise to JSON for `crictl inspect`'s verbose
+    // info, with the proto field names (as the Go types' JSON tags)
+    config.type_attribute(".runtime.v1", "#[derive(serde::Serialize)]");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

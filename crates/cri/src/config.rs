@@ -272,6 +272,82 @@ impl CriConfig {
     }
 }
 
+/// containerd's JSON name of a config key (its Go structs' `json` tags:
+/// camel case, with the Go initialisms).
+fn json_key(k: &str) -> String {
+    match k {
+        "restrict_oom_score_adj" => return "restrictOOMScoreAdj".into(),
+        "max_container_log_line_size" => return "maxContainerLogSize".into(),
+        "disable_tcp_service" => return "disableTCPService".into(),
+        "enable_tls_streaming" => return "enableTLSStreaming".into(),
+        "enable_cdi" => return "enableCDI".into(),
+        "cdi_spec_dirs" => return "cdiSpecDirs".into(),
+        "enable_unprivileged_icmp" => return "enableUnprivilegedICMP".into(),
+        "x509_key_pair_streaming" => return "x509KeyPairStreaming".into(),
+        "cni" => return "cni".into(),
+        _ => {}
+    }
+    let mut out = String::new();
+    let mut up = false;
+    for ch in k.chars() {
+        if ch == '_' {
+            up = true;
+        } else if up {
+            out.extend(ch.to_uppercase());
+            up = false;
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+fn camel(v: serde_json::Value, keep_below: bool) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    if keep_below {
+                        return (k, v);
+                    }
+                    // runtime options and registry tables keep their own keys
+                    let keep = matches!(
+                        k.as_str(),
+                        "options" | "runtimes" | "mirrors" | "configs" | "auths" | "headers"
+                    );
+                    let v = if k == "runtimes" {
+                        match v {
+                            serde_json::Value::Object(rs) => serde_json::Value::Object(
+                                rs.into_iter().map(|(n, r)| (n, camel(r, false))).collect(),
+                            ),
+                            other => other,
+                        }
+                    } else {
+                        camel(v, keep)
+                    };
+                    (json_key(&k), v)
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+impl CriConfig {
+    /// The config as containerd's `crictl info` shows it: its JSON key
+    /// names, plus the directories and endpoint it adds.
+    pub fn containerd_json(&self, root: &str, state: &str, endpoint: &str) -> serde_json::Value {
+        let mut v = camel(serde_json::to_value(self).unwrap_or_default(), false);
+        if let Some(m) = v.as_object_mut() {
+            m.insert("containerdRootDir".into(), root.into());
+            m.insert("containerdEndpoint".into(), endpoint.into());
+            m.insert("rootDir".into(), root.into());
+            m.insert("stateDir".into(), state.into());
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +395,28 @@ mod tests {
         let c: CriConfig =
             toml::from_str("[containerd]\ndefault_runtime_name = \"kata\"\n").unwrap();
         assert!(c.check_supported().unwrap_err().contains("kata"));
+    }
+
+    #[test]
+    fn info_json_uses_containerd_names() {
+        let c: CriConfig = toml::from_str(
+            "sandbox_image = \"p:1\"\nrestrict_oom_score_adj = true\n[cni]\nbin_dir = \"/b\"\n[containerd.runtimes.runc.options]\nBinaryName = \"runc\"\n",
+        )
+        .unwrap();
+        let v = c.containerd_json("/r", "/s", "/sock");
+        assert_eq!(v["sandboxImage"], "p:1");
+        assert_eq!(v["restrictOOMScoreAdj"], true);
+        assert_eq!(v["cni"]["binDir"], "/b");
+        assert_eq!(v["containerd"]["defaultRuntimeName"], "runc");
+        assert_eq!(
+            v["containerd"]["runtimes"]["runc"]["options"]["BinaryName"],
+            "runc"
+        );
+        assert_eq!(
+            v["containerd"]["runtimes"]["runc"]["runtimeType"],
+            "io.containerd.runc.v2"
+        );
+        assert_eq!(v["stateDir"], "/s");
     }
 
     #[test]

@@ -627,13 +627,18 @@ impl Cri {
         let status = self.container_status_of(&c).await;
         let mut info = HashMap::new();
         if req.verbose {
+            let (runtime_type, runtime_options, runtime_spec) = self.record_info(&c.meta.id).await;
+            // containerd 1.6's containerInfo
             let v = serde_json::json!({
                 "sandboxID": c.meta.sandbox_id,
                 "pid": c.status().pid,
                 "removing": c.status().removing,
                 "snapshotKey": c.meta.id,
                 "snapshotter": c.meta.snapshotter,
-                "logPath": c.meta.log_path,
+                "runtimeType": runtime_type,
+                "runtimeOptions": runtime_options,
+                "config": c.meta.config,
+                "runtimeSpec": runtime_spec,
             });
             info.insert("info".to_string(), v.to_string());
         }

@@ -27,6 +27,8 @@ pub struct Cri {
     pub root: PathBuf,
     /// `<state>/io.containerd.grpc.v1.cri`
     pub state: PathBuf,
+    /// The daemon's socket (containerd's `containerdEndpoint`).
+    pub address: PathBuf,
     pub network: crate::network::Network,
     pub streams: std::sync::OnceLock<crate::streaming::StreamServer>,
     /// Container events for GetContainerEvents subscribers.
@@ -321,6 +323,39 @@ impl Cri {
             .mounts)
     }
 
+    /// The runtime type, decoded runtime options and OCI spec of a
+    /// container record, for verbose statuses (JSON nulls if unreadable).
+    pub async fn record_info(&self, id: &str) -> (String, serde_json::Value, serde_json::Value) {
+        use prost::Message;
+        use stevedore_api::services::containers::GetContainerRequest;
+        let rec = self
+            .ctrd
+            .containers()
+            .get(GetContainerRequest { id: id.to_string() })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().container);
+        let Some(rec) = rec else {
+            return (
+                String::new(),
+                serde_json::Value::Null,
+                serde_json::Value::Null,
+            );
+        };
+        let runtime = rec.runtime.unwrap_or_default();
+        let options = runtime
+            .options
+            .filter(|o| o.type_url.ends_with(RUNC_OPTIONS_TYPE))
+            .and_then(|o| RuncOptions::decode(o.value.as_slice()).ok())
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .unwrap_or(serde_json::Value::Null);
+        let spec = rec
+            .spec
+            .and_then(|s| serde_json::from_slice(&s.value).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (runtime.name, options, spec)
+    }
+
     /// Publish a container event to GetContainerEvents subscribers.
     pub fn emit(
         &self,
@@ -345,7 +380,7 @@ pub const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 
 /// containerd's runc shim options (`containerd.runc.v1.Options`).
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
 pub struct RuncOptions {
     #[prost(bool, tag = "1")]
     pub no_pivot_root: bool,

@@ -58,6 +58,7 @@ pub fn register(r: &mut Registry) {
                 store: Default::default(),
                 root: ctx.root.clone(),
                 state: ctx.state.clone(),
+                address: ctx.env.address.clone(),
                 network,
                 streams: std::sync::OnceLock::new(),
                 events,

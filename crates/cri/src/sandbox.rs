@@ -416,7 +416,12 @@ impl Cri {
         let mut info = HashMap::new();
         if req.verbose {
             let meta = sb.meta();
+            let (_, runtime_options, runtime_spec) = self.record_info(&meta.id).await;
+            // containerd 1.6's SandboxInfo
             let v = serde_json::json!({
+                "runtimeOptions": runtime_options,
+                "config": meta.config,
+                "runtimeSpec": runtime_spec,
                 "pid": sb.pid(),
                 "processStatus": if sb.state() == SandboxState::Ready { "running" } else { "stopped" },
                 "netNamespaceClosed": meta.netns_path.is_empty() || !Path::new(&meta.netns_path).exists(),

@@ -302,9 +302,16 @@ impl Cri {
         ];
         let mut info = std::collections::HashMap::new();
         if req.verbose {
+            let address = self.address.display().to_string();
             info.insert(
                 "config".to_string(),
-                serde_json::to_string(&self.config).unwrap_or_default(),
+                self.config
+                    .containerd_json(
+                        &self.root.display().to_string(),
+                        &self.state.display().to_string(),
+                        &address,
+                    )
+                    .to_string(),
             );
             info.insert(
                 "lastCNILoadStatus".to_string(),

@@ -907,8 +907,16 @@ mod tests {
             files: &files(),
         };
         let env_of = |cfg: &cri::ContainerConfig| {
-            let s =
-                container_spec("c1", cfg, &image(), "img", &ctx, &CriConfig::default()).unwrap();
+            let s = container_spec(
+                "c1",
+                cfg,
+                &image(),
+                "img",
+                &ctx,
+                &CriConfig::default(),
+                &crate::user::Ids::default(),
+            )
+            .unwrap();
             let v: Value = serde_json::from_slice(&s.to_json()).unwrap();
             v["process"]["env"].clone()
         };

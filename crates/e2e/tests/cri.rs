@@ -344,7 +344,14 @@ async fn cri_runs_a_pod_whose_containers_share_the_pod_network() {
     assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
     let ip = status.network.unwrap().ip;
     assert!(ip.starts_with("198.19.0."), "pod ip {ip}");
-    assert!(ps.info["info"].contains("netNamespacePath"));
+    // containerd 1.6's verbose info: what `crictl inspectp` users read
+    let info: serde_json::Value = serde_json::from_str(&ps.info["info"]).unwrap();
+    assert!(info["netNamespacePath"].as_str().unwrap().contains("cni-"));
+    assert_eq!(info["config"]["metadata"]["name"], "web");
+    assert!(
+        info["runtimeSpec"]["linux"]["namespaces"].is_array(),
+        "{info}"
+    );
 
     let server = e
         .start_container(
@@ -453,6 +460,30 @@ async fn cri_runs_a_pod_whose_containers_share_the_pod_network() {
     assert!(log.exists(), "the log was reopened at its path");
 
     // status, lists, stats
+    let v =
+        e.rt.container_status(cri::ContainerStatusRequest {
+            container_id: server.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
+    assert_eq!(info["sandboxID"], pod.as_str());
+    assert_eq!(info["runtimeType"], "io.containerd.runc.v2");
+    assert_eq!(info["config"]["log_path"], "server.log");
+    assert!(info["runtimeSpec"]["process"]["args"].is_array(), "{info}");
+    let st =
+        e.rt.status(cri::StatusRequest { verbose: true })
+            .await
+            .unwrap()
+            .into_inner();
+    let cfg: serde_json::Value = serde_json::from_str(&st.info["config"]).unwrap();
+    assert!(
+        cfg["sandboxImage"].as_str().unwrap().contains("pause"),
+        "{cfg}"
+    );
+    assert_eq!(cfg["cni"]["binDir"], "/usr/lib/cni");
     let s = e.status(&server).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(s.image_id, image_id);
