@@ -424,12 +424,7 @@ fn a_mount_left_under_the_root_is_a_problem() {
 
 /// Commit `bytes` in the default namespace, under `lease` when given, with
 /// `labels` on the record.
-fn put_with(
-    db: &Arc<Db>,
-    lease: Option<&str>,
-    bytes: &[u8],
-    labels: &[(&str, &Digest)],
-) -> Digest {
+fn put_with(db: &Arc<Db>, lease: Option<&str>, bytes: &[u8], labels: &[(&str, &Digest)]) -> Digest {
     let d = digest_of(bytes);
     let labels: HashMap<String, String> = labels
         .iter()
