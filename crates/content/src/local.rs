@@ -227,6 +227,22 @@ impl LocalStore {
         })
     }
 
+    /// Replace the ingest at `dir` with an empty one for `opts`: the old one
+    /// is renamed to a `.tmp-*` name first (what a crash leaves there the
+    /// store removes when it opens), so no crash leaves a half-removed ingest.
+    fn restart_ingest(&self, dir: &Path, opts: &WriterOpts) -> Result<()> {
+        let n = self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let old = self.ingest_root().join(format!(
+            ".tmp-{}-{}-{n}-old",
+            hex_of(&opts.reference),
+            std::process::id()
+        ));
+        fs::rename(dir, &old).map_err(|e| io_err(format!("rename {}", dir.display()), e))?;
+        fsync_dir(&self.ingest_root())?;
+        fs::remove_dir_all(&old).map_err(|e| io_err(format!("remove {}", old.display()), e))?;
+        self.create_ingest(dir, opts)
+    }
+
     /// Create the ingest directory for `reference` complete, then rename it in.
     fn create_ingest(&self, dir: &Path, opts: &WriterOpts) -> Result<()> {
         let n = self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed);
@@ -274,7 +290,18 @@ impl LocalStore {
         if !dir.join("data").exists() {
             self.create_ingest(&dir, &opts)?;
         } else if opts.total > 0 {
-            replace_small(&dir.join("total"), &opts.total.to_string())?;
+            let st = self.read_status(&dir)?;
+            if st.reference == opts.reference
+                && ((st.total > 0 && st.total != opts.total) || st.offset > opts.total)
+            {
+                // the ref now names other content (ctr imports every
+                // archive's index.json as "tar-index.json"): as containerd's
+                // store, start the ingest again rather than resume bytes
+                // that cannot be its prefix
+                self.restart_ingest(&dir, &opts)?;
+            } else {
+                replace_small(&dir.join("total"), &opts.total.to_string())?;
+            }
         }
         let status = self.read_status(&dir)?;
         if status.reference != opts.reference {

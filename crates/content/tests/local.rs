@@ -35,6 +35,52 @@ fn ingest_survives_reopen_and_resumes() {
     assert_eq!(store.info(&d).unwrap().size, 50_000);
 }
 
+/// `ctr images import` writes every archive's index.json as ref
+/// "tar-index.json": after a crash mid-import of one archive, the import of
+/// another finds the ref holding bytes of other content and another total.
+/// containerd's store starts such an ingest again; resuming would keep more
+/// bytes than the new total (an ingest no writer could finish).
+#[test]
+fn a_ref_reopened_with_another_total_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let first = b"the index of the first archive, 42 bytes..".to_vec();
+    let mut w = store
+        .writer(WriterOpts::new("tar-index.json").total(first.len() as i64))
+        .unwrap();
+    w.write(&first).unwrap();
+    std::mem::forget(w);
+    let store = LocalStore::open(dir.path()).unwrap();
+    let second = b"another index, shorter".to_vec();
+    let mut w = store
+        .writer(WriterOpts::new("tar-index.json").total(second.len() as i64))
+        .unwrap();
+    let st = w.status().unwrap();
+    assert_eq!((st.offset, st.total), (0, second.len() as i64));
+    w.write(&second).unwrap();
+    let d = w
+        .commit(
+            second.len() as i64,
+            Some(&digest_of(&second)),
+            HashMap::new(),
+        )
+        .unwrap();
+    assert_eq!(d, digest_of(&second));
+    // the same total resumes as before
+    let mut w = store.writer(WriterOpts::new("r").total(10)).unwrap();
+    w.write(b"01234").unwrap();
+    std::mem::forget(w);
+    let store = LocalStore::open(dir.path()).unwrap();
+    let w = store.writer(WriterOpts::new("r").total(10)).unwrap();
+    assert_eq!(w.status().unwrap().offset, 5);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 #[test]
 fn open_removes_what_a_crash_left_half_done() {
     let dir = tempfile::tempdir().unwrap();

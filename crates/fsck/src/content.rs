@@ -18,6 +18,10 @@ pub(crate) struct ContentState {
     pub intact: BTreeSet<Digest>,
     /// Content records per namespace.
     pub records: BTreeMap<String, BTreeSet<Digest>>,
+    /// The content each record's `containerd.io/gc.ref.content*` labels name
+    /// (what garbage collection keeps because that record is kept), for
+    /// records that name any.
+    pub content_refs: HashMap<(String, Digest), BTreeSet<String>>,
     /// Ingest records, `(namespace, ref)`.
     pub ingests: BTreeSet<(String, String)>,
     /// Where blobs live.
@@ -28,6 +32,12 @@ impl ContentState {
     /// True when `d` is visible and intact in namespace `ns`.
     pub fn present(&self, ns: &str, d: &Digest) -> bool {
         self.intact.contains(d) && self.records.get(ns).is_some_and(|r| r.contains(d))
+    }
+
+    /// The digests (as written in the labels) that `d`'s record in `ns`
+    /// names with `containerd.io/gc.ref.content*` labels.
+    pub fn content_refs(&self, ns: &str, d: &Digest) -> Option<&BTreeSet<String>> {
+        self.content_refs.get(&(ns.to_string(), d.clone()))
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -81,12 +91,22 @@ pub(crate) fn check(root: &Path, db: &Arc<Db>, c: &mut Collector) -> Result<Cont
     // records of every namespace
     let mut records: BTreeMap<String, BTreeSet<Digest>> = BTreeMap::new();
     let mut sizes: HashMap<(String, Digest), i64> = HashMap::new();
+    let mut content_refs: HashMap<(String, Digest), BTreeSet<String>> = HashMap::new();
     for ns in db.list_namespaces()? {
         let infos = db.content(&ns.name, None).list(&Filter::default())?;
         c.count("content records", infos.len());
         let set = records.entry(ns.name.clone()).or_default();
         for i in infos {
             sizes.insert((ns.name.clone(), i.digest.clone()), i.size);
+            let mut refs = BTreeSet::new();
+            stevedore_metadata::gc::label_refs(&ns.name, &i.labels, &mut |n| {
+                if n.kind == stevedore_metadata::gc::CONTENT {
+                    refs.insert(n.key);
+                }
+            });
+            if !refs.is_empty() {
+                content_refs.insert((ns.name.clone(), i.digest.clone()), refs);
+            }
             set.insert(i.digest);
         }
     }
@@ -309,6 +329,7 @@ pub(crate) fn check(root: &Path, db: &Arc<Db>, c: &mut Collector) -> Result<Cont
     Ok(ContentState {
         intact,
         records,
+        content_refs,
         ingests,
         blobs_dir,
     })

@@ -54,9 +54,21 @@ impl Provider for NsProvider<'_> {
 /// Index nesting deeper than this is reported rather than followed.
 const MAX_DEPTH: usize = 8;
 
-/// Why an image's content tree is incomplete. An index needs at least one
-/// of its manifests (images imported or pulled for one platform keep only
-/// that one); a manifest needs its config and every layer.
+/// Why an image's content tree is incomplete: what the image keeps alive
+/// is missing. An image keeps what garbage collection keeps for it: its
+/// target and, from there, the children each blob's
+/// `containerd.io/gc.ref.content*` labels name.
+///
+/// - An index keeps the manifests its labels name: clients label those of
+///   the platforms they chose (by default the host's: `ctr images import`,
+///   pull), each must be present and whole. Other manifests of the index are
+///   not the image's: one may be present without its config or layers (a
+///   crashed import or pull holds it under its lease; or it waits for the
+///   next collection), which containerd's `images check` does not look at
+///   either, so it is not followed. An index whose labels name none of its
+///   manifests (written without labels) needs at least one present
+///   manifest, and each present one is followed.
+/// - A manifest needs its config and every layer.
 fn missing(p: &NsProvider, desc: &Descriptor, depth: usize, out: &mut Vec<String>) {
     if !p.present(&desc.digest) {
         out.push(format!("{} {} is missing", word(desc), desc.digest));
@@ -77,6 +89,17 @@ fn missing(p: &NsProvider, desc: &Descriptor, depth: usize, out: &mut Vec<String
         }
     };
     if is_index_type(&desc.media_type) {
+        let named = p.content.content_refs(p.ns, &desc.digest);
+        let kept: Vec<&Descriptor> = kids
+            .iter()
+            .filter(|d| named.is_some_and(|n| n.contains(&d.digest.to_string())))
+            .collect();
+        if !kept.is_empty() {
+            for d in kept {
+                missing(p, d, depth + 1, out);
+            }
+            return;
+        }
         let present: Vec<&Descriptor> = kids.iter().filter(|d| p.present(&d.digest)).collect();
         if present.is_empty() && !kids.is_empty() {
             out.push(format!(

@@ -421,3 +421,208 @@ fn a_mount_left_under_the_root_is_a_problem() {
     drop(guard);
     assert_all_clear(&f.check(false));
 }
+
+/// Commit `bytes` in the default namespace, under `lease` when given, with
+/// `labels` on the record.
+fn put_with(db: &Arc<Db>, lease: Option<&str>, bytes: &[u8], labels: &[(&str, &Digest)]) -> Digest {
+    let d = digest_of(bytes);
+    let labels: HashMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut w = db
+        .content(NS, lease)
+        .writer(WriterOpts::new(format!("ref-{d}")))
+        .unwrap();
+    w.write(bytes).unwrap();
+    w.commit(bytes.len() as i64, Some(&d), labels).unwrap();
+    d
+}
+
+/// A two-platform image as `ctr images import` leaves it: every blob of the
+/// archive written under the import's lease, GC labels only on the index
+/// (naming the host's manifest) and on that manifest, the image record,
+/// then the lease released and a collection run, which takes the other
+/// platform's manifest and config.
+struct Multi {
+    dir: tempfile::TempDir,
+    db: Arc<Db>,
+    amd64_config: Digest,
+    arm64_manifest: Vec<u8>,
+    arm64_config: Digest,
+}
+
+fn manifest_of(config: &[u8], layer: &[u8]) -> Vec<u8> {
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": desc(OCI_CONFIG, config),
+        "layers": [desc(OCI_LAYER, layer)],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+impl Multi {
+    fn new(index_labels: bool) -> Multi {
+        use stevedore_images::mediatypes::OCI_INDEX;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let db = Arc::new(Db::open(&root.join(METADATA_DB)).unwrap());
+        db.attach_content(
+            LocalStore::open(&root.join(CONTENT_DIR)).unwrap(),
+            ContentOptions::default(),
+        )
+        .unwrap();
+        let layer = b"the layer both platforms share".to_vec();
+        let amd64_config_bytes = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+        let arm64_config_bytes = br#"{"architecture":"arm64","os":"linux"}"#.to_vec();
+        let amd64_manifest = manifest_of(&amd64_config_bytes, &layer);
+        let arm64_manifest = manifest_of(&arm64_config_bytes, &layer);
+        let platform = |arch: &str| stevedore_types::Platform {
+            architecture: arch.into(),
+            os: "linux".into(),
+            ..Default::default()
+        };
+        let mut m_amd64 = desc(OCI_MANIFEST, &amd64_manifest);
+        m_amd64.platform = Some(platform("amd64"));
+        let mut m_arm64 = desc(OCI_MANIFEST, &arm64_manifest);
+        m_arm64.platform = Some(platform("arm64"));
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [m_amd64, m_arm64],
+        })
+        .to_string()
+        .into_bytes();
+        // the import: every blob under its lease, then the children labels
+        // of what the host platform uses, then the image record
+        db.create_lease(NS, "import-1", &HashMap::new()).unwrap();
+        let l = Some("import-1");
+        let layer_d = put_with(&db, l, &layer, &[]);
+        let amd64_config = put_with(&db, l, &amd64_config_bytes, &[]);
+        let arm64_config = put_with(&db, l, &arm64_config_bytes, &[]);
+        put_with(
+            &db,
+            l,
+            &amd64_manifest,
+            &[
+                ("containerd.io/gc.ref.content.config", &amd64_config),
+                ("containerd.io/gc.ref.content.l.0", &layer_d),
+            ],
+        );
+        put_with(&db, l, &arm64_manifest, &[]);
+        let amd64_d = digest_of(&amd64_manifest);
+        let index_d = if index_labels {
+            put_with(
+                &db,
+                l,
+                &index,
+                &[("containerd.io/gc.ref.content.m.0", &amd64_d)],
+            )
+        } else {
+            put_with(&db, l, &index, &[])
+        };
+        assert_eq!(index_d, digest_of(&index));
+        db.create_image(
+            NS,
+            Image {
+                name: "docker.io/stevedore/multi:latest".into(),
+                labels: HashMap::new(),
+                target: desc(OCI_INDEX, &index),
+                created_at: 0,
+                updated_at: 0,
+            },
+        )
+        .unwrap();
+        db.delete_lease(NS, "import-1").unwrap();
+        Multi {
+            dir,
+            db,
+            amd64_config,
+            arm64_manifest,
+            arm64_config,
+        }
+    }
+
+    fn blob(&self, d: &Digest) -> PathBuf {
+        self.dir
+            .path()
+            .join("root")
+            .join(CONTENT_DIR)
+            .join("blobs/sha256")
+            .join(d.hex())
+    }
+
+    /// Stop (close the database) and check the root.
+    fn check(self) -> Report {
+        drop(self.db);
+        check(&Options {
+            root: self.dir.path().join("root"),
+            repair: false,
+        })
+        .unwrap()
+    }
+}
+
+#[test]
+fn another_platforms_manifest_held_by_a_crashed_import_without_its_config_is_not_corruption() {
+    let m = Multi::new(true);
+    let stats = m.db.garbage_collect().unwrap();
+    // the arm64 manifest and config were the image's only while leased
+    assert_eq!(stats.removed.get("content"), Some(&2), "{stats:?}");
+    assert!(!m.blob(&m.arm64_config).exists());
+    // the same archive imported again, killed after the arm64 manifest was
+    // written and before its config (the archive lists blobs by digest):
+    // the new lease holds the manifest, the config is not there yet
+    m.db.create_lease(NS, "import-2", &HashMap::new()).unwrap();
+    put_with(&m.db, Some("import-2"), &m.arm64_manifest, &[]);
+    // the restarted daemon collects; the lease keeps the manifest
+    m.db.garbage_collect().unwrap();
+    assert!(m.blob(&digest_of(&m.arm64_manifest)).exists());
+    // the image keeps exactly what its labels name: linux/amd64, all there
+    let r = m.check();
+    assert!(r.is_clean(), "{:#?}", r.findings);
+    assert_all_clear(&r);
+}
+
+#[test]
+fn the_config_of_the_manifest_an_index_keeps_is_still_required() {
+    let m = Multi::new(true);
+    m.db.garbage_collect().unwrap();
+    m.db.content(NS, None).delete(&m.amd64_config).unwrap();
+    m.db.garbage_collect().unwrap();
+    let config = m.amd64_config.clone();
+    let r = m.check();
+    let img = r
+        .findings
+        .iter()
+        .find(|x| x.kind == "image-incomplete")
+        .unwrap_or_else(|| panic!("{:#?}", r.findings));
+    assert!(
+        img.detail.contains(&format!("config {config} of manifest")),
+        "{}",
+        img.detail
+    );
+}
+
+#[test]
+fn an_index_without_children_labels_needs_each_present_manifest_whole() {
+    // written without labels: nothing says which manifests the image keeps,
+    // so every present one must be whole (and GC keeps none of them)
+    let m = Multi::new(false);
+    m.db.content(NS, None).delete(&m.arm64_config).unwrap();
+    let config = m.arm64_config.clone();
+    let r = m.check();
+    let img = r
+        .findings
+        .iter()
+        .find(|x| x.kind == "image-incomplete")
+        .unwrap_or_else(|| panic!("{:#?}", r.findings));
+    assert!(
+        img.detail.contains(&format!("config {config} of manifest")),
+        "{}",
+        img.detail
+    );
+}
