@@ -228,13 +228,15 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
         "stevedored serving"
     );
     stevedore_services::memory::spawn_trimmer();
+    // the signal streams exist before readiness is announced: a SIGTERM
+    // that follows READY=1 at once must not be lost
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     // a systemd unit with Type=notify starts dependants only now
     sd_notify("READY=1");
     let exchange = plugins.get::<Exchange>(EVENT, "exchange");
     let shutdown = async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
