@@ -129,6 +129,9 @@ impl Default for ContainerdConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeEntry {
     pub runtime_type: String,
+    /// containerd 1.6: a shim binary path for this runtime (empty: looked
+    /// up from runtime_type).
+    pub runtime_path: String,
     pub runtime_engine: String,
     pub runtime_root: String,
     pub pod_annotations: Vec<String>,
@@ -149,6 +152,7 @@ impl Default for RuntimeEntry {
     fn default() -> Self {
         RuntimeEntry {
             runtime_type: "io.containerd.runc.v2".into(),
+            runtime_path: String::new(),
             runtime_engine: String::new(),
             runtime_root: String::new(),
             pod_annotations: Vec::new(),
@@ -216,7 +220,11 @@ impl CriConfig {
         if !self.cni.conf_template.is_empty() {
             bad.push("cni.conf_template: write the CNI config into cni.conf_dir instead");
         }
-        if self.enable_tls_streaming || !self.x509_key_pair_streaming.is_empty() {
+        let tls_files = self
+            .x509_key_pair_streaming
+            .values()
+            .any(|v| v.as_str().is_some_and(|s| !s.is_empty()));
+        if self.enable_tls_streaming || tls_files {
             bad.push("enable_tls_streaming / x509_key_pair_streaming: the streaming server serves plain HTTP on stream_server_address");
         }
         if self.systemd_cgroup {
@@ -227,8 +235,13 @@ impl CriConfig {
         if self.enable_selinux {
             bad.push("enable_selinux: SELinux labelling is not supported");
         }
-        if self.containerd.default_runtime.is_some()
-            || self.containerd.untrusted_workload_runtime.is_some()
+        // containerd's default config writes both tables with empty values
+        let named = |r: &Option<RuntimeEntry>| {
+            r.as_ref()
+                .is_some_and(|r| !r.runtime_type.is_empty() || !r.runtime_path.is_empty())
+        };
+        if named(&self.containerd.default_runtime)
+            || named(&self.containerd.untrusted_workload_runtime)
         {
             bad.push("containerd.default_runtime / untrusted_workload_runtime: use runtimes and default_runtime_name");
         }

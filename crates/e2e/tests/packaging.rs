@@ -131,3 +131,37 @@ fn stevedored_notifies_readiness_and_stopping_like_a_notify_service() {
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
+
+/// containerd 1.6's own default config (`containerd config default`), its
+/// CRI section moved over as is: stevedored starts with it and the CRI
+/// plugin initialises.
+#[test]
+fn containerd_1_6_default_cri_section_is_accepted() {
+    let containerd = require_tool("containerd", "containerd");
+    let o = Command::new(containerd)
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    let mut cri = String::from("version = 2\n");
+    let mut keep = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            keep = t.starts_with("[plugins.\"io.containerd.grpc.v1.cri\"");
+        }
+        if keep {
+            cri.push_str(line);
+            cri.push('\n');
+        }
+    }
+    assert!(cri.contains("sandbox_image"), "{cri}");
+    let d = Daemon::start_with_config(Some(&cri));
+    let plugins = d.ctr_ok(&["plugins", "ls"]);
+    let line = plugins
+        .lines()
+        .find(|l| l.contains("io.containerd.grpc.v1") && l.contains(" cri "))
+        .unwrap_or_else(|| panic!("{plugins}"));
+    assert!(line.trim_end().ends_with("ok"), "{line}\n{}", d.log());
+}
