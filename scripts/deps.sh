@@ -14,6 +14,7 @@ PKGS=(
   btrfs-progs       # btrfs snapshotter tests (mkfs.btrfs on a loop device)
   golang-github-containerd-containerd-dev  # containerd's 1.6 API protos and Go client sources
   golang-go         # builds crates/e2e/go/clientcheck against containerd's Go client
+  golang-github-docker-spdystream-dev  # kubectl's SPDY library: the streaming server's interop test
   python3 util-linux  # test images (mkimage.py), socket probes as other users (setpriv)
   jq zstd pigz hyperfine
   docker.io         # Docker Engine 20.10: dockerd --containerd against stevedored

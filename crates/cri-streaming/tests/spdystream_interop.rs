@@ -3,8 +3,7 @@
 //! client-go's remotecommand v4 and portforward clients) against the server.
 //!
 //! Needs Go and spdystream's source (Debian: `golang-go`,
-//! `golang-github-docker-spdystream-dev`), so it is ignored by default:
-//! `cargo test -p stevedore-cri-streaming --test spdystream_interop -- --ignored`.
+//! `golang-github-docker-spdystream-dev`, both installed by scripts/deps.sh).
 
 mod support;
 
@@ -75,7 +74,6 @@ fn all_stdio(cmd: &[&str]) -> ExecRequest {
 }
 
 #[tokio::test]
-#[ignore = "needs Go and golang-github-docker-spdystream-dev"]
 async fn spdystream_client_execs_with_stdin_and_gets_success() {
     let (server, _) = server().await;
     let url = server.get_exec(&all_stdio(&["cat"])).unwrap();
@@ -87,7 +85,6 @@ async fn spdystream_client_execs_with_stdin_and_gets_success() {
 }
 
 #[tokio::test]
-#[ignore = "needs Go and golang-github-docker-spdystream-dev"]
 async fn spdystream_client_gets_the_exit_code() {
     let (server, _) = server().await;
     let url = server.get_exec(&all_stdio(&["exit", "5"])).unwrap();
@@ -100,7 +97,6 @@ async fn spdystream_client_gets_the_exit_code() {
 }
 
 #[tokio::test]
-#[ignore = "needs Go and golang-github-docker-spdystream-dev"]
 async fn spdystream_client_port_forwards() {
     let (server, _) = server().await;
     let port = echo_server().await.to_string();
