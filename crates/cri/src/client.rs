@@ -15,7 +15,7 @@ use stevedore_api::services::stevedore_transfer::transfer_client::TransferClient
 use stevedore_api::services::tasks::tasks_client::TasksClient;
 use tonic::codegen::InterceptedService;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 /// containerd's CRI namespace.
@@ -48,15 +48,7 @@ impl Ctrd {
     pub fn new(socket: PathBuf, namespace: &str) -> Result<Ctrd, String> {
         let ns = MetadataValue::try_from(namespace)
             .map_err(|_| format!("invalid namespace {namespace:?}"))?;
-        let channel = Endpoint::try_from("http://[::]:50051")
-            .map_err(|e| e.to_string())?
-            .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                let path = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }));
+        let channel = stevedore_api::client::connect_lazy(&socket).map_err(|e| e.to_string())?;
         Ok(Ctrd {
             channel,
             ns: Ns(ns),

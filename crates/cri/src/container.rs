@@ -514,7 +514,8 @@ impl Cri {
                 .and_then(|v| v["config"]["StopSignal"].as_str().map(String::from)),
             Err(_) => None,
         };
-        sig.and_then(|s| parse_signal(&s)).unwrap_or(15)
+        sig.and_then(|s| stevedore_runtime::signal::number(&s))
+            .unwrap_or(15)
     }
 
     pub async fn remove_container(
@@ -777,25 +778,4 @@ pub fn state_name(s: cri::ContainerState) -> &'static str {
         cri::ContainerState::ContainerExited => "CONTAINER_EXITED",
         cri::ContainerState::ContainerUnknown => "CONTAINER_UNKNOWN",
     }
-}
-
-/// A signal by name (`SIGTERM`, `TERM`) or number.
-pub fn parse_signal(s: &str) -> Option<u32> {
-    if let Ok(n) = s.parse::<u32>() {
-        return Some(n);
-    }
-    let name = s.to_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    Some(match name {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        "TERM" => 15,
-        "STOP" => 19,
-        "WINCH" => 28,
-        _ => return None,
-    })
 }

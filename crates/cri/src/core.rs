@@ -5,7 +5,6 @@
 use crate::client::{context, with_lease, Ctrd};
 use crate::config::{CriConfig, RuntimeEntry};
 use crate::store::Store;
-use sha2::Digest as _;
 use std::path::PathBuf;
 use stevedore_api::services::images::GetImageRequest;
 use stevedore_api::services::leases::{CreateRequest as CreateLease, DeleteRequest as DeleteLease};
@@ -134,7 +133,14 @@ impl Cri {
             .await?;
         let (config, diff_ids) = parse_config(&config_raw)
             .map_err(|e| Status::internal(format!("image {name:?}: config: {e}")))?;
-        let chain_id = chain_id(&diff_ids)
+        let diff_ids = diff_ids
+            .iter()
+            .map(|d| d.parse())
+            .collect::<Result<Vec<stevedore_types::Digest>, _>>()
+            .map_err(|e| Status::internal(format!("image {name:?}: config diff_ids: {e}")))?;
+        let chain_id = stevedore_services::transfer::chain_ids(&diff_ids)
+            .pop()
+            .map(|d| d.to_string())
             .ok_or_else(|| Status::failed_precondition(format!("image {name:?} has no layers")))?;
         Ok(Resolved {
             id: manifest.config.digest.to_string(),
@@ -479,21 +485,6 @@ pub fn parse_config(raw: &[u8]) -> Result<(ImageConfig, Vec<String>), String> {
         user: c["User"].as_str().unwrap_or_default().to_string(),
     };
     Ok((cfg, strings(&v["rootfs"]["diff_ids"])))
-}
-
-/// containerd's chain id of a layer stack.
-pub fn chain_id(diff_ids: &[String]) -> Option<String> {
-    let mut chain: Option<String> = None;
-    for d in diff_ids {
-        chain = Some(match chain {
-            None => d.clone(),
-            Some(prev) => {
-                let h = sha2::Sha256::digest(format!("{prev} {d}").as_bytes());
-                stevedore_types::Digest::from_sha256_bytes(&h).to_string()
-            }
-        });
-    }
-    chain
 }
 
 #[cfg(test)]

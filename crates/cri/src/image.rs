@@ -427,8 +427,11 @@ fn credentials(auth: Option<&cri::AuthConfig>) -> Result<(String, String), Statu
         return Ok((String::new(), a.identity_token.clone()));
     }
     if !a.auth.is_empty() {
-        let decoded = base64_decode(&a.auth)
-            .ok_or_else(|| Status::invalid_argument("failed to decode auth: invalid base64"))?;
+        use base64::Engine;
+        // containerd's ParseAuth: standard base64
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(a.auth.trim())
+            .map_err(|e| Status::invalid_argument(format!("failed to decode auth: {e}")))?;
         let s = String::from_utf8(decoded)
             .map_err(|_| Status::invalid_argument("failed to decode auth: not UTF-8"))?;
         let (u, p) = s
@@ -442,31 +445,6 @@ fn credentials(auth: Option<&cri::AuthConfig>) -> Result<(String, String), Statu
         ));
     }
     Ok((String::new(), String::new()))
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.trim().bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' => break,
-            _ => return None,
-        } as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod seccomp;
 mod seccomp_lists;
 pub mod shim;
 mod shimlog;
+pub mod signal;
 pub mod spec;
 
 pub use bundle::Bundle;

@@ -80,21 +80,12 @@ pub enum TasksCmd {
 }
 
 fn signal_number(s: &str) -> Result<u32> {
-    if let Ok(n) = s.parse::<u32>() {
-        return Ok(n);
-    }
-    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
-    Ok(match name.as_str() {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        "TERM" => 15,
-        "CONT" => 18,
-        "STOP" => 19,
-        _ => bail!("unknown signal {s:?}: use a number or HUP, INT, QUIT, KILL, USR1, USR2, TERM, CONT, STOP"),
+    stevedore_runtime::signal::number(s).ok_or_else(|| {
+        let names: Vec<&str> = stevedore_runtime::signal::NAMES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        anyhow::anyhow!("unknown signal {s:?}: use a number or {}", names.join(", "))
     })
 }
 
