@@ -265,6 +265,22 @@ fn ctr2_import_export_round_trip_is_byte_identical_to_ctr_1_6() {
         ours.to_str().unwrap(),
     ]);
     assert_eq!(image_digest(&d2, &img.name), img.digest);
+    // compressed archives import as on containerd 2.x (the stream's
+    // compression is detected): `docker save | gzip`, `zstd` archives
+    for (tool, ext) in [("gzip", "gz"), ("zstd", "zst")] {
+        let packed = dir.path().join(format!("ctr2.tar.{ext}"));
+        let st = std::process::Command::new(tool)
+            .args(["-q", "-c"])
+            .arg(&ours)
+            .stdout(std::fs::File::create(&packed).unwrap())
+            .status()
+            .unwrap_or_else(|e| panic!("{tool} (Debian package {tool}): {e}"));
+        assert!(st.success(), "{tool} failed");
+        d2.ctr2_ok(&["images", "rm", "--sync", &img.name]);
+        let out = d2.ctr2_ok(&["images", "import", packed.to_str().unwrap()]);
+        assert!(out.contains("Importing"), "{out}");
+        assert_eq!(image_digest(&d2, &img.name), img.digest, "{ext}");
+    }
     // a missing image exports nothing and says NotFound
     let o = d.ctr2(&[
         "images",
@@ -286,6 +302,42 @@ fn ctr2_import_export_round_trip_is_byte_identical_to_ctr_1_6() {
     let d3 = Daemon::start();
     d3.ctr2_ok(&["images", "import", "--local", local.to_str().unwrap()]);
     assert_eq!(image_digest(&d3, &img.name), img.digest);
+}
+
+#[test]
+fn ctr2_import_compress_blobs_gzips_docker_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = busybox_image(dir.path());
+    let d = Daemon::start();
+    let docker_tar = img
+        .docker_tar
+        .clone()
+        .expect("busybox has a Docker archive");
+    let archive = docker_tar.to_str().unwrap();
+    let layer_types = |d: &Daemon| -> Vec<String> {
+        let digest = image_digest(d, &img.name);
+        let m: serde_json::Value =
+            serde_json::from_str(&d.ctr2_ok(&["content", "get", &digest])).unwrap();
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["mediaType"].as_str().unwrap().to_string())
+            .collect()
+    };
+    d.ctr2_ok(&["images", "import", archive]);
+    assert_eq!(
+        layer_types(&d),
+        ["application/vnd.docker.image.rootfs.diff.tar"]
+    );
+    d.ctr2_ok(&["images", "rm", "--sync", &img.name]);
+    d.ctr2_ok(&["images", "import", "--compress-blobs", archive]);
+    assert_eq!(
+        layer_types(&d),
+        ["application/vnd.docker.image.rootfs.diff.tar.gzip"]
+    );
+    let run = d.ctr2_ok(&["run", "--rm", &img.name, "cb", "echo", "gzipped"]);
+    assert_eq!(run.trim(), "gzipped");
 }
 
 #[test]

@@ -37,7 +37,10 @@ impl Engine {
         let content = self.db.content(&ns, Some(&lease));
         let records = blocking(move || {
             let adapter = crate::archive::ContentAdapter(content);
-            let mut reader = crate::archive::ChannelReader::new(data);
+            let reader = crate::archive::ChannelReader::new(data);
+            // containerd 2.x's ImageImportStream: a gzip- or zstd-compressed
+            // archive (`ctr images import image.tar.gz`) is decompressed
+            let mut reader = stevedore_images::image::decompress(Box::new(reader))?;
             ArchiveImporter::new(options).import(&adapter, &mut reader)
         })
         .await?;

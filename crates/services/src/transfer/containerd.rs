@@ -507,13 +507,11 @@ impl ContainerdTransfer {
                         import.media_type
                     )));
                 }
-                if import.force_compress {
-                    return Err(Error::unimplemented(
-                        "import: compressing blobs on import is not supported",
-                    ));
-                }
                 progress.status("Importing", "", None).await;
-                let opts = import_options(store)?;
+                let mut opts = import_options(store)?;
+                // `ctr images import --compress-blobs`: gzip the
+                // uncompressed layers of Docker archives
+                opts.archive.compress_blobs = import.force_compress;
                 let (tx, rx) = mpsc::channel(16);
                 let taken = stream
                     .take()
