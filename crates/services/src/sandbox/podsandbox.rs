@@ -350,14 +350,9 @@ impl SandboxController for PodSandbox {
 
     async fn wait(&self, ns: &str, id: &str) -> Result<SandboxExitStatus> {
         if self.container(ns, id).await?.is_none() {
-            return match self.stored(ns, id).await? {
-                Some(_) => Err(Error::precondition(format!(
-                    "wait sandbox {id:?}: it has not been started"
-                ))),
-                None => Err(Error::not_found(format!(
-                    "failed to get exit channel. {id:?}: not found"
-                ))),
-            };
+            return Err(Error::not_found(format!(
+                "failed to get exit channel. {id:?}: not found"
+            )));
         }
         if let Some(shim) = self.task(ns, id) {
             let exit = shim.wait("").await?;
@@ -382,17 +377,9 @@ impl SandboxController for PodSandbox {
 
     async fn status(&self, ns: &str, id: &str, verbose: bool) -> Result<SandboxStatus> {
         let Some(c) = self.container(ns, id).await? else {
-            // stored but never created here: containerd's state before Start
-            return match self.stored(ns, id).await? {
-                Some(sb) => Ok(SandboxStatus {
-                    state: UNKNOWN.into(),
-                    created_at: Some(sb.created_at),
-                    ..Default::default()
-                }),
-                None => Err(Error::not_found(format!(
-                    "unable to find sandbox {id:?}: not found"
-                ))),
-            };
+            return Err(Error::not_found(format!(
+                "unable to find sandbox {id:?}: not found"
+            )));
         };
         let mut s = SandboxStatus {
             created_at: Some(c.created_at),
@@ -402,7 +389,10 @@ impl SandboxController for PodSandbox {
         match self.task(ns, id) {
             Some(shim) => {
                 let st = shim.state("").await?;
-                s.pid = st.pid;
+                // as containerd, no pid before Start (runc's init waits in create)
+                if st.status != Status::Created {
+                    s.pid = st.pid;
+                }
                 let state;
                 (state, task_status) = match st.status {
                     Status::Created => (UNKNOWN, "created"),
