@@ -117,6 +117,20 @@ fn ctr2_runs_lists_and_removes_a_sandbox_with_a_real_process() {
         id,
         &sandbox_spec(&d, id, rootfs.to_str().unwrap()),
     );
+    // containerd 2.1's plugin types and ids
+    let plugins = d.ctr2_ok(&["plugins", "ls"]);
+    for (t, pid) in [
+        ("io.containerd.podsandbox.controller.v1", "podsandbox"),
+        ("io.containerd.grpc.v1", "sandbox-controllers"),
+    ] {
+        assert!(
+            plugins.lines().any(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                c.first() == Some(&t) && c.get(1) == Some(&pid) && c.last() == Some(&"ok")
+            }),
+            "{t} {pid} not ok:\n{plugins}"
+        );
+    }
     let events = d.synced_watch(d.ctr2_command(&["events"]));
 
     let out = d.ctr2_ok(&["sandboxes", "run", &spec, id]);
