@@ -53,6 +53,15 @@ fn cmdline(pid: u32) -> String {
         .replace('\0', " ")
 }
 
+/// `pid` runs `needle` (runc's init execs it just after Start returns).
+fn runs(pid: u32, needle: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cmdline(pid).contains(needle) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cmdline(pid).contains(needle)
+}
+
 fn mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -152,7 +161,7 @@ fn ctr2_runs_lists_and_removes_a_sandbox_with_a_real_process() {
     assert_eq!(*row.last().unwrap(), "io.containerd.runc.v2", "{ls}");
     // a real process, under the shim and runc
     let pid = task_pid(&d, id);
-    assert!(cmdline(pid).contains("/bin/sleep 1000"), "{}", cmdline(pid));
+    assert!(runs(pid, "/bin/sleep 1000"), "{}", cmdline(pid));
     assert_eq!(d.shim_pids().len(), 1);
 
     // the id is taken: the Store refuses a second sandbox, as containerd's
@@ -288,7 +297,11 @@ async fn controller_api_runs_waits_stops_and_shuts_down_like_containerd() {
         .unwrap()
         .into_inner();
     assert!(started.pid > 0);
-    assert!(cmdline(started.pid).contains("/bin/sleep 1000"));
+    assert!(
+        runs(started.pid, "/bin/sleep 1000"),
+        "{}",
+        cmdline(started.pid)
+    );
     assert_eq!(started.labels["oci_runtime_type"], "io.containerd.runc.v2");
     events.expect_line(&["/sandboxes/start", id], Duration::from_secs(10));
     let s = status(&mut ctl, id).await.unwrap();
@@ -550,7 +563,34 @@ async fn controller_api_answers_bad_requests_with_containerds_errors() {
             && e.message().contains("no-such-binary"),
         "{e:?}"
     );
-    for id in ["sbx-netns", "sbx-nospec", "sbx-fails"] {
+    // created but never started: Shutdown kills runc's waiting init and
+    // removes everything
+    ctl.create(req(ControllerCreateRequest {
+        sandbox_id: "sbx-idle".into(),
+        sandbox: Some(grpc_sandbox("sbx-idle", &spec)),
+        sandboxer: pod("podsandbox"),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert_eq!(d.shim_pids().len(), 1);
+    let e = ctl
+        .create(req(ControllerCreateRequest {
+            sandbox_id: "sbx-idle".into(),
+            sandbox: Some(grpc_sandbox("sbx-idle", &spec)),
+            sandboxer: pod("podsandbox"),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    ctl.shutdown(req(ControllerShutdownRequest {
+        sandbox_id: "sbx-idle".into(),
+        sandboxer: pod("podsandbox"),
+    }))
+    .await
+    .unwrap();
+    for id in ["sbx-netns", "sbx-nospec", "sbx-fails", "sbx-idle"] {
         let e = containers
             .get(req(GetContainerRequest { id: id.into() }))
             .await
