@@ -5,7 +5,9 @@
 //! sandbox controller by <name>`). The service publishes containerd's three
 //! sandbox events and nothing else: `/sandboxes/create` after Create,
 //! `/sandboxes/start` after Start, `/sandboxes/exit` when a Wait returns
-//! (containerd has no `/sandboxes/delete`).
+//! (containerd has no `/sandboxes/delete`; 2.1.9 fixed the topics, which
+//! lacked their leading slash up to 2.1.4). As 2.1.9's, Create hands the
+//! controller the request's rootfs mounts, netns path and annotations.
 //!
 //! One difference, for a containerd bug: containerd 2.1's client (and so
 //! `ctr` 2.1's `sandboxes run`) stores sandboxes without a sandboxer and
