@@ -299,8 +299,8 @@ async fn ctr2_lists_and_removes_sandboxes() {
         "{filtered}"
     );
 
-    // without a sandbox controller, --force removes the record (as with a
-    // containerd whose controller does not know the sandbox)
+    // a stored sandbox the podsandbox controller never ran: Stop and
+    // Shutdown have nothing to do, and the record goes
     d.ctr2_ok(&["sandboxes", "rm", "--force", "web"]);
     let ls = d.ctr2_ok(&["sandboxes", "ls"]);
     assert!(!ls.contains("web") && ls.contains("db"), "{ls}");

@@ -30,6 +30,10 @@ pub mod types {
     pub const TRANSFER: &str = "io.containerd.transfer.v1";
     pub const STREAMING: &str = "io.containerd.streaming.v1";
     pub const SANDBOX_STORE: &str = "io.containerd.sandbox.store.v1";
+    /// containerd 2.x's pod sandbox controllers (`podsandbox`).
+    pub const PODSANDBOX_CONTROLLER: &str = "io.containerd.podsandbox.controller.v1";
+    /// containerd 2.x's other sandbox controllers (`shim` in containerd).
+    pub const SANDBOX_CONTROLLER: &str = "io.containerd.sandbox.controller.v1";
 }
 
 /// An initialised plugin instance; consumers downcast to the concrete type.

@@ -92,6 +92,28 @@ fn to_pb(c: Container) -> PbContainer {
     }
 }
 
+/// `/containers/create` for a container record just created (also by the
+/// sandbox controller, whose sandboxes are containers).
+pub(crate) fn publish_create(exchange: &Exchange, ns: &str, c: &Container) {
+    exchange.publish(
+        ns,
+        "/containers/create",
+        &ContainerCreate {
+            id: c.id.clone(),
+            image: c.image.clone(),
+            runtime: Some(EvRuntime {
+                name: c.runtime.name.clone(),
+                options: c.runtime.options.clone().map(any_out),
+            }),
+        },
+    );
+}
+
+/// `/containers/delete` for a container record just deleted.
+pub(crate) fn publish_delete(exchange: &Exchange, ns: &str, id: String) {
+    exchange.publish(ns, "/containers/delete", &ContainerDelete { id });
+}
+
 type ListStream =
     Pin<Box<dyn futures::Stream<Item = Result<ListContainerMessage, Status>> + Send + 'static>>;
 
@@ -150,18 +172,7 @@ impl Containers for ContainersService {
         let db = self.db.clone();
         let n = ns.clone();
         let created = blocking(move || db.create_container(&n, c)).await?;
-        self.exchange.publish(
-            &ns,
-            "/containers/create",
-            &ContainerCreate {
-                id: created.id.clone(),
-                image: created.image.clone(),
-                runtime: Some(EvRuntime {
-                    name: created.runtime.name.clone(),
-                    options: created.runtime.options.clone().map(any_out),
-                }),
-            },
-        );
+        publish_create(&self.exchange, &ns, &created);
         Ok(Response::new(CreateContainerResponse {
             container: Some(to_pb(created)),
         }))
@@ -204,8 +215,7 @@ impl Containers for ContainersService {
         let db = self.db.clone();
         let (n, i) = (ns.clone(), id.clone());
         blocking(move || db.delete_container(&n, &i)).await?;
-        self.exchange
-            .publish(&ns, "/containers/delete", &ContainerDelete { id });
+        publish_delete(&self.exchange, &ns, id);
         Ok(Response::new(()))
     }
 }

@@ -10,6 +10,7 @@ use crate::images::ImagesService;
 use crate::introspection::IntrospectionService;
 use crate::leases::LeasesService;
 use crate::namespaces::NamespacesService;
+use crate::sandbox::controller::ControllerPlugin;
 use crate::snapshots::SnapshotsService;
 use crate::version::VersionService;
 use crate::GrpcService;
@@ -224,6 +225,43 @@ pub fn plugins() -> Registry {
         let store: Arc<crate::sandbox::SandboxStore> = ctx.get(SANDBOX_STORE, "local")?;
         Ok(crate::sandbox::SandboxStoreService::grpc(store))
     }));
+    r.register(
+        Registration::new(
+            PODSANDBOX_CONTROLLER,
+            crate::sandbox::podsandbox::NAME,
+            |ctx| {
+                let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+                let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+                let rt: Arc<crate::tasks::RuntimeV2> = ctx.get(RUNTIME_V2, "task")?;
+                let ctrl = crate::sandbox::podsandbox::PodSandbox::new(
+                    db,
+                    rt.manager.clone(),
+                    (*ex).clone(),
+                );
+                Ok(Arc::new(ControllerPlugin(Arc::new(ctrl))) as Instance)
+            },
+        )
+        .requires(&[METADATA, EVENT, RUNTIME_V2]),
+    );
+    r.register(grpc(
+        "sandbox-controllers",
+        &[PODSANDBOX_CONTROLLER, METADATA, EVENT],
+        |ctx| {
+            let db: Arc<Db> = ctx.get(METADATA, "bolt")?;
+            let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
+            // containerd's service collects both controller types by id
+            let controllers = [PODSANDBOX_CONTROLLER, SANDBOX_CONTROLLER]
+                .into_iter()
+                .flat_map(|t| ctx.all_of::<ControllerPlugin>(t))
+                .map(|(id, c)| (id, c.0.clone()))
+                .collect();
+            Ok(crate::sandbox::controller::ControllerService::grpc(
+                controllers,
+                db,
+                (*ex).clone(),
+            ))
+        },
+    ));
     r.register(grpc("snapshots", &[SNAPSHOTTER, EVENT, METADATA], |ctx| {
         let ex: Arc<Exchange> = ctx.get(EVENT, "exchange")?;
         let snapshotters: std::collections::BTreeMap<String, Namespaced> = ctx

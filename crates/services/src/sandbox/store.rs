@@ -1,4 +1,4 @@
-//! containerd 2.x's Sandbox Store service (`containerd.services.sandbox.v1.Store`,
+//! The Sandbox Store service (`containerd.services.sandbox.v1.Store`,
 //! plugin `io.containerd.grpc.v1.sandboxes`) over the store plugin
 //! `io.containerd.sandbox.store.v1.local` (the metadata database's
 //! `sandboxes` table). As containerd's store service, it publishes no events:
@@ -46,7 +46,7 @@ impl SandboxStoreService {
     }
 }
 
-fn from_pb(s: PbSandbox) -> Sandbox {
+pub(crate) fn from_pb(s: PbSandbox) -> Sandbox {
     let rt = s.runtime.unwrap_or_default();
     Sandbox {
         id: s.sandbox_id,
