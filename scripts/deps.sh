@@ -20,6 +20,7 @@ PKGS=(
   docker.io         # Docker Engine 20.10: dockerd --containerd against stevedored
   containernetworking-plugins  # CNI plugins (bridge, host-local, loopback, portmap) for CRI pods
   iptables iproute2 # portmap's rules; ip/nsenter checks inside pod network namespaces
+  prometheus        # scrapes stevedored's [metrics] endpoint in crates/e2e/tests/operations.rs
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -34,4 +35,4 @@ fi
 # Docker 28 and containerd 2.x from Debian unstable, unpacked, never installed
 bash "$(dirname "$0")/unstable-tools.sh"
 # the packaged containerd must not run: tests start their own daemons
-systemctl disable --now containerd docker docker.socket >/dev/null 2>&1 || true
+systemctl disable --now containerd docker docker.socket prometheus >/dev/null 2>&1 || true

@@ -21,6 +21,7 @@ fn main() {
         .map(|f| f.strip_prefix(&root).unwrap().to_path_buf())
         .collect();
     let fds = protox::compile(&rel, [&root]).expect("compile containerd protos");
+    write_methods(&fds);
     let mut config = tonic_prost_build::Config::new();
     // `Name` impls give each message its full proto name, used for Any type URLs
     config.enable_type_names();
@@ -47,4 +48,38 @@ fn collect(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
+}
+
+/// `methods.rs`: every RPC's path and kind, which the metrics layer labels
+/// requests with (go-grpc-prometheus' `grpc_type`).
+fn write_methods(fds: &prost_types::FileDescriptorSet) {
+    let mut rows = Vec::new();
+    for f in &fds.file {
+        let pkg = f.package();
+        for s in &f.service {
+            for m in &s.method {
+                let kind = match (m.client_streaming(), m.server_streaming()) {
+                    (false, false) => "Unary",
+                    (true, false) => "ClientStream",
+                    (false, true) => "ServerStream",
+                    (true, true) => "BidiStream",
+                };
+                rows.push(format!(
+                    "    (\"/{pkg}.{}/{}\", MethodKind::{kind}),\n",
+                    s.name(),
+                    m.name()
+                ));
+            }
+        }
+    }
+    rows.sort();
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("methods.rs");
+    std::fs::write(
+        out,
+        format!(
+            "pub const METHODS: &[(&str, MethodKind)] = &[\n{}];\n",
+            rows.concat()
+        ),
+    )
+    .unwrap();
 }

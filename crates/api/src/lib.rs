@@ -13,6 +13,7 @@ mod generated {
 pub use generated::*;
 
 pub mod client;
+pub mod methods;
 pub mod status;
 pub mod typeurl;
 

@@ -7,8 +7,10 @@ use std::process::Command;
 fn layers() -> BTreeMap<&'static str, u32> {
     BTreeMap::from([
         ("stevedore-types", 0),
+        ("stevedore-metrics", 0),
         ("stevedore-api", 1),
         ("stevedore-sys", 1),
+        ("stevedore-profile", 1),
         ("stevedore-snapshots", 2),
         ("stevedore-diff", 2),
         ("stevedore-content", 2),

@@ -123,9 +123,9 @@ pub trait GcSource: Send + Sync {
         Ok(())
     }
     /// Reconcile backend storage with the records, after the sweep committed
-    /// (GC lock held). Returns how many backend objects were removed.
-    fn cleanup(&self, _db: &Db) -> Result<usize> {
-        Ok(0)
+    /// (GC lock held). Returns what it removed.
+    fn cleanup(&self, _db: &Db) -> Result<Cleaned> {
+        Ok(Cleaned::default())
     }
     /// What this source still holds in namespace `ns` outside the metadata
     /// tables (e.g. `snapshots on "overlayfs" snapshotter`), as containerd
@@ -135,6 +135,16 @@ pub trait GcSource: Send + Sync {
     }
 }
 
+/// What a source's backend cleanup removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// Backend objects (blob files, ingest directories, snapshots) removed.
+    pub objects: usize,
+    /// Bytes those objects held, where the source knows them (blob sizes);
+    /// 0 where it does not.
+    pub bytes: u64,
+}
+
 /// What one collection did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcStats {
@@ -142,6 +152,8 @@ pub struct GcStats {
     pub removed: BTreeMap<&'static str, usize>,
     /// Backend objects (blob files, ingest directories, ...) removed.
     pub backend_removed: usize,
+    /// Bytes the removed backend objects held (blobs and ingests).
+    pub reclaimed_bytes: u64,
     pub duration: Duration,
 }
 
@@ -205,10 +217,12 @@ impl Db {
             Ok(stats)
         })?;
         for s in &sources {
-            stats.backend_removed += s.cleanup(self)?;
+            let c = s.cleanup(self)?;
+            stats.backend_removed += c.objects;
+            stats.reclaimed_bytes += c.bytes;
         }
         stats.duration = start.elapsed();
-        tracing::info!(removed = ?stats.removed, backend_removed = stats.backend_removed, duration = ?stats.duration, "garbage collected");
+        tracing::info!(removed = ?stats.removed, backend_removed = stats.backend_removed, reclaimed_bytes = stats.reclaimed_bytes, duration = ?stats.duration, "garbage collected");
         Ok(stats)
     }
 }
@@ -391,9 +405,9 @@ impl GcSource for ContentSource {
     }
     /// Delete blob files no namespace records, and local ingests no
     /// namespace's ingest record names.
-    fn cleanup(&self, db: &Db) -> Result<usize> {
+    fn cleanup(&self, db: &Db) -> Result<Cleaned> {
         let Ok((store, _)) = db.backend() else {
-            return Ok(0);
+            return Ok(Cleaned::default());
         };
         let (digests, refs) = db.view(|tx| {
             let mut digests: HashSet<String> = HashSet::new();
@@ -416,10 +430,14 @@ impl GcSource for ContentSource {
             Ok((digests, refs))
         })?;
         let mut removed = 0;
+        let mut bytes = 0u64;
         for info in store.list(&Filter::default())? {
             if !digests.contains(&info.digest.to_string()) {
                 match store.delete(&info.digest) {
-                    Ok(()) => removed += 1,
+                    Ok(()) => {
+                        removed += 1;
+                        bytes += info.size.max(0) as u64;
+                    }
                     Err(e) if e.kind == ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
@@ -428,13 +446,19 @@ impl GcSource for ContentSource {
         for st in store.list_statuses(&Filter::default())? {
             if !refs.contains(&st.reference) {
                 match store.abort(&st.reference) {
-                    Ok(()) => removed += 1,
+                    Ok(()) => {
+                        removed += 1;
+                        bytes += st.offset.max(0) as u64;
+                    }
                     Err(e) if e.kind == ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }
         }
-        Ok(removed)
+        Ok(Cleaned {
+            objects: removed,
+            bytes,
+        })
     }
 }
 

@@ -216,6 +216,16 @@ impl TaskManager {
             .ok_or_else(|| Error::not_found(format!("task {id:?}: not found")))
     }
 
+    /// Every task of every namespace (one shim each), by namespace and id.
+    pub fn all(&self) -> Vec<Arc<Shim>> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The tasks of a namespace, by id.
     pub fn list(&self, namespace: &str) -> Vec<Arc<Shim>> {
         let mut v: Vec<Arc<Shim>> = self

@@ -64,9 +64,11 @@ pub fn apply_layer(
         .map_err(|e| e.context(format!("apply layer {}", desc.digest)))?;
     let reader = std::io::BufReader::with_capacity(1 << 20, SeqReader::new(ra, 0));
     std::fs::create_dir_all(scratch)?;
+    let started = std::time::Instant::now();
     let applied =
         stevedore_diff::mounts::apply_to_mounts(mounts, &desc.media_type, reader, scratch)
             .map_err(|e| e.context(format!("apply layer {}", desc.digest)))?;
+    crate::metrics::layer_unpacked(applied.size, started.elapsed());
     Ok(Descriptor::new(
         MEDIA_TYPE_LAYER_TAR,
         applied.diff_id,

@@ -105,9 +105,17 @@ async fn collect(db: &Arc<Db>, counters: &Counters) -> Result<GcStats> {
     counters.deletions.store(0, Ordering::Relaxed);
     counters.mutations.store(0, Ordering::Relaxed);
     let db = db.clone();
+    let started = std::time::Instant::now();
     let r = tokio::task::spawn_blocking(move || db.garbage_collect()).await;
     crate::memory::work_done();
-    r.map_err(|e| Error::internal(format!("gc task failed: {e}")))?
+    let r = r.map_err(|e| Error::internal(format!("gc task failed: {e}")))?;
+    crate::metrics::gc_done(
+        r.as_ref()
+            .map(|s| (&s.removed, s.reclaimed_bytes))
+            .map_err(|_| ()),
+        started.elapsed(),
+    );
+    r
 }
 
 async fn run(

@@ -28,6 +28,7 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod memory;
+pub mod metrics;
 pub mod namespaces;
 pub mod registry;
 pub mod sandbox;

@@ -109,7 +109,7 @@ impl GcSource for SnapshotSource {
         Ok(())
     }
 
-    fn cleanup(&self, _db: &Db) -> Result<usize> {
+    fn cleanup(&self, _db: &Db) -> Result<stevedore_metadata::gc::Cleaned> {
         let mut doomed =
             std::mem::take(&mut *self.doomed.lock().unwrap_or_else(|p| p.into_inner()));
         let mut removed = 0;
@@ -142,6 +142,9 @@ impl GcSource for SnapshotSource {
                 tracing::warn!(error = %e, "gc: snapshotter cleanup failed");
             }
         }
-        Ok(removed)
+        Ok(stevedore_metadata::gc::Cleaned {
+            objects: removed,
+            bytes: 0,
+        })
     }
 }

@@ -26,6 +26,7 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub ttrpc: TtrpcConfig,
     pub debug: DebugConfig,
+    pub metrics: MetricsConfig,
     /// Per-plugin sections keyed by `type.id`.
     pub plugins: BTreeMap<String, toml::Value>,
 }
@@ -53,13 +54,37 @@ pub struct TtrpcConfig {
     pub gid: u32,
 }
 
+/// containerd's `[debug]`: logging, and the debug endpoint (pprof
+/// profiles, thread dump, runtime log level).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DebugConfig {
+    /// The debug endpoint: an absolute path is a unix socket (mode 0660),
+    /// anything else a TCP `host:port`; empty serves none.
+    pub address: String,
+    /// Owner of the debug socket (default: the gRPC socket's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Group of the debug socket (default: the gRPC socket's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
     /// trace, debug, info, warn or error.
     pub level: String,
     /// text or json.
     pub format: String,
+}
+
+/// containerd's `[metrics]`: Prometheus' text format at `/v1/metrics`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A TCP `host:port` (as containerd), or an absolute path for a unix
+    /// socket (mode 0660, the gRPC socket's owner and group); empty serves
+    /// none.
+    pub address: String,
+    /// Also record gRPC handling-time histograms
+    /// (`grpc_server_handling_seconds`), as containerd's option does.
+    pub grpc_histogram: bool,
 }
 
 impl Default for Config {
@@ -73,6 +98,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             ttrpc: TtrpcConfig::default(),
             debug: DebugConfig::default(),
+            metrics: MetricsConfig::default(),
             plugins: BTreeMap::new(),
         }
     }
@@ -91,6 +117,9 @@ impl Default for GrpcConfig {
 impl Default for DebugConfig {
     fn default() -> Self {
         DebugConfig {
+            address: String::new(),
+            uid: None,
+            gid: None,
             level: "info".into(),
             format: "text".into(),
         }
@@ -122,6 +151,14 @@ impl Config {
         } else {
             (self.ttrpc.address.clone(), self.ttrpc.uid, self.ttrpc.gid)
         }
+    }
+
+    /// The debug socket's owner and group: its own, else the gRPC socket's.
+    pub fn debug_ids(&self) -> (u32, u32) {
+        (
+            self.debug.uid.unwrap_or(self.grpc.uid),
+            self.debug.gid.unwrap_or(self.grpc.gid),
+        )
     }
 
     /// Load from a file; a missing file at the default path means defaults.
@@ -209,6 +246,24 @@ mod tests {
         .unwrap();
         assert_eq!(c.ttrpc_socket(), (PathBuf::from("/x/t.sock"), 1, 2));
         assert!(Config::parse("[ttrpc]\nmode = 1", "t", &reg()).is_err());
+    }
+
+    #[test]
+    fn debug_and_metrics_sections_take_containerds_keys() {
+        let c = Config::parse(
+            "[grpc]\ngid = 7\n[debug]\naddress = \"/r/debug.sock\"\nlevel = \"debug\"\n\
+             [metrics]\naddress = \"127.0.0.1:1338\"\ngrpc_histogram = true",
+            "t",
+            &reg(),
+        )
+        .unwrap();
+        assert_eq!(c.debug.address, "/r/debug.sock");
+        assert_eq!(c.debug_ids(), (0, 7));
+        assert_eq!(c.metrics.address, "127.0.0.1:1338");
+        assert!(c.metrics.grpc_histogram);
+        let c = Config::parse("[debug]\nuid = 3\ngid = 4", "t", &reg()).unwrap();
+        assert_eq!(c.debug_ids(), (3, 4));
+        assert!(Config::parse("[metrics]\nadress = \"x\"", "t", &reg()).is_err());
     }
 
     #[test]

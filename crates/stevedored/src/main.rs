@@ -12,8 +12,15 @@ use stevedore_plugin::{
 use stevedore_services::exchange::Exchange;
 use stevedore_services::GrpcService;
 use stevedored::config::{Config, DEFAULT_CONFIG_PATH};
-use tokio::net::UnixListener;
+use stevedored::endpoint::{bind_unix, restrict_socket};
+use stevedored::logging;
 use tokio_stream::wrappers::UnixListenerStream;
+
+/// glibc's malloc (tuned by `malloc::tune`), with sampled allocations
+/// recorded for the debug endpoint's heap profile.
+#[global_allocator]
+static ALLOCATOR: stevedore_profile::heap::Sampling<std::alloc::System> =
+    stevedore_profile::heap::Sampling::new(std::alloc::System);
 
 /// How long a graceful shutdown waits for open streams.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -109,70 +116,13 @@ fn run() -> Result<()> {
         print!("{}", toml::to_string_pretty(&cfg)?);
         return Ok(());
     }
-    init_logging(&cfg)?;
+    logging::init(&cfg.debug.level, &cfg.debug.format)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("stevedored")
         .build()
         .context("start async runtime")?;
     rt.block_on(serve(cfg, registry))
-}
-
-fn init_logging(cfg: &Config) -> Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let level = cfg.debug.level.as_str();
-    if !["trace", "debug", "info", "warn", "error"].contains(&level) {
-        bail!("invalid log level {level:?}: use trace, debug, info, warn or error");
-    }
-    let filter = EnvFilter::try_from_env("STEVEDORE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn")));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match cfg.debug.format.as_str() {
-        "json" => b.json().init(),
-        "text" | "" => b.init(),
-        other => bail!("invalid log format {other:?}: use text or json"),
-    }
-    Ok(())
-}
-
-/// Bind the socket: refuse when another daemon answers on it, replace a stale
-/// one, and restrict it to owner and group (0660).
-async fn bind_socket(cfg: &Config) -> Result<UnixListener> {
-    let path = &cfg.grpc.address;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "another daemon is serving on {}: stop it or choose another --address",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("remove stale socket {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
-    restrict_socket(path, cfg.grpc.uid, cfg.grpc.gid)?;
-    Ok(listener)
-}
-
-/// Mode 0660 and the configured owner and group (containerd's `uid`/`gid`):
-/// only they may connect. A socket is bound with the umask's mode (no write
-/// for others), so nobody else can connect before this runs either.
-fn restrict_socket(path: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod 0660 {}", path.display()))?;
-    rustix::fs::chown(
-        path,
-        Some(rustix::fs::Uid::from_raw(uid)),
-        Some(rustix::fs::Gid::from_raw(gid)),
-    )
-    .with_context(|| format!("chown {uid}:{gid} {}", path.display()))
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<()> {
@@ -184,7 +134,19 @@ fn create_dir(path: &Path, mode: u32) -> Result<()> {
 async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> {
     create_dir(&cfg.root, 0o711)?;
     create_dir(&cfg.state, 0o711)?;
-    let listener = bind_socket(&cfg).await?;
+    let listener = bind_unix(&cfg.grpc.address, cfg.grpc.uid, cfg.grpc.gid)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#} (gRPC socket; choose another --address)"))?;
+    // the debug endpoint serves while plugins initialise: a slow start can
+    // be profiled
+    let mut extra_sockets = Vec::new();
+    if !cfg.debug.address.is_empty() {
+        let (uid, gid) = cfg.debug_ids();
+        let l = stevedored::endpoint::bind("debug", &cfg.debug.address, uid, gid).await?;
+        tracing::info!(address = %l.describe(), "debug endpoint serving");
+        extra_sockets.extend(l.path().map(Path::to_path_buf));
+        stevedored::debug::serve(l);
+    }
     let (ttrpc_address, ttrpc_uid, ttrpc_gid) = cfg.ttrpc_socket();
     let env = Environment {
         root: cfg.root.clone(),
@@ -214,6 +176,20 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
             return Err(e);
         }
     }
+    if !cfg.metrics.address.is_empty() {
+        let l =
+            stevedored::endpoint::bind("metrics", &cfg.metrics.address, cfg.grpc.uid, cfg.grpc.gid)
+                .await?;
+        tracing::info!(address = %l.describe(), "metrics endpoint serving");
+        extra_sockets.extend(l.path().map(Path::to_path_buf));
+        let tasks = plugins
+            .get::<stevedore_services::tasks::RuntimeV2>(
+                stevedore_plugin::types::RUNTIME_V2,
+                "task",
+            )
+            .map(|rt| rt.manager.clone());
+        stevedored::metrics::serve(l, stevedored::metrics::Sources { tasks });
+    }
     let mut routes = tonic::service::RoutesBuilder::default();
     for (id, inst) in plugins.instances_of(GRPC) {
         match inst.clone().downcast::<GrpcService>() {
@@ -233,6 +209,19 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    // containerd dumps its goroutines on SIGUSR1; stevedored its threads
+    let mut usr1 = signal(SignalKind::user_defined1()).context("install SIGUSR1 handler")?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            match tokio::task::spawn_blocking(stevedore_profile::threads::text).await {
+                Ok(Ok(dump)) => {
+                    tracing::info!("=== BEGIN thread dump ===\n{dump}=== END thread dump ===")
+                }
+                Ok(Err(e)) => tracing::warn!("SIGUSR1: {e}"),
+                Err(e) => tracing::warn!("SIGUSR1: thread dump: {e}"),
+            }
+        }
+    });
     // a systemd unit with Type=notify starts dependants only now
     sd_notify("READY=1");
     let exchange = plugins.get::<Exchange>(EVENT, "exchange");
@@ -256,6 +245,9 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
     // large flow-control windows (adapted to the link): blobs stream in and
     // out in 1 MiB messages, and 64 KiB windows would stall every one of them
     let result = tonic::transport::Server::builder()
+        .layer(stevedored::metrics::GrpcMetricsLayer {
+            histogram: cfg.metrics.grpc_histogram,
+        })
         .http2_adaptive_window(Some(true))
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
@@ -263,6 +255,9 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&address);
+    for p in &extra_sockets {
+        let _ = std::fs::remove_file(p);
+    }
     result.context("serve gRPC")?;
     tracing::info!("stevedored stopped");
     Ok(())

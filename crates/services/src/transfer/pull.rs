@@ -178,6 +178,7 @@ impl Pull {
         let fed: Result<()> = async {
             while let Some(chunk) = reader.chunk().await? {
                 pos += chunk.len() as i64;
+                crate::metrics::pull_bytes(chunk.len() as u64);
                 if tx.send(chunk).await.is_err() {
                     break;
                 }
@@ -265,6 +266,18 @@ pub(super) struct Selected {
 impl Engine {
     /// Pull an image into namespace `ns`; returns its name and target.
     pub(crate) async fn pull(
+        &self,
+        ns: String,
+        req: PullOptions,
+        report: Reporter,
+    ) -> Result<(String, Descriptor)> {
+        let started = Instant::now();
+        let result = self.pull_resolved(ns, req, report).await;
+        crate::metrics::pull_done(result.is_ok(), started.elapsed());
+        result
+    }
+
+    async fn pull_resolved(
         &self,
         ns: String,
         req: PullOptions,
