@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages stevedore's tests and quickstart use, if missing.
 # Idempotent; needs root (CI and the dev machine run as root).
+#   deps.sh               everything the tests and benchmarks use
+#   deps.sh --quickstart  only what scripts/quickstart.sh needs
 set -euo pipefail
+QUICK=0
+[[ ${1:-} == --quickstart ]] && QUICK=1
 PKGS=(
   containerd        # the reference `ctr` client (and containerd for benchmarks)
   runc              # OCI runtime
@@ -22,6 +26,10 @@ PKGS=(
   iptables iproute2 # portmap's rules; ip/nsenter checks inside pod network namespaces
   prometheus        # scrapes stevedored's [metrics] endpoint in crates/e2e/tests/operations.rs
 )
+if ((QUICK)); then
+  # ctr (containerd), runc, and the busybox image's ingredients
+  PKGS=(containerd runc python3 busybox-static)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -33,6 +41,6 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Docker 28 and containerd 2.x from Debian unstable, unpacked, never installed
-bash "$(dirname "$0")/unstable-tools.sh"
+((QUICK)) || bash "$(dirname "$0")/unstable-tools.sh"
 # the packaged containerd must not run: tests start their own daemons
 systemctl disable --now containerd docker docker.socket prometheus >/dev/null 2>&1 || true
