@@ -21,6 +21,7 @@ PKGS=(
   golang-github-docker-spdystream-dev  # kubectl's SPDY library: the streaming server's interop test
   python3 util-linux  # test images (mkimage.py), socket probes as other users (setpriv)
   jq zstd pigz hyperfine
+  groff-base        # renders the generated man pages (crates/e2e/tests/cli_docs.rs)
   docker.io         # Docker Engine 20.10: dockerd --containerd against stevedored
   containernetworking-plugins  # CNI plugins (bridge, host-local, loopback, portmap) for CRI pods
   iptables iproute2 # portmap's rules; ip/nsenter checks inside pod network namespaces

@@ -2,6 +2,7 @@
 # Install stevedore as a system service:
 #   the binaries in $PREFIX/bin (default /usr/local/bin),
 #   /etc/stevedore/config.toml from `stevedored config default` (kept if present),
+#   bash/zsh/fish completions and man pages under $PREFIX/share,
 #   the systemd unit and tmpfiles entry (packaging/), enabled and started when
 #   systemd runs this machine; otherwise it says how to start the daemon.
 # DESTDIR installs into a staging root (packaging, tests); BUILD=0 installs
@@ -29,6 +30,15 @@ fi
 sed "s#/usr/local/bin/stevedored#$PREFIX/bin/stevedored#" packaging/stevedore.service \
   > "$DESTDIR/etc/systemd/system/stevedore.service"
 install -m 0644 packaging/stevedore.tmpfiles.conf "$DESTDIR/usr/lib/tmpfiles.d/stevedore.conf"
+# shell completions and man pages, generated from the CLI's definitions
+comp="$DESTDIR$PREFIX/share/bash-completion/completions"
+zcomp="$DESTDIR$PREFIX/share/zsh/site-functions"
+fcomp="$DESTDIR$PREFIX/share/fish/vendor_completions.d"
+install -d -m 0755 "$comp" "$zcomp" "$fcomp"
+"$bin/stevedore" completion bash > "$comp/stevedore"
+"$bin/stevedore" completion zsh > "$zcomp/_stevedore"
+"$bin/stevedore" completion fish > "$fcomp/stevedore.fish"
+"$bin/stevedore" man "$DESTDIR$PREFIX/share/man/man1"
 if [[ -z "$DESTDIR" && -d /run/systemd/system ]]; then
   systemd-tmpfiles --create /usr/lib/tmpfiles.d/stevedore.conf
   systemctl daemon-reload

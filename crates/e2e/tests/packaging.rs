@@ -102,6 +102,15 @@ fn install_script_stages_a_unit_that_systemd_verifies() {
         "systemd-analyze verify warns: {warnings:#?}"
     );
     assert!(root.join("usr/lib/tmpfiles.d/stevedore.conf").is_file());
+    for f in [
+        "usr/local/share/bash-completion/completions/stevedore",
+        "usr/local/share/zsh/site-functions/_stevedore",
+        "usr/local/share/fish/vendor_completions.d/stevedore.fish",
+        "usr/local/share/man/man1/stevedore.1",
+        "usr/local/share/man/man1/stevedore-run.1",
+    ] {
+        assert!(root.join(f).is_file(), "{f} not installed");
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 mod check;
 mod client;
 mod content;
+mod docs;
 mod fsck;
 mod images;
 mod mount;
@@ -91,6 +92,16 @@ enum Cmd {
     Leases(content::LeasesCmd),
     /// Check a stopped daemon's root offline (blobs, ingests, records, snapshots); --repair fixes.
     Check(fsck::CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (stevedore.1 and one per subcommand) into a directory.
+    Man {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -131,8 +142,21 @@ struct QuietArg {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Check(a) = &cli.cmd {
-        return fsck::run(a, cli.output);
+    // commands that need no daemon
+    let offline = match &cli.cmd {
+        Cmd::Check(a) => return fsck::run(a, cli.output),
+        Cmd::Completion { shell } => Some(docs::completion(*shell)),
+        Cmd::Man { dir } => Some(docs::man_pages(dir).map(|_| ())),
+        _ => None,
+    };
+    if let Some(res) = offline {
+        return match res {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("stevedore: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -182,7 +206,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Containers(c) => tasks::containers(&conn, cli.output, c).await,
         Cmd::Tasks(c) => tasks::tasks(&conn, cli.output, c).await,
-        Cmd::Check(_) => bail!("check reads the root offline, not through the socket"),
+        Cmd::Check(_) | Cmd::Completion { .. } | Cmd::Man { .. } => {
+            bail!("this command works offline, not through the socket")
+        }
     }
 }
 
