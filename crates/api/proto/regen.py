@@ -78,6 +78,8 @@ FILES2 = [
     ("api/events/content.proto", "containerd/events/content.proto"),
     # Container.sandbox (field 11), the sandbox a container belongs to
     ("api/services/containers/v1/containers.proto", "containerd/services/containers/v1/containers.proto"),
+    # ApplyRequest.sync_fs, DiffRequest.source_date_epoch
+    ("api/services/diff/v1/diff.proto", "containerd/services/diff/v1/diff.proto"),
 ]
 
 # Kubernetes' CRI (k8s.io/cri-api, Apache-2.0) as containerd CONTAINERD2_TAG

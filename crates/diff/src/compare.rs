@@ -21,14 +21,34 @@ pub struct Written {
     pub size: u64,
 }
 
+/// How a diff is written.
+#[derive(Debug, Clone, Default)]
+pub struct CompareOptions {
+    /// containerd 2.x's `source_date_epoch` (`WithModTimeUpperBound`): no
+    /// entry's modification time is later than this (seconds since the
+    /// epoch), for reproducible layers. Whiteouts are always at time 0.
+    pub mtime_upper_bound: Option<i64>,
+}
+
 /// Write the difference from `lower` to `upper` as a layer tar into `w`.
 pub fn compare(lower: &Path, upper: &Path, w: impl Write) -> Result<Written> {
+    compare_with(lower, upper, w, &CompareOptions::default())
+}
+
+/// [`compare`] with options.
+pub fn compare_with(
+    lower: &Path,
+    upper: &Path,
+    w: impl Write,
+    opts: &CompareOptions,
+) -> Result<Written> {
     let mut b = tar::Builder::new(Hashing::new(w));
     b.mode(tar::HeaderMode::Complete);
     let mut c = Comparer {
         lower,
         upper,
         links: HashMap::new(),
+        mtime_max: opts.mtime_upper_bound,
     };
     c.walk(&mut b, Path::new(""), true)?;
     let hashing = b
@@ -44,6 +64,7 @@ struct Comparer<'a> {
     lower: &'a Path,
     upper: &'a Path,
     links: HashMap<(u64, u64), PathBuf>,
+    mtime_max: Option<i64>,
 }
 
 fn io(ctx: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -218,7 +239,11 @@ impl Comparer<'_> {
         h.set_mode(md.mode() & 0o7777);
         h.set_uid(md.uid() as u64);
         h.set_gid(md.gid() as u64);
-        h.set_mtime(md.mtime().max(0) as u64);
+        let mtime = match self.mtime_max {
+            Some(max) => md.mtime().min(max),
+            None => md.mtime(),
+        };
+        h.set_mtime(mtime.max(0) as u64);
         h.set_size(0);
         let ft = md.file_type();
         if !ft.is_dir() && md.nlink() > 1 {

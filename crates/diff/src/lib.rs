@@ -21,7 +21,7 @@ pub mod compare;
 pub mod mounts;
 
 pub use apply::{apply, apply_with_parents, Applied, WhiteoutMode};
-pub use compare::{compare, Written};
+pub use compare::{compare, compare_with, CompareOptions, Written};
 
 use sha2::{Digest as _, Sha256};
 use std::io::{Read, Write};

@@ -9,7 +9,8 @@
 //!   runs [`crate::compare`].
 
 use crate::{
-    apply, apply_with_parents, compare, decompress, Applied, Compression, WhiteoutMode, Written,
+    apply, apply_with_parents, compare_with, decompress, Applied, CompareOptions, Compression,
+    WhiteoutMode, Written,
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -46,9 +47,26 @@ pub fn apply_to_mounts(
     blob: impl Read,
     scratch: &Path,
 ) -> Result<Applied> {
+    apply_to_mounts_with(mounts, media_type, blob, scratch, false)
+}
+
+/// [`apply_to_mounts`], and with `sync_fs` (containerd 2.x's
+/// `ApplyRequest.sync_fs`) the filesystem holding the applied files is
+/// synced (`syncfs`) before returning.
+pub fn apply_to_mounts_with(
+    mounts: &[Mount],
+    media_type: &str,
+    blob: impl Read,
+    scratch: &Path,
+    sync_fs: bool,
+) -> Result<Applied> {
     let layer = decompress(Compression::of_media_type(media_type)?, blob)?;
     if let Some((dir, mode, parents)) = direct_target(mounts) {
-        return apply_with_parents(&dir, layer, mode, &parents);
+        let applied = apply_with_parents(&dir, layer, mode, &parents)?;
+        if sync_fs {
+            syncfs(&dir)?;
+        }
+        return Ok(applied);
     }
     let target = tempfile::Builder::new()
         .prefix("apply-")
@@ -58,8 +76,27 @@ pub fn apply_to_mounts(
         })?;
     let g = MountGuard::mount(mounts, target.path())?;
     let r = apply(target.path(), layer, WhiteoutMode::Delete);
+    let r = match r {
+        Ok(applied) if sync_fs => syncfs(target.path()).map(|()| applied),
+        r => r,
+    };
     g.release()?;
     r
+}
+
+/// Sync the filesystem that holds `dir` (syncfs(2)).
+fn syncfs(dir: &Path) -> Result<()> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| {
+        Error::from(std::io::Error::from(e)).context(format!("sync fs: open {}", dir.display()))
+    })?;
+    rustix::fs::syncfs(&fd).map_err(|e| {
+        Error::from(std::io::Error::from(e)).context(format!("sync fs of {}", dir.display()))
+    })
 }
 
 /// Write the difference between two sets of mounts as an uncompressed layer tar.
@@ -68,6 +105,17 @@ pub fn compare_mounts(
     upper: &[Mount],
     w: impl Write,
     scratch: &Path,
+) -> Result<Written> {
+    compare_mounts_with(lower, upper, w, scratch, &CompareOptions::default())
+}
+
+/// [`compare_mounts`] with options (containerd 2.x's `source_date_epoch`).
+pub fn compare_mounts_with(
+    lower: &[Mount],
+    upper: &[Mount],
+    w: impl Write,
+    scratch: &Path,
+    opts: &CompareOptions,
 ) -> Result<Written> {
     let mk = |p: &str| {
         tempfile::Builder::new()
@@ -84,7 +132,7 @@ pub fn compare_mounts(
         Some(MountGuard::mount(lower, ld.path())?)
     };
     let ug = MountGuard::mount(upper, ud.path())?;
-    let r = compare(ld.path(), ud.path(), w);
+    let r = compare_with(ld.path(), ud.path(), w, opts);
     ug.release()?;
     if let Some(g) = lg {
         g.release()?;

@@ -442,3 +442,75 @@ fn ctr2_pushes_to_a_registry_and_the_local_paths_still_work() {
     d4.ctr2_ok(&["images", "pull", "--plain-http", &local]);
     assert_eq!(image_digest(&d4, &local), img.digest);
 }
+
+/// The mtimes of the entries of a gzip-compressed layer.
+fn layer_mtimes(gz: &[u8]) -> std::collections::HashMap<String, u64> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip (Debian package gzip)");
+    child.stdin.take().unwrap().write_all(gz).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "gzip -dc of the diff");
+    let mut a = tar::Archive::new(out.stdout.as_slice());
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            (name, e.header().mtime().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn ctr2_snapshot_diff_honours_source_date_epoch_and_unpack_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = busybox_image(dir.path());
+    let d = Daemon::start();
+    // an active snapshot with a file dated in the future (2033)
+    d.ctr2_ok(&["snapshots", "prepare", "sde-active"]);
+    let mounts = d.ctr2_ok(&["snapshots", "mounts", "/unused", "sde-active"]);
+    let source = mounts
+        .split_whitespace()
+        .skip_while(|w| *w != "-t")
+        .nth(2)
+        .unwrap_or_else(|| panic!("no mount source in {mounts:?}"))
+        .to_string();
+    let file = std::path::Path::new(&source).join("hello.txt");
+    std::fs::write(&file, "hi\n").unwrap();
+    let future = std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(future)
+        .unwrap();
+    // without SOURCE_DATE_EPOCH the diff keeps the file's time
+    let plain = d.ctr2(&["snapshots", "diff", "sde-active"]);
+    assert!(plain.status.success(), "{plain:?}");
+    assert_eq!(layer_mtimes(&plain.stdout)["hello.txt"], 2_000_000_000);
+    // with it, ctr 2.x sends DiffRequest.source_date_epoch: times are clamped
+    let clamped = d
+        .ctr2_command(&["snapshots", "diff", "sde-active"])
+        .env("SOURCE_DATE_EPOCH", "1000")
+        .output()
+        .unwrap();
+    assert!(clamped.status.success(), "{clamped:?}");
+    assert_eq!(layer_mtimes(&clamped.stdout)["hello.txt"], 1000);
+    d.ctr2_ok(&["snapshots", "rm", "sde-active"]);
+
+    // ApplyRequest.sync_fs: a client-side unpack asking for syncfs works
+    d.ctr2_ok(&[
+        "images",
+        "import",
+        "--local",
+        "--sync-fs",
+        img.oci_tar.to_str().unwrap(),
+    ]);
+    let run = d.ctr2_ok(&["run", "--rm", &img.name, "sync", "echo", "synced"]);
+    assert_eq!(run.trim(), "synced");
+}

@@ -58,6 +58,19 @@ pub fn apply_layer(
     mounts: &[Mount],
     scratch: &std::path::Path,
 ) -> Result<Descriptor, Error> {
+    apply_layer_with(db, ns, desc, mounts, scratch, false)
+}
+
+/// [`apply_layer`]; `sync_fs` syncs the filesystem holding the applied
+/// files before returning (containerd 2.x's `ApplyRequest.sync_fs`).
+pub fn apply_layer_with(
+    db: &Arc<Db>,
+    ns: &str,
+    desc: &Descriptor,
+    mounts: &[Mount],
+    scratch: &std::path::Path,
+    sync_fs: bool,
+) -> Result<Descriptor, Error> {
     let content = db.content(ns, None);
     let ra = content
         .reader_at(&desc.digest)
@@ -65,9 +78,14 @@ pub fn apply_layer(
     let reader = std::io::BufReader::with_capacity(1 << 20, SeqReader::new(ra, 0));
     std::fs::create_dir_all(scratch)?;
     let started = std::time::Instant::now();
-    let applied =
-        stevedore_diff::mounts::apply_to_mounts(mounts, &desc.media_type, reader, scratch)
-            .map_err(|e| e.context(format!("apply layer {}", desc.digest)))?;
+    let applied = stevedore_diff::mounts::apply_to_mounts_with(
+        mounts,
+        &desc.media_type,
+        reader,
+        scratch,
+        sync_fs,
+    )
+    .map_err(|e| e.context(format!("apply layer {}", desc.digest)))?;
     crate::metrics::layer_unpacked(applied.size, started.elapsed());
     Ok(Descriptor::new(
         MEDIA_TYPE_LAYER_TAR,
@@ -87,8 +105,9 @@ impl Diff for DiffService {
         let desc =
             crate::convert::descriptor_from_pb(&pb).map_err(stevedore_api::status::to_status)?;
         let mounts: Vec<Mount> = r.mounts.into_iter().map(mount_from_pb).collect();
-        let (db, scratch) = (self.db.clone(), self.scratch.clone());
-        let applied = blocking(move || apply_layer(&db, &ns, &desc, &mounts, &scratch)).await;
+        let (db, scratch, sync_fs) = (self.db.clone(), self.scratch.clone(), r.sync_fs);
+        let applied =
+            blocking(move || apply_layer_with(&db, &ns, &desc, &mounts, &scratch, sync_fs)).await;
         crate::memory::work_done();
         let applied = applied?;
         Ok(Response::new(ApplyResponse {
@@ -114,6 +133,10 @@ impl Diff for DiffService {
         } else {
             r.r#ref
         };
+        // containerd 2.x's SourceDateEpoch: no entry newer than it
+        let opts = stevedore_diff::CompareOptions {
+            mtime_upper_bound: r.source_date_epoch.map(|t| t.seconds),
+        };
         let mut labels: HashMap<String, String> = r.labels;
         let (db, scratch) = (self.db.clone(), self.scratch.clone());
         let desc = blocking(move || {
@@ -125,8 +148,9 @@ impl Diff for DiffService {
                 let mut hashing = stevedore_diff::Hashing::new(adapter);
                 let written = {
                     let mut enc = stevedore_diff::compress(compression, &mut hashing)?;
-                    let w =
-                        stevedore_diff::mounts::compare_mounts(&left, &right, &mut enc, &scratch)?;
+                    let w = stevedore_diff::mounts::compare_mounts_with(
+                        &left, &right, &mut enc, &scratch, &opts,
+                    )?;
                     enc.finish_stream()
                         .map_err(|e| Error::from(e).context("finish layer compression"))?;
                     w
