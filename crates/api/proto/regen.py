@@ -80,6 +80,8 @@ FILES2 = [
     ("api/services/containers/v1/containers.proto", "containerd/services/containers/v1/containers.proto"),
     # ApplyRequest.sync_fs, DiffRequest.source_date_epoch
     ("api/services/diff/v1/diff.proto", "containerd/services/diff/v1/diff.proto"),
+    # Create/UpdateImageRequest.source_date_epoch
+    ("api/services/images/v1/images.proto", "containerd/services/images/v1/images.proto"),
 ]
 
 # Kubernetes' CRI (k8s.io/cri-api, Apache-2.0) as containerd CONTAINERD2_TAG

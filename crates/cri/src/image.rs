@@ -115,6 +115,7 @@ impl Cri {
         match images
             .create(CreateImageRequest {
                 image: Some(img.clone()),
+                source_date_epoch: None,
             })
             .await
         {
@@ -123,6 +124,7 @@ impl Cri {
                 .update(UpdateImageRequest {
                     image: Some(img),
                     update_mask: None,
+                    source_date_epoch: None,
                 })
                 .await
                 .map(|_| ())
@@ -313,6 +315,7 @@ impl Cri {
                 .delete(DeleteImageRequest {
                     name: n.clone(),
                     sync: i + 1 == count,
+                    target: None,
                 })
                 .await
             {

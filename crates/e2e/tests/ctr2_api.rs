@@ -531,3 +531,70 @@ fn ctr2_inspects_the_runtime_through_plugin_info() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_source_date_epoch_and_delete_target_follow_containerd_2() {
+    use stevedore_api::services::images::{
+        images_client::ImagesClient, DeleteImageRequest, GetImageRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let img = busybox_image(dir.path());
+    let d = Daemon::start();
+    d.ctr2_ok(&["images", "import", img.oci_tar.to_str().unwrap()]);
+    // ctr 2.x under SOURCE_DATE_EPOCH sends Create/UpdateImageRequest's
+    // source_date_epoch: the records are dated then, not now
+    let tagged = d
+        .ctr2_command(&["images", "tag", "--local", &img.name, "docker.io/x/epoch:1"])
+        .env("SOURCE_DATE_EPOCH", "1000")
+        .output()
+        .unwrap();
+    assert!(tagged.status.success(), "{tagged:?}");
+    let mut c = ImagesClient::new(d.channel().await);
+    let get = |name: &str| GetImageRequest { name: name.into() };
+    let got = c
+        .get(req("default", get("docker.io/x/epoch:1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert_eq!(got.created_at.as_ref().unwrap().seconds, 1000, "{got:?}");
+    assert_eq!(got.updated_at.as_ref().unwrap().seconds, 1000, "{got:?}");
+    let target = got.target.clone().unwrap();
+    // DeleteImageRequest.target: another digest is NotFound and deletes nothing
+    let mut wrong = target.clone();
+    wrong.digest = format!("sha256:{}", "0".repeat(64));
+    let e = c
+        .delete(req(
+            "default",
+            DeleteImageRequest {
+                name: "docker.io/x/epoch:1".into(),
+                sync: false,
+                target: Some(wrong),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("has target"), "{e:?}");
+    assert!(c
+        .get(req("default", get("docker.io/x/epoch:1")))
+        .await
+        .is_ok());
+    // the right digest deletes it
+    c.delete(req(
+        "default",
+        DeleteImageRequest {
+            name: "docker.io/x/epoch:1".into(),
+            sync: false,
+            target: Some(target),
+        },
+    ))
+    .await
+    .unwrap();
+    let e = c
+        .get(req("default", get("docker.io/x/epoch:1")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}

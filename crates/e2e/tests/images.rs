@@ -21,6 +21,7 @@ async fn create_record(d: &Daemon, ns: &str, name: &str) {
             created_at: None,
             updated_at: None,
         }),
+        source_date_epoch: None,
     });
     req.metadata_mut()
         .insert("containerd-namespace", MetadataValue::try_from(ns).unwrap());
@@ -153,6 +154,7 @@ async fn deleting_an_image_with_sync_collects_its_content() {
             created_at: None,
             updated_at: None,
         }),
+        source_date_epoch: None,
     });
     req.metadata_mut().insert(
         "containerd-namespace",

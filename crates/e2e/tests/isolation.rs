@@ -500,6 +500,7 @@ async fn content_images_leases_diff_and_transfer_of_one_namespace_are_invisible_
                     ..Default::default()
                 }),
                 update_mask: mask("labels"),
+                source_date_epoch: None,
             },
         ))
         .await,
@@ -512,6 +513,7 @@ async fn content_images_leases_diff_and_transfer_of_one_namespace_are_invisible_
             DeleteImageRequest {
                 name: image.clone(),
                 sync: true,
+                target: None,
             },
         ))
         .await,
@@ -642,6 +644,7 @@ async fn content_images_leases_diff_and_transfer_of_one_namespace_are_invisible_
                 target: target.clone(),
                 ..Default::default()
             }),
+            source_date_epoch: None,
         },
     ))
     .await
@@ -652,6 +655,7 @@ async fn content_images_leases_diff_and_transfer_of_one_namespace_are_invisible_
         DeleteImageRequest {
             name: image.clone(),
             sync: true,
+            target: None,
         },
     ))
     .await
@@ -1404,6 +1408,7 @@ async fn event_subscribers_filtered_by_namespace_see_only_that_namespace() {
             }),
             ..Default::default()
         }),
+        source_date_epoch: None,
     };
     // subscriptions are live once a first event gets through; B acts first,
     // then A, several rounds, so A's subscriber would have seen B's by then

@@ -77,6 +77,7 @@ fn image(name: &str, labels: HashMap<String, String>) -> CreateImageRequest {
             }),
             ..Default::default()
         }),
+        source_date_epoch: None,
     }
 }
 

@@ -193,6 +193,7 @@ async fn pull(ch: &Channel, ns: &str, reference: &str) -> Result<(), String> {
             DeleteImageRequest {
                 name: reference.into(),
                 sync: true,
+                target: None,
             },
         ))
         .await

@@ -111,7 +111,13 @@ impl Db {
     }
 
     /// Create an image; AlreadyExists when the name is taken.
-    pub fn create_image(&self, ns: &str, mut image: Image) -> Result<Image> {
+    pub fn create_image(&self, ns: &str, image: Image) -> Result<Image> {
+        self.create_image_at(ns, image, None)
+    }
+
+    /// Create an image dated `at` (nanoseconds since the epoch; containerd
+    /// 2.x's `source_date_epoch`) instead of now.
+    pub fn create_image_at(&self, ns: &str, mut image: Image, at: Option<u128>) -> Result<Image> {
         validate(&image)?;
         self.update(|tx| {
             namespaces::ensure(tx, ns)?;
@@ -127,7 +133,7 @@ impl Db {
                     image.name
                 )));
             }
-            image.created_at = now_nanos();
+            image.created_at = at.unwrap_or_else(now_nanos);
             image.updated_at = image.created_at;
             t.insert((ns, image.name.as_str()), encode(&image).as_slice())
                 .map_err(|e| db_err("insert image", e))?;
@@ -139,6 +145,18 @@ impl Db {
     /// Update an image with containerd's field paths: `labels`, `labels.<k>`,
     /// `target`, `annotations`, `annotations.<k>`; none replaces everything.
     pub fn update_image(&self, ns: &str, image: Image, paths: &[String]) -> Result<Image> {
+        self.update_image_at(ns, image, paths, None)
+    }
+
+    /// [`Db::update_image`], dated `at` (containerd 2.x's
+    /// `source_date_epoch`) instead of now.
+    pub fn update_image_at(
+        &self,
+        ns: &str,
+        image: Image,
+        paths: &[String],
+        at: Option<u128>,
+    ) -> Result<Image> {
         if image.name.is_empty() {
             return Err(Error::invalid("image name is required for update"));
         }
@@ -189,7 +207,7 @@ impl Db {
             updated.labels.retain(|_, v| !v.is_empty());
             validate(&updated)?;
             updated.created_at = created;
-            updated.updated_at = now_nanos();
+            updated.updated_at = at.unwrap_or_else(now_nanos);
             t.insert((ns, updated.name.as_str()), encode(&updated).as_slice())
                 .map_err(|e| db_err("update image", e))?;
             Ok(updated)
@@ -199,10 +217,31 @@ impl Db {
     }
 
     pub fn delete_image(&self, ns: &str, name: &str) -> Result<()> {
+        self.delete_image_if(ns, name, None)
+    }
+
+    /// Delete an image only if its target is `target` (containerd 2.x's
+    /// `DeleteImageRequest.target`): another target is NotFound, so a
+    /// client never deletes an image someone re-pointed meanwhile.
+    pub fn delete_image_if(&self, ns: &str, name: &str, target: Option<&str>) -> Result<()> {
         self.update(|tx| {
             let mut t = tx
                 .open_table(IMAGES)
                 .map_err(|e| db_err("open images", e))?;
+            if let Some(want) = target.filter(|d| !d.is_empty()) {
+                let current = {
+                    let v = t
+                        .get((ns, name))
+                        .map_err(|e| db_err("get image", e))?
+                        .ok_or_else(|| Error::not_found(format!("image {name:?}: not found")))?;
+                    decode(name, v.value())?.target.digest.to_string()
+                };
+                if current != want {
+                    return Err(Error::not_found(format!(
+                        "image {name:?} has target {current}, not {want}: not found"
+                    )));
+                }
+            }
             t.remove((ns, name))
                 .map_err(|e| db_err("delete image", e))?
                 .ok_or_else(|| Error::not_found(format!("image {name:?}: not found")))?;

@@ -95,10 +95,12 @@ impl Images for ImagesService {
         req: Request<CreateImageRequest>,
     ) -> Result<Response<CreateImageResponse>, Status> {
         let ns = namespace_of(&req)?;
-        let img = from_pb(required(req.into_inner().image, "create")?)?;
+        let r = req.into_inner();
+        let at = epoch_nanos(r.source_date_epoch);
+        let img = from_pb(required(r.image, "create")?)?;
         let db = self.db.clone();
         let n = ns.clone();
-        let created = blocking(move || db.create_image(&n, img)).await?;
+        let created = blocking(move || db.create_image_at(&n, img, at)).await?;
         self.exchange.publish(
             &ns,
             "/images/create",
@@ -119,6 +121,7 @@ impl Images for ImagesService {
         let ns = namespace_of(&req)?;
         let r = req.into_inner();
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let at = epoch_nanos(r.source_date_epoch);
         let pb = required(r.image, "update")?;
         // a partial update that leaves the target alone may omit it, or send
         // an empty one (containerd's client always sends a target: `ctr
@@ -142,7 +145,7 @@ impl Images for ImagesService {
         };
         let db = self.db.clone();
         let n = ns.clone();
-        let updated = blocking(move || db.update_image(&n, img, &paths)).await?;
+        let updated = blocking(move || db.update_image_at(&n, img, &paths, at)).await?;
         self.exchange.publish(
             &ns,
             "/images/update",
@@ -161,7 +164,8 @@ impl Images for ImagesService {
         let r = req.into_inner();
         let db = self.db.clone();
         let (n, name) = (ns.clone(), r.name.clone());
-        blocking(move || db.delete_image(&n, &name)).await?;
+        let target = r.target.map(|t| t.digest);
+        blocking(move || db.delete_image_if(&n, &name, target.as_deref())).await?;
         self.exchange
             .publish(&ns, "/images/delete", &ImageDelete { name: r.name });
         if r.sync {
@@ -171,4 +175,17 @@ impl Images for ImagesService {
         }
         Ok(Response::new(()))
     }
+}
+
+/// containerd 2.x's `source_date_epoch` of an image create or update, in
+/// nanoseconds since the epoch (the record's created/updated time instead of
+/// now; times before 1970 are 1970).
+fn epoch_nanos(t: Option<prost_types::Timestamp>) -> Option<u128> {
+    t.map(|t| {
+        if t.seconds < 0 {
+            0
+        } else {
+            t.seconds as u128 * 1_000_000_000 + t.nanos.clamp(0, 999_999_999) as u128
+        }
+    })
 }

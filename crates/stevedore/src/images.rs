@@ -211,6 +211,7 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
                 let res = c
                     .create(CreateImageRequest {
                         image: Some(img.clone()),
+                        source_date_epoch: None,
                     })
                     .await;
                 match res {
@@ -219,12 +220,16 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
                         c.delete(DeleteImageRequest {
                             name: t.clone(),
                             sync: false,
+                            target: None,
                         })
                         .await
                         .map_err(|s| rpc_error(&format!("replace image {t:?}"), s))?;
-                        c.create(CreateImageRequest { image: Some(img) })
-                            .await
-                            .map_err(|s| rpc_error(&format!("tag image {t:?}"), s))?;
+                        c.create(CreateImageRequest {
+                            image: Some(img),
+                            source_date_epoch: None,
+                        })
+                        .await
+                        .map_err(|s| rpc_error(&format!("tag image {t:?}"), s))?;
                     }
                     Err(s) => return Err(rpc_error(&format!("tag image {t:?}"), s)),
                 }
@@ -424,6 +429,7 @@ pub async fn run(conn: &Conn, fmt: Format, cmd: ImagesCmd) -> Result<()> {
                     .delete(DeleteImageRequest {
                         name: name.clone(),
                         sync: sync && last,
+                        target: None,
                     })
                     .await;
                 removals.done(
