@@ -129,7 +129,10 @@ fn init_logging(cfg: &Config) -> Result<()> {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // at debug level each gRPC call's span (`serve`) logs its duration
+        // when it closes: where a client's time goes, call by call
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
     match cfg.debug.format.as_str() {
         "json" => b.json().init(),
         "text" | "" => b.init(),
@@ -256,6 +259,8 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
     // large flow-control windows (adapted to the link): blobs stream in and
     // out in 1 MiB messages, and 64 KiB windows would stall every one of them
     let result = tonic::transport::Server::builder()
+        // disabled (and nearly free) below debug level
+        .trace_fn(|req| tracing::debug_span!("grpc", method = %req.uri().path()))
         .http2_adaptive_window(Some(true))
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
