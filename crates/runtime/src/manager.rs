@@ -161,6 +161,7 @@ impl TaskManager {
             tokio::task::spawn_blocking(move || Bundle::create(&state, &root, &ns, &i, &spec))
                 .await
                 .map_err(|e| Error::internal(format!("create bundle: {e}")))??;
+        tracing::debug!(id, "bundle written");
         crate::shimlog::open(&bundle);
         let opts = t.create.options.clone().or(t.runtime_options.clone());
         let address = match shim::start(&binary, &bundle, &self.cfg.env, opts.as_ref()).await {
@@ -170,6 +171,7 @@ impl TaskManager {
                 return Err(e);
             }
         };
+        tracing::debug!(id, address, "shim started");
         let shim = async {
             bundle.write("shim-binary-path", &binary.display().to_string())?;
             if bundle.read("address").is_err() {
@@ -186,10 +188,12 @@ impl TaskManager {
                 return Err(e);
             }
         };
+        tracing::debug!(id, "shim connected");
         let mut create = t.create.clone();
         create.options = opts;
         match shim.create(&create).await {
             Ok(pid) => {
+                tracing::debug!(id, pid, "shim created the task");
                 self.tasks
                     .lock()
                     .unwrap()
@@ -248,10 +252,12 @@ impl TaskManager {
             Err(e) if e.kind == ErrorKind::Unavailable || e.kind == ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
+        tracing::debug!(id, "shim deleted the task");
         self.tasks.lock().unwrap().remove(&Self::key(namespace, id));
         if let Err(e) = shim.shutdown().await {
             tracing::warn!(id, namespace, error = %e, "shim shutdown failed");
         }
+        tracing::debug!(id, "shim shut down");
         let exit = match exit {
             Some(e) => e,
             None => shim::delete(&shim.binary, &shim.bundle, &self.cfg.env).await?,

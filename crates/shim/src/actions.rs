@@ -1,4 +1,4 @@
-//! The shim's actions: `start` (spawn the serving shim, join the runc
+//! The shim's actions: `start` (fork the serving shim, join the runc
 //! options' `ShimCgroup`, print the address), `delete` (clean up after a
 //! dead shim, print a DeleteResponse) and `serve` (the ttrpc server).
 //!
@@ -16,9 +16,7 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim_async::create_task;
 use containerd_shim_protos::ttrpc::asynchronous::Server;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 /// The socket of a shim: one per (daemon address, namespace, id).
@@ -44,7 +42,11 @@ fn options_from_stdin() -> Result<RuncOptions> {
     RuncOptions::from_any(&any)
 }
 
-/// `start`: spawn `serve` in its own session on a socket bound here.
+/// `start`: fork the server into its own session on a socket bound here,
+/// print the address. The server is a fork of this process, not a new
+/// exec of the binary (`serve`): no second program start-up on the way to
+/// a task's Create. `start` is single-threaded until it forks (nothing here
+/// starts a thread before), so the child may go on running Rust code.
 pub fn start(f: &Flags) -> Result<()> {
     let opts = options_from_stdin()?;
     let sock = socket_path(f);
@@ -56,36 +58,37 @@ pub fn start(f: &Flags) -> Result<()> {
     // soon as we print it (clients queue in the backlog until it accepts)
     let listener = std::os::unix::net::UnixListener::bind(&sock)
         .map_err(|e| Error::io(format!("listen on {}", sock.display()), e))?;
-    rustix::io::fcntl_setfd(listener.as_fd(), rustix::io::FdFlags::empty())
-        .map_err(|e| Error::io("share the listening socket", e))?;
-    let listen_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let exe = std::env::current_exe().map_err(|e| Error::io("find own binary", e))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["-namespace", &f.namespace, "-address", &f.address])
-        .args(["-id", &f.id, "-bundle", &f.bundle])
-        .arg("-socket")
-        .arg(&sock)
-        .arg("-listen-fd")
-        .arg(listen_fd.to_string())
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .current_dir(&f.bundle);
-    // SAFETY: setsid is async-signal-safe and touches no memory
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            rustix::process::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
+    let mut server = f.clone();
+    server.socket = sock.display().to_string();
+    server.listen_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&listener));
+    server.action = "serve".into();
+    // what the server needs, made before the fork
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io("open /dev/null", e))?;
+    let bundle = std::ffi::CString::new(f.bundle.as_bytes())
+        .map_err(|_| Error::InvalidArgument(format!("bundle {:?}", f.bundle)))?;
+    // SAFETY: single-threaded here (see above), so the child may allocate
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::io(
+            "fork shim server",
+            std::io::Error::last_os_error(),
+        ));
     }
-    let mut child = cmd.spawn().map_err(|e| Error::io("spawn shim server", e))?;
+    if pid == 0 {
+        std::process::exit(run_server(server, &null, &bundle));
+    }
     drop(listener);
     if let Some(cg) = &opts.shim_cgroup {
-        if let Err(e) = cgroups::join(&Sources::default(), cg, child.id()) {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Err(e) = cgroups::join(&Sources::default(), cg, pid as u32) {
+            // SAFETY: plain syscalls on our own child
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
             let _ = std::fs::remove_file(&sock);
             return Err(e);
         }
@@ -95,6 +98,29 @@ pub fn start(f: &Flags) -> Result<()> {
     std::fs::write(&af, &addr).map_err(|e| Error::io(format!("write {}", af.display()), e))?;
     println!("{addr}");
     Ok(())
+}
+
+/// The forked server: its own session, stdio on /dev/null (the daemon
+/// reads `start`'s stdout to EOF), the bundle as working directory, then
+/// `serve`; returns the exit code.
+fn run_server(f: Flags, null: &std::fs::File, bundle: &std::ffi::CStr) -> i32 {
+    let null = std::os::fd::AsRawFd::as_raw_fd(null);
+    // SAFETY: plain syscalls on fds and a path we own
+    let ok = unsafe {
+        libc::setsid() >= 0
+            && (0..3).all(|fd| libc::dup2(null, fd) == fd)
+            && libc::chdir(bundle.as_ptr()) == 0
+    };
+    if !ok {
+        return 1;
+    }
+    match serve(f) {
+        Ok(()) => 0,
+        Err(e) => {
+            crate::log::warn(&format!("shim server: {e}"));
+            1
+        }
+    }
 }
 
 /// `delete`: force-delete the runc container, unmount the rootfs, print a
@@ -121,6 +147,7 @@ pub fn serve(f: Flags) -> Result<()> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| Error::io("become subreaper", e))?;
     crate::log::open(Path::new(&f.bundle));
+    crate::log::set_debug(f.debug);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -3,9 +3,19 @@
 //! Writes never block: a full FIFO drops the line.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 static LOG: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+
+/// `-debug`: debug lines (timings) go to the log too.
+static DEBUG: AtomicBool = AtomicBool::new(false);
+
+/// Turn debug lines on (the shim runs with `-debug`).
+pub fn set_debug(on: bool) {
+    DEBUG.store(on, Ordering::Relaxed);
+}
 
 /// Open `<bundle>/log` for writing if the daemon created it.
 pub fn open(bundle: &std::path::Path) {
@@ -24,6 +34,20 @@ pub fn warn(msg: &str) {
     if let Some(f) = LOG.get() {
         if let Ok(mut f) = f.lock() {
             let _ = writeln!(f, "level=warning msg={msg:?}");
+        }
+    }
+}
+
+/// With `-debug`: log how long `what` took since `since` (where a task's
+/// start latency goes; nothing is formatted without `-debug`).
+pub fn timed(what: impl FnOnce() -> String, since: Instant) {
+    if !DEBUG.load(Ordering::Relaxed) {
+        return;
+    }
+    let ms = since.elapsed().as_secs_f64() * 1000.0;
+    if let Some(f) = LOG.get() {
+        if let Ok(mut f) = f.lock() {
+            let _ = writeln!(f, "level=debug msg={:?}", format!("{}: {ms:.1} ms", what()));
         }
     }
 }

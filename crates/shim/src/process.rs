@@ -282,6 +282,7 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
         .map_err(|f| runc.runtime_error(f, what))?;
     let [i, o, e] = stdio;
     cmd.stdin(i).stdout(o).stderr(e);
+    let t0 = std::time::Instant::now();
     let spawned = cmd.spawn();
     // our copies of the process's stdio close here: only the process keeps them
     drop(cmd);
@@ -332,6 +333,7 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
         copy_thread(from, to, "stderr")?;
     }
     let pid = read_pid_file(pidfile)?;
+    crate::log::timed(|| format!("{} {}", runc.binary, args[0]), t0);
     Ok(Launched {
         pid,
         console: master,

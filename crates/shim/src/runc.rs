@@ -123,6 +123,13 @@ impl Runc {
     /// collected (stdout returned, stdout+stderr in the failure like
     /// go-runc's `runOrError`).
     pub fn run(&self, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
+        let t0 = std::time::Instant::now();
+        let r = self.invoke(args, input);
+        crate::log::timed(|| format!("{} {}", self.binary, args.join(" ")), t0);
+        r
+    }
+
+    fn invoke(&self, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
         use std::io::Write;
         let mut cmd = self.command(args)?;
         cmd.stdin(if input.is_some() {

@@ -163,12 +163,14 @@ impl Shim {
             io.clone(),
         );
         let launched = tokio::task::spawn_blocking(move || {
+            let t0 = std::time::Instant::now();
             for m in &mounts {
                 if let Err(e) = stevedore_sys::mount::mount(m, &rootfs) {
                     let _ = stevedore_sys::mount::unmount_all(&rootfs);
                     return Err(Error::from(e));
                 }
             }
+            crate::log::timed(|| format!("mount rootfs ({} mounts)", mounts.len()), t0);
             let pidfile = bundle.join("init.pid");
             let r = process::launch(
                 &runc,

@@ -38,7 +38,10 @@ pub fn init(level: &str, format: &str) -> Result<()> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // at debug level each gRPC call's span (`serve`) logs its duration
+        // when it closes: where a client's time goes, call by call
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
     let registry = tracing_subscriber::registry().with(layer);
     match format {
         "json" => registry.with(fmt.json()).init(),

@@ -245,6 +245,8 @@ async fn serve(cfg: Config, registry: stevedore_plugin::Registry) -> Result<()> 
     // large flow-control windows (adapted to the link): blobs stream in and
     // out in 1 MiB messages, and 64 KiB windows would stall every one of them
     let result = tonic::transport::Server::builder()
+        // disabled (and nearly free) below debug level
+        .trace_fn(|req| tracing::debug_span!("grpc", method = %req.uri().path()))
         .layer(stevedored::metrics::GrpcMetricsLayer {
             histogram: cfg.metrics.grpc_histogram,
         })
