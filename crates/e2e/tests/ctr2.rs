@@ -107,11 +107,13 @@ fn ctr2_pulls_one_platform_or_all_of_an_index() {
     let amd64 = manifest_digest(&img, "amd64");
     let arm64 = manifest_digest(&img, "arm64");
 
+    // --skip-metadata: only the platform asked
     let d = Daemon::start();
     d.ctr2_ok(&[
         "images",
         "pull",
         "--plain-http",
+        "--skip-metadata",
         "--platform",
         "linux/arm64/v8",
         &remote,
@@ -129,6 +131,39 @@ fn ctr2_pulls_one_platform_or_all_of_an_index() {
     assert!(have.contains(&arm64) && have.contains(&amd64), "{have:?}");
     let check = d2.ctr2_ok(&["images", "check"]);
     assert!(check.contains("complete"), "{check}");
+
+    // by default ctr 2.x asks for all metadata (ImageStore.all_metadata):
+    // every manifest and config of the index, layers only for the platform
+    // asked; the image keeps them through a GC
+    let d3 = Daemon::start();
+    d3.ctr2_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--platform",
+        "linux/arm64/v8",
+        &remote,
+    ]);
+    let amd64_manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            img.oci_dir
+                .join("blobs/sha256")
+                .join(amd64.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let amd64_config = amd64_manifest["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d3.ctr2_ok(&["leases", "create", "--id", "gc-now"]);
+    d3.ctr2_ok(&["leases", "rm", "--sync", "gc-now"]);
+    let have = content_digests(&d3);
+    for want in [&arm64, &amd64, &amd64_config] {
+        assert!(have.contains(want), "{want} missing: {have:?}");
+    }
+    assert_eq!(image_digest(&d3, &remote), img.digest);
 }
 
 #[test]

@@ -457,6 +457,7 @@ impl ContainerdTransfer {
                     reference: registry.reference.clone(),
                     platforms: store_matcher(&store.platforms),
                     best_only: store.platforms.len() == 1,
+                    all_metadata: store.all_metadata,
                     registry: opts,
                     unpack: unpack_snapshotter(&store.unpacks).map(|snapshotter| UnpackOptions {
                         snapshotter,

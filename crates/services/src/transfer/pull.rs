@@ -27,6 +27,9 @@ pub(crate) struct PullOptions {
     pub platforms: Box<dyn MatchPlatform>,
     /// Keep only the best-ranked manifest of an index (one platform asked).
     pub best_only: bool,
+    /// Fetch every manifest of an index and its config, layers only for the
+    /// platforms asked (containerd 2.x's `ImageStore.all_metadata`).
+    pub all_metadata: bool,
     pub registry: RegistryOptions,
     /// Unpack into a snapshotter, or not at all.
     pub unpack: Option<UnpackOptions>,
@@ -339,8 +342,12 @@ impl Engine {
         // walk the index (one level of nesting is what registries serve)
         let mut selected: Vec<Selected> = Vec::new();
         let mut index_labels: HashMap<String, String> = HashMap::new();
+        // with all_metadata: the other manifests of the index, fetched with
+        // their configs only
+        let mut metadata_only: Vec<Descriptor> = Vec::new();
         let manifests: Vec<Descriptor> = if mediatypes::is_index_type(&root.media_type) {
             let index: Index = pull.read_json(&root).await?;
+            let all = index.manifests.clone();
             let mut ms: Vec<(usize, Descriptor)> = index
                 .manifests
                 .into_iter()
@@ -369,7 +376,15 @@ impl Engine {
             if req.best_only {
                 ms.truncate(1);
             }
-            ms.into_iter().map(|(_, m)| m).collect()
+            let chosen: Vec<Descriptor> = ms.into_iter().map(|(_, m)| m).collect();
+            if req.all_metadata {
+                metadata_only = all
+                    .into_iter()
+                    .filter(|m| mediatypes::is_manifest_type(&m.media_type))
+                    .filter(|m| !chosen.iter().any(|c| c.digest == m.digest))
+                    .collect();
+            }
+            chosen
         } else if mediatypes::is_manifest_type(&root.media_type) {
             vec![root.clone()]
         } else {
@@ -379,15 +394,34 @@ impl Engine {
             )));
         };
         if manifests.first().is_some_and(|m| m.digest != root.digest) {
-            pull.report.children(&root, &manifests);
+            let mut children = manifests.clone();
+            children.extend(metadata_only.iter().cloned());
+            pull.report.children(&root, &children);
         }
-        for (i, m) in manifests.iter().enumerate() {
+        for (i, m) in manifests.iter().chain(&metadata_only).enumerate() {
             if m.digest != root.digest {
                 index_labels.insert(
                     format!("containerd.io/gc.ref.content.m.{i}"),
                     m.digest.to_string(),
                 );
             }
+        }
+        // the other platforms' manifests and configs (all_metadata): labelled
+        // to keep their config, no layers
+        for m in &metadata_only {
+            pull.fetch(m).await?;
+            let manifest: Manifest = pull.read_json(m).await?;
+            pull.report
+                .children(m, std::slice::from_ref(&manifest.config));
+            pull.fetch(&manifest.config).await?;
+            pull.set_labels(
+                &m.digest,
+                HashMap::from([(
+                    "containerd.io/gc.ref.content.config".to_string(),
+                    manifest.config.digest.to_string(),
+                )]),
+            )
+            .await?;
         }
         for m in manifests {
             if m.digest != root.digest {

@@ -148,6 +148,7 @@ impl Transfer for TransferService {
             reference: r.reference.clone(),
             platforms: platform_matcher(&r.platforms, r.all_platforms).map_err(to_status)?,
             best_only: !r.all_platforms && r.platforms.len() <= 1,
+            all_metadata: false,
             registry: registry_options(r.registry),
             unpack: r.unpack.then(|| UnpackOptions {
                 snapshotter: if r.snapshotter.is_empty() {
