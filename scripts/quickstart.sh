@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh --quickstart
-# the `quick` profile (Cargo.toml): optimised, without the fat-LTO link
-cargo build --profile quick --locked -p stevedored -p stevedore -p stevedore-shim
-install -m 0755 target/quick/stevedored target/quick/stevedore \
-    target/quick/containerd-shim-stevedore-v1 /usr/local/bin/
+# only the three programs (not the test crates' tools), fully optimised
+cargo build --release --locked -p stevedored -p stevedore -p stevedore-shim
+install -m 0755 target/release/stevedored target/release/stevedore \
+    target/release/containerd-shim-stevedore-v1 /usr/local/bin/
 SOCK=/run/stevedore/stevedore.sock
 if ! stevedore --address "$SOCK" version >/dev/null 2>&1; then
   mkdir -p /var/log
