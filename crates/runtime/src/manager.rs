@@ -368,6 +368,20 @@ impl TaskManager {
             let connected = match bundle.read("address") {
                 Ok(addr) => match Shim::connect(bundle.clone(), binary.clone(), &addr).await {
                     Ok(s) => match s.connect_info().await {
+                        Ok((_, 0)) => {
+                            // A shim without a task: the daemon died between
+                            // starting the shim and the task's Create (as
+                            // containerd's loadShims, containerd#6860). No
+                            // task ever existed, so no exit to publish.
+                            tracing::warn!(
+                                id,
+                                namespace = ns,
+                                "shim has no task (a crash before its create): removing"
+                            );
+                            let _ = s.shutdown().await;
+                            self.cleanup_dead(&binary, &bundle, false).await;
+                            continue;
+                        }
                         Ok(_) => Some(s),
                         Err(e) => {
                             tracing::warn!(id, error = %e, "shim does not answer");
