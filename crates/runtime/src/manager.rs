@@ -162,6 +162,13 @@ impl TaskManager {
                 .await
                 .map_err(|e| Error::internal(format!("create bundle: {e}")))??;
         crate::shimlog::open(&bundle);
+        // the binary is recorded before the shim starts: a crash right after
+        // the start must leave a bundle recovery can clean the shim up with
+        // (a bundle without it is removed as one no shim was started for)
+        if let Err(e) = bundle.write("shim-binary-path", &binary.display().to_string()) {
+            let _ = bundle.delete();
+            return Err(e);
+        }
         let opts = t.create.options.clone().or(t.runtime_options.clone());
         let address = match shim::start(&binary, &bundle, &self.cfg.env, opts.as_ref()).await {
             Ok(a) => a,
@@ -171,7 +178,6 @@ impl TaskManager {
             }
         };
         let shim = async {
-            bundle.write("shim-binary-path", &binary.display().to_string())?;
             if bundle.read("address").is_err() {
                 bundle.write("address", &address)?;
             }
@@ -346,6 +352,7 @@ impl TaskManager {
             let binary = match bundle.read("shim-binary-path") {
                 Ok(b) => PathBuf::from(b),
                 Err(_) => {
+                    // the daemon died before it started a shim for it
                     tracing::warn!(id, namespace = ns, "bundle without shim binary: removing");
                     let _ = bundle.delete();
                     continue;

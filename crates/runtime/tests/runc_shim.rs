@@ -375,6 +375,46 @@ async fn recovery_removes_a_shim_whose_task_was_never_created() {
     );
 }
 
+/// Found by the crash suite (a kill 45 ms into `ctr tasks start`): the
+/// daemon died after it started the shim and before it recorded the shim's
+/// binary in the bundle; recovery took the bundle for one no shim was
+/// started for and removed it, leaving the shim running forever. The binary
+/// is now recorded first. A stand-in shim reports what the bundle held when
+/// it was started.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shim_binary_is_recorded_before_the_shim_starts() {
+    let mut e = env().await;
+    let fake = e.dir.path().join("fake-shim");
+    let mark = e.dir.path().join("mark");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" start \"*) ;; *) exit 0;; esac\n\
+             if [ -f shim-binary-path ]; then echo recorded > {m}; else echo missing > {m}; fi\n\
+             echo refusing to start >&2\nexit 1\n",
+            m = mark.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    e.cfg
+        .shims
+        .insert("io.containerd.fake.v1".into(), fake.clone());
+    let manager = TaskManager::new(e.cfg.clone(), e.sink.clone(), Arc::new(Exits));
+    let ns = e.ns();
+    let out = e.dir.path().join("o");
+    let mut t = e.task("early", &["/bin/true"], &out);
+    t.runtime = "io.containerd.fake.v1".into();
+    let Err(err) = manager.create(&ns, "early", t).await else {
+        panic!("the stand-in shim refuses to start");
+    };
+    assert!(err.to_string().contains("refusing to start"), "{err}");
+    assert_eq!(std::fs::read_to_string(&mark).unwrap().trim(), "recorded");
+    // and the failed start left no bundle
+    assert!(!e.cfg.state.join(&ns).join("early").exists());
+}
+
 fn unsafe_kill(pid: u32) {
     let st = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
