@@ -1,11 +1,15 @@
 //! Crash consistency: SIGKILL stevedored in the middle of real client work
-//! (the real `ctr`), over many seeded iterations, and check after every
-//! crash, offline with the `stevedore-fsck` library, that nothing is corrupt:
-//! blobs match their digests, committed snapshots have their directories and
-//! parents, every image's content is present (or the image is gone),
-//! containers have their snapshots, no mount is left under the root. Then the
-//! daemon must restart on the same root and serve; after a garbage collection
-//! no crash leftover (ingest, blob, snapshot directory) may survive.
+//! (the real `ctr`, and the `stevedore` CLI for pulls the daemon runs), over
+//! many seeded iterations, and check after every crash, offline with the
+//! `stevedore-fsck` library, that nothing is corrupt: blobs match their
+//! digests, committed snapshots have their directories and parents, every
+//! image's content is present (or the image is gone), containers have their
+//! snapshots, no mount is left under the root but the rootfs of tasks whose
+//! shims live on. Then the daemon must restart on the same root and serve,
+//! every shim and task rootfs must belong to a task it lists, `ctr images
+//! check` must find every image complete, and an interrupted pull, retried,
+//! must complete; after a garbage collection no crash leftover (ingest,
+//! blob, snapshot directory) may survive.
 //!
 //! Reproducible: the seed is printed; `STEVEDORE_CRASH_SEED=<n>` replays a
 //! run's operations, snapshotters and where in its kill window each kill
@@ -13,9 +17,11 @@
 //! `STEVEDORE_CRASH_ITERATIONS=<n>` sets its length (default 40, bounded by
 //! `STEVEDORE_CRASH_SECONDS`, default 75, so CI stays quick).
 //! `STEVEDORE_CRASH_OPS=import,rm-gc,...` limits the operations (names:
-//! `ingest`, `import`, `prepare-commit`, `rm-gc`, `create`, `snapshot-rm`)
-//! and `STEVEDORE_CRASH_SNAPSHOTTERS=overlayfs,native` the snapshotters,
-//! to hammer one path.
+//! `ingest`, `import`, `prepare-commit`, `rm-gc`, `create`, `snapshot-rm`,
+//! `pull`, `start`, `delete`) and
+//! `STEVEDORE_CRASH_SNAPSHOTTERS=overlayfs,native,btrfs` the snapshotters
+//! (btrfs runs on a loop-device volume mounted at its directory), to hammer
+//! one path.
 //!
 //! The suite fails unless at least a third of the kills landed while the
 //! client was still working (a kill after the client finished only tests a
@@ -676,7 +682,7 @@ fn kill_group(child: &mut Child) {
 }
 
 #[test]
-fn survives_sigkill_at_random_points_of_ingest_import_snapshot_gc_and_create() {
+fn survives_sigkill_at_random_points_of_ingest_import_pull_snapshot_gc_and_containers() {
     let ctr = stevedore_e2e::require_tool("ctr", "containerd");
     stevedore_e2e::require_tool("runc", "runc");
     let seed = env_u64("STEVEDORE_CRASH_SEED").unwrap_or_else(|| {
