@@ -664,3 +664,66 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     }
     root
 }
+
+/// A btrfs filesystem on a loop device (a sparse image file in /tmp),
+/// mounted for a test and torn down on drop: unmounted, detached, removed.
+pub struct LoopBtrfs {
+    dir: tempfile::TempDir,
+    dev: String,
+    mnt: PathBuf,
+}
+
+fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+impl LoopBtrfs {
+    /// Make a btrfs of `size` (truncate's syntax: `256M`) and mount it on
+    /// `mnt` (created).
+    pub fn mount_on(mnt: &Path, size: &str) -> LoopBtrfs {
+        require_tool("mkfs.btrfs", "btrfs-progs");
+        require_tool("losetup", "mount");
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-btrfs-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let img = dir.path().join("img");
+        run_ok("truncate", &["-s", size, img.to_str().unwrap()]);
+        run_ok("mkfs.btrfs", &["-q", img.to_str().unwrap()]);
+        let dev = run_ok("losetup", &["-f", "--show", img.to_str().unwrap()]);
+        std::fs::create_dir_all(mnt).unwrap();
+        let fs = LoopBtrfs {
+            dir,
+            dev,
+            mnt: mnt.to_path_buf(),
+        };
+        run_ok("mount", &["-t", "btrfs", &fs.dev, mnt.to_str().unwrap()]);
+        fs
+    }
+
+    /// Where it is mounted.
+    pub fn mount_point(&self) -> &Path {
+        &self.mnt
+    }
+}
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        // a Daemon's drop may have detached it already (lazily)
+        let _ = Command::new("umount")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        let _ = &self.dir;
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use stevedore_e2e::{require_tool, Daemon};
+use stevedore_e2e::{require_tool, Daemon, LoopBtrfs};
 
 /// Unmounts a target when dropped, so a failing test leaves no mount.
 struct Mounted(PathBuf);
@@ -192,61 +192,13 @@ fn stevedore_cli_prepares_commits_and_removes() {
     d.cli_ok(&["snapshots", "rm", "b", "a-done"]);
 }
 
-/// A btrfs filesystem on a loop device, torn down on drop.
-struct LoopBtrfs {
-    dir: tempfile::TempDir,
-    dev: String,
-    mnt: PathBuf,
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-impl LoopBtrfs {
-    fn mount_on(mnt: &Path) -> LoopBtrfs {
-        require_tool("mkfs.btrfs", "btrfs-progs");
-        require_tool("losetup", "mount");
-        let dir = tempfile::Builder::new()
-            .prefix("e2e-btrfs-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let img = dir.path().join("img");
-        run("truncate", &["-s", "256M", img.to_str().unwrap()]);
-        run("mkfs.btrfs", &["-q", img.to_str().unwrap()]);
-        let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()]);
-        std::fs::create_dir_all(mnt).unwrap();
-        let fs = LoopBtrfs {
-            dir,
-            dev,
-            mnt: mnt.to_path_buf(),
-        };
-        run("mount", &["-t", "btrfs", &fs.dev, mnt.to_str().unwrap()]);
-        fs
-    }
-}
-
-impl Drop for LoopBtrfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-        let _ = &self.dir;
-    }
-}
-
 #[test]
 fn ctr_snapshots_on_btrfs_when_its_root_is_btrfs() {
     let mut d = Daemon::start();
     d.stop();
     let root = d.root.join("io.containerd.snapshotter.v1.btrfs");
     let _ = std::fs::remove_dir_all(&root);
-    let fs = LoopBtrfs::mount_on(&root);
+    let fs = LoopBtrfs::mount_on(&root, "256M");
     d.spawn();
     let plugins = d.ctr_ok(&["plugins", "ls", "id==btrfs"]);
     assert!(plugins.contains(" ok"), "{plugins}");

@@ -230,8 +230,15 @@ pub(crate) fn check(root: &Path, db: &Arc<Db>, c: &mut Collector) -> Result<Cont
             }
         }
     }
+    // a shared ingest (opened on a blob already on disk) will commit that
+    // file, and the collection keeps it for the ingest
+    let shared: BTreeSet<String> = db
+        .ingest_records()?
+        .into_iter()
+        .filter_map(|r| r.expected)
+        .collect();
     for d in on_disk.keys() {
-        if holders(d).is_empty() {
+        if holders(d).is_empty() && !shared.contains(&d.to_string()) {
             c.add(
                 "blob-unreferenced",
                 Severity::Leftover,

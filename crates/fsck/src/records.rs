@@ -168,9 +168,31 @@ pub(crate) fn check(
         let containers = db.list_containers(&ns, &[])?;
         c.count("containers", containers.len());
         for ctr in &containers {
-            if !ctr.snapshot_key.is_empty()
-                && !snaps.exists(&ctr.snapshotter, &format!("{ns}/{}", ctr.snapshot_key))
-            {
+            let key = format!("{ns}/{}", ctr.snapshot_key);
+            if ctr.snapshot_key.is_empty() || snaps.exists(&ctr.snapshotter, &key) {
+                // sound
+            } else if snaps.removed(&ctr.snapshotter, &key) {
+                // Nothing in the daemon removes a container's snapshot (the
+                // GC keeps it): a client did. containerd's own
+                // `Container.Delete(WithSnapshotCleanup)` (`ctr containers
+                // rm`) removes the snapshot first and the record second, so
+                // a crash between the two leaves this; deleting the
+                // container again completes (a missing snapshot is ignored).
+                c.add(
+                    "container-snapshot-removed",
+                    Severity::Leftover,
+                    format!("{ns}/{}", ctr.id),
+                    format!(
+                        "its snapshot {:?} (snapshotter {}) was removed, as a container delete does before removing the record (a crash between the two); delete the container again",
+                        ctr.snapshot_key, ctr.snapshotter
+                    ),
+                    "remove the container record",
+                    Some(Action::RemoveContainer {
+                        namespace: ns.clone(),
+                        id: ctr.id.clone(),
+                    }),
+                );
+            } else {
                 c.add(
                     "container-snapshot-missing",
                     Severity::Problem,

@@ -82,21 +82,33 @@ pub(crate) fn open_all(root: &Path) -> Result<Opened> {
     Ok(Opened(out))
 }
 
-/// Snapshots that exist and are sound: `snapshotter -> keys` (`<ns>/<key>`).
+/// Snapshots that exist and are sound: `snapshotter -> keys` (`<ns>/<key>`),
+/// and every key each snapshotter records, sound or broken.
 pub(crate) struct SnapState {
     pub sound: BTreeMap<String, BTreeSet<String>>,
+    pub recorded: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl SnapState {
     pub fn exists(&self, snapshotter: &str, key: &str) -> bool {
         self.sound.get(snapshotter).is_some_and(|s| s.contains(key))
     }
+
+    /// The snapshotter is in the root and holds no record of `key`: the
+    /// snapshot was removed (a broken one still has its record).
+    pub fn removed(&self, snapshotter: &str, key: &str) -> bool {
+        self.recorded
+            .get(snapshotter)
+            .is_some_and(|s| !s.contains(key))
+    }
 }
 
 pub(crate) fn check(opened: &Opened, c: &mut Collector) -> Result<SnapState> {
     let mut sound = BTreeMap::new();
+    let mut recorded = BTreeMap::new();
     for (name, s) in &opened.0 {
         let records: BTreeMap<String, Record> = s.records()?.into_iter().collect();
+        recorded.insert(name.clone(), records.keys().cloned().collect());
         c.count("snapshots", records.len());
         let object = |key: &str| format!("{name}/{key}");
         let remove = |key: &str| {
@@ -225,7 +237,7 @@ pub(crate) fn check(opened: &Opened, c: &mut Collector) -> Result<SnapState> {
                 .collect(),
         );
     }
-    Ok(SnapState { sound })
+    Ok(SnapState { sound, recorded })
 }
 
 /// Every mount point of this process's mount namespace (`/proc/self/mountinfo`).
@@ -262,11 +274,20 @@ pub(crate) fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Mounts an administrator makes, not a crash: the root itself, or a
+/// plugin's directory directly under it on its own filesystem (containerd's
+/// btrfs snapshotter is deployed with a btrfs volume mounted at
+/// `<root>/io.containerd.snapshotter.v1.btrfs`). stevedore itself mounts
+/// only deeper: snapshots, task rootfs, temporary apply targets.
+fn is_deployment_mount(root: &Path, m: &Path) -> bool {
+    m == root || m.parent() == Some(root)
+}
+
 pub(crate) fn check_mounts(root: &Path, c: &mut Collector) -> Result<()> {
     let canonical = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     for m in mount_points()?
         .into_iter()
-        .filter(|m| m.starts_with(&canonical))
+        .filter(|m| m.starts_with(&canonical) && !is_deployment_mount(&canonical, m))
     {
         c.add(
             "mount-left",

@@ -96,6 +96,13 @@ fn encode_blob(info: &Info) -> Vec<u8> {
     .expect("record serialises")
 }
 
+impl IngestRecord {
+    /// The blob a shared ingest will commit (it was on disk when it opened).
+    pub(crate) fn expected(&self) -> Option<&str> {
+        self.expected.as_deref()
+    }
+}
+
 pub(crate) fn decode_ingest(reference: &str, bytes: &[u8]) -> Result<IngestRecord> {
     serde_json::from_slice(bytes).map_err(|e| corrupt(&format!("ingest {reference:?}"), e))
 }

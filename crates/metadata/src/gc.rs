@@ -423,9 +423,17 @@ impl GcSource for ContentSource {
                 .open_table(content::INGESTS)
                 .map_err(|e| db_err("open ingests", e))?;
             for r in t.iter().map_err(|e| db_err("scan ingests", e))? {
-                let (k, _) = r.map_err(|e| db_err("scan ingests", e))?;
+                let (k, v) = r.map_err(|e| db_err("scan ingests", e))?;
                 let (ns, reference) = k.value();
                 refs.insert(backend_ref(ns, reference));
+                // a shared ingest (the blob was on disk when it opened, with
+                // no record in its namespace, e.g. a crash's leftover) commits
+                // that file: it keeps it until it commits or goes itself
+                if let Ok(rec) = content::decode_ingest(reference, v.value()) {
+                    if let Some(d) = rec.expected() {
+                        digests.insert(d.to_string());
+                    }
+                }
             }
             Ok((digests, refs))
         })?;

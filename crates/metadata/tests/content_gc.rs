@@ -268,6 +268,41 @@ fn gc_removes_blobs_left_without_records_by_a_crash() {
     assert!(!on_disk(&e, &d));
 }
 
+/// Found by the crash suite (btrfs, iteration 595, a retried pull): a pull
+/// killed between a layer's local commit and its record left the blob on
+/// disk with no record. The retried pull's writer found it there and opened
+/// a shared ingest (nothing to download); the collection at the daemon's
+/// start then deleted the file no record named, and the commit failed
+/// ("shared blob ... vanished"). A shared ingest now keeps the file it will
+/// commit.
+#[test]
+fn gc_keeps_the_blob_a_shared_ingest_will_commit() {
+    let e = env();
+    let store = LocalStore::open(&e.dir.path().join("content")).unwrap();
+    let mut w = store.writer(WriterOpts::new("default/crashed")).unwrap();
+    w.write(b"a layer").unwrap();
+    let d = w.commit(7, None, HashMap::new()).unwrap();
+    e.db.create_lease("default", "retry", &HashMap::new())
+        .unwrap();
+    let ns = e.db.content("default", Some("retry"));
+    let mut w = ns
+        .writer(WriterOpts {
+            reference: format!("pull-{d}"),
+            total: 7,
+            expected: Some(d.clone()),
+        })
+        .unwrap();
+    assert_eq!(w.status().unwrap().offset, 7, "shared: nothing to write");
+    e.db.garbage_collect().unwrap();
+    assert!(on_disk(&e, &d));
+    assert_eq!(w.commit(7, Some(&d), HashMap::new()).unwrap(), d);
+    assert_eq!(ns.info(&d).unwrap().size, 7);
+    // once committed and unheld, the next collection takes it as usual
+    e.db.delete_lease("default", "retry").unwrap();
+    e.db.garbage_collect().unwrap();
+    assert!(!on_disk(&e, &d));
+}
+
 #[test]
 fn lease_lifecycle_and_filters() {
     let e = env();

@@ -163,6 +163,13 @@ impl TaskManager {
                 .map_err(|e| Error::internal(format!("create bundle: {e}")))??;
         tracing::debug!(id, "bundle written");
         crate::shimlog::open(&bundle);
+        // the binary is recorded before the shim starts: a crash right after
+        // the start must leave a bundle recovery can clean the shim up with
+        // (a bundle without it is removed as one no shim was started for)
+        if let Err(e) = bundle.write("shim-binary-path", &binary.display().to_string()) {
+            let _ = bundle.delete();
+            return Err(e);
+        }
         let opts = t.create.options.clone().or(t.runtime_options.clone());
         let address = match shim::start(&binary, &bundle, &self.cfg.env, opts.as_ref()).await {
             Ok(a) => a,
@@ -173,7 +180,6 @@ impl TaskManager {
         };
         tracing::debug!(id, address, "shim started");
         let shim = async {
-            bundle.write("shim-binary-path", &binary.display().to_string())?;
             if bundle.read("address").is_err() {
                 bundle.write("address", &address)?;
             }
@@ -362,6 +368,7 @@ impl TaskManager {
             let binary = match bundle.read("shim-binary-path") {
                 Ok(b) => PathBuf::from(b),
                 Err(_) => {
+                    // the daemon died before it started a shim for it
                     tracing::warn!(id, namespace = ns, "bundle without shim binary: removing");
                     let _ = bundle.delete();
                     continue;
@@ -384,6 +391,20 @@ impl TaskManager {
             let connected = match bundle.read("address") {
                 Ok(addr) => match Shim::connect(bundle.clone(), binary.clone(), &addr).await {
                     Ok(s) => match s.connect_info().await {
+                        Ok((_, 0)) => {
+                            // A shim without a task: the daemon died between
+                            // starting the shim and the task's Create (as
+                            // containerd's loadShims, containerd#6860). No
+                            // task ever existed, so no exit to publish.
+                            tracing::warn!(
+                                id,
+                                namespace = ns,
+                                "shim has no task (a crash before its create): removing"
+                            );
+                            let _ = s.shutdown().await;
+                            self.cleanup_dead(&binary, &bundle, false).await;
+                            continue;
+                        }
                         Ok(_) => Some(s),
                         Err(e) => {
                             tracing::warn!(id, error = %e, "shim does not answer");

@@ -54,6 +54,8 @@ struct Env {
     dir: tempfile::TempDir,
     rootfs: PathBuf,
     manager: Arc<TaskManager>,
+    cfg: ManagerConfig,
+    sink: EventSink,
     events: Arc<Mutex<Vec<Event>>>,
     _server: EventsServer,
 }
@@ -75,25 +77,24 @@ async fn env() -> Env {
         Ok(())
     });
     let server = EventsServer::serve(&ttrpc, sink.clone()).await.unwrap();
-    let manager = TaskManager::new(
-        ManagerConfig {
-            state: dir.path().join("state"),
-            root: dir.path().join("root"),
-            env: ShimEnv {
-                grpc_address: grpc.display().to_string(),
-                ttrpc_address: ttrpc.display().to_string(),
-                publish_binary: PathBuf::from("/bin/true"),
-                debug: false,
-            },
-            shims: HashMap::new(),
+    let cfg = ManagerConfig {
+        state: dir.path().join("state"),
+        root: dir.path().join("root"),
+        env: ShimEnv {
+            grpc_address: grpc.display().to_string(),
+            ttrpc_address: ttrpc.display().to_string(),
+            publish_binary: PathBuf::from("/bin/true"),
+            debug: false,
         },
-        sink,
-        Arc::new(Exits),
-    );
+        shims: HashMap::new(),
+    };
+    let manager = TaskManager::new(cfg.clone(), sink.clone(), Arc::new(Exits));
     Env {
         dir,
         rootfs,
         manager,
+        cfg,
+        sink,
         events,
         _server: server,
     }
@@ -311,6 +312,107 @@ async fn dead_shim_is_cleaned_up_and_reported() {
     .await;
     // the container process does not outlive its shim's cleanup
     wait_for(|| !Path::new(&format!("/proc/{pid}")).exists()).await;
+}
+
+/// Found by the crash suite (a kill in the middle of `ctr run -d`): the
+/// daemon died after it started the task's shim and before the task's
+/// Create reached it. After the restart the shim answered, so the task was
+/// "recovered": a shim without a task that no list showed and nothing ever
+/// removed, with its bundle. Recovery now removes such a shim and its
+/// bundle, as containerd's `loadShims` does (containerd#6860). The crash is
+/// replaced by its outcome: the bundle and shim that `create` makes before
+/// calling Create, then a new manager recovering the state directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_removes_a_shim_whose_task_was_never_created() {
+    let e = env().await;
+    let ns = e.ns();
+    let out = e.dir.path().join("o");
+    let t = e.task("half", &["/bin/true"], &out);
+    let bundle = Bundle::create(&e.cfg.state, &e.cfg.root, &ns, "half", &t.spec).unwrap();
+    // stevedore's shim answers Connect without a task (task pid 0); Debian's
+    // Go shim drops the connection, which recovery already cleaned up
+    let binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("containerd-shim-stevedore-v1");
+    assert!(
+        binary.is_file(),
+        "{} not found: run `cargo build --workspace --bins` before the tests",
+        binary.display()
+    );
+    let address = shim::start(&binary, &bundle, &e.cfg.env, None)
+        .await
+        .unwrap();
+    bundle
+        .write("shim-binary-path", &binary.display().to_string())
+        .unwrap();
+    if bundle.read("address").is_err() {
+        bundle.write("address", &address).unwrap();
+    }
+    let s = Shim::connect(bundle.clone(), binary.clone(), &address)
+        .await
+        .unwrap();
+    let (shim_pid, task_pid) = s.connect_info().await.unwrap();
+    assert_eq!(task_pid, 0, "no task was created");
+    drop(s);
+    // the daemon restarts: a new manager over the same state
+    let restarted = TaskManager::new(e.cfg.clone(), e.sink.clone(), Arc::new(Exits));
+    let recovered = restarted.recover(|_, _| true).await.unwrap();
+    assert_eq!(recovered, 0);
+    assert!(restarted.list(&ns).is_empty());
+    assert!(!bundle.path.exists(), "bundle removed");
+    wait_for(|| !Path::new(&format!("/proc/{shim_pid}")).exists()).await;
+    // a task that never was has no exit to report
+    assert!(
+        !e.events.lock().unwrap().iter().any(|ev| ev
+            .event
+            .as_ref()
+            .is_some_and(|a| a.type_url.contains("/half/"))),
+        "{:?}",
+        e.topics()
+    );
+}
+
+/// Found by the crash suite (a kill 45 ms into `ctr tasks start`): the
+/// daemon died after it started the shim and before it recorded the shim's
+/// binary in the bundle; recovery took the bundle for one no shim was
+/// started for and removed it, leaving the shim running forever. The binary
+/// is now recorded first. A stand-in shim reports what the bundle held when
+/// it was started.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shim_binary_is_recorded_before_the_shim_starts() {
+    let mut e = env().await;
+    let fake = e.dir.path().join("fake-shim");
+    let mark = e.dir.path().join("mark");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" start \"*) ;; *) exit 0;; esac\n\
+             if [ -f shim-binary-path ]; then echo recorded > {m}; else echo missing > {m}; fi\n\
+             echo refusing to start >&2\nexit 1\n",
+            m = mark.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    e.cfg
+        .shims
+        .insert("io.containerd.fake.v1".into(), fake.clone());
+    let manager = TaskManager::new(e.cfg.clone(), e.sink.clone(), Arc::new(Exits));
+    let ns = e.ns();
+    let out = e.dir.path().join("o");
+    let mut t = e.task("early", &["/bin/true"], &out);
+    t.runtime = "io.containerd.fake.v1".into();
+    let Err(err) = manager.create(&ns, "early", t).await else {
+        panic!("the stand-in shim refuses to start");
+    };
+    assert!(err.to_string().contains("refusing to start"), "{err}");
+    assert_eq!(std::fs::read_to_string(&mark).unwrap().trim(), "recorded");
+    // and the failed start left no bundle
+    assert!(!e.cfg.state.join(&ns).join("early").exists());
 }
 
 fn unsafe_kill(pid: u32) {

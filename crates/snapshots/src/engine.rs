@@ -17,8 +17,11 @@
 //! # Crash safety
 //! Prepare/View build the directory under `new-<uuid>` outside any lock, then
 //! in one write transaction check the key and parent again, allocate the id,
-//! insert the record, and rename `new-<uuid>` to `<id>`; the transaction
-//! commits (fsync) last. A crash before the commit leaves a directory no record
+//! insert the record, and rename `new-<uuid>` to `<id>` and fsync
+//! `snapshots/` (so the rename is on disk before the record, for a power
+//! loss too); the transaction commits (fsync) last. The files inside a
+//! snapshot are not synced (neither does containerd by default): after a
+//! power loss a committed layer's files may be short, not missing. A crash before the commit leaves a directory no record
 //! names (the id was never committed, so it is allocated again later: a stale
 //! `<id>` directory found then is removed before the rename). Remove deletes
 //! the record in one transaction and, only after it committed, renames `<id>`
@@ -286,6 +289,17 @@ impl<B: Backend> Engine<B> {
                         dir.display()
                     ))
                 })?;
+                // the rename reaches the disk before the record that names
+                // it: after a power loss no record names a directory still
+                // called `new-<uuid>` (a syscall trace showed the record's
+                // fdatasync with no fsync of this directory before it)
+                if let Some(snapshots) = dir.parent() {
+                    std::fs::File::open(snapshots)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| {
+                            Error::from(e).context(format!("fsync {}", snapshots.display()))
+                        })?;
+                }
                 rec
             };
             if let Err(e) = tx.commit() {
