@@ -31,7 +31,7 @@ use stevedore_runtime::{
     ProcessState, ShimEnv, Status as RtStatus, TaskManager, TaskSpec,
 };
 use stevedore_types::filters::Filter;
-use stevedore_types::{Error, Mount};
+use stevedore_types::Error;
 use tonic::{Request, Response, Status};
 
 /// The runtime v2 plugin's config section.
@@ -310,12 +310,7 @@ impl Tasks for TasksService {
                 rootfs: r
                     .rootfs
                     .into_iter()
-                    .map(|m| Mount {
-                        kind: m.r#type,
-                        source: m.source,
-                        target: m.target,
-                        options: m.options,
-                    })
+                    .map(crate::diff::mount_from_pb)
                     .collect(),
                 stdin: r.stdin,
                 stdout: r.stdout,

@@ -177,12 +177,7 @@ impl Controller for ControllerService {
             rootfs: r
                 .rootfs
                 .into_iter()
-                .map(|m| Mount {
-                    kind: m.r#type,
-                    source: m.source,
-                    target: m.target,
-                    options: m.options,
-                })
+                .map(crate::diff::mount_from_pb)
                 .collect(),
             options: r.options,
             netns_path: r.netns_path,
