@@ -29,3 +29,12 @@ pub fn timestamp(nanos: u128) -> prost_types::Timestamp {
     let t = UNIX_EPOCH + Duration::from_nanos(nanos.min(u64::MAX as u128) as u64);
     prost_types::Timestamp::from(t)
 }
+
+/// A protobuf timestamp to nanoseconds since the epoch ([`timestamp`]'s
+/// inverse); times before 1970 are 1970.
+pub fn nanos(t: &prost_types::Timestamp) -> u128 {
+    if t.seconds < 0 {
+        return 0;
+    }
+    t.seconds as u128 * 1_000_000_000 + t.nanos.clamp(0, 999_999_999) as u128
+}

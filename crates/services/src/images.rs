@@ -96,7 +96,8 @@ impl Images for ImagesService {
     ) -> Result<Response<CreateImageResponse>, Status> {
         let ns = namespace_of(&req)?;
         let r = req.into_inner();
-        let at = epoch_nanos(r.source_date_epoch);
+        // containerd 2.x's source_date_epoch dates the record instead of now
+        let at = r.source_date_epoch.as_ref().map(crate::convert::nanos);
         let img = from_pb(required(r.image, "create")?)?;
         let db = self.db.clone();
         let n = ns.clone();
@@ -121,7 +122,8 @@ impl Images for ImagesService {
         let ns = namespace_of(&req)?;
         let r = req.into_inner();
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let at = epoch_nanos(r.source_date_epoch);
+        // containerd 2.x's source_date_epoch dates the record instead of now
+        let at = r.source_date_epoch.as_ref().map(crate::convert::nanos);
         let pb = required(r.image, "update")?;
         // a partial update that leaves the target alone may omit it, or send
         // an empty one (containerd's client always sends a target: `ctr
@@ -175,17 +177,4 @@ impl Images for ImagesService {
         }
         Ok(Response::new(()))
     }
-}
-
-/// containerd 2.x's `source_date_epoch` of an image create or update, in
-/// nanoseconds since the epoch (the record's created/updated time instead of
-/// now; times before 1970 are 1970).
-fn epoch_nanos(t: Option<prost_types::Timestamp>) -> Option<u128> {
-    t.map(|t| {
-        if t.seconds < 0 {
-            0
-        } else {
-            t.seconds as u128 * 1_000_000_000 + t.nanos.clamp(0, 999_999_999) as u128
-        }
-    })
 }
