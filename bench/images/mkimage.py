@@ -154,11 +154,15 @@ def hard(path, target):
     return {"path": path, "type": "hardlink", "target": target}
 
 
-def with_parents(entries):
-    """Add a directory entry for every parent not listed, then sort by path."""
+def with_parents(entries, implicit=()):
+    """Add a directory entry for every parent not listed (except those under
+    the `implicit` prefixes, which the layer leaves to its unpacker), then
+    sort by path."""
     have = {e["path"] for e in entries}
     extra = []
     for e in entries:
+        if any(e["path"].startswith(p + "/") for p in implicit):
+            continue
         parts = e["path"].split("/")[:-1]
         for i in range(1, len(parts) + 1):
             p = "/".join(parts[:i])
@@ -243,6 +247,12 @@ def big_layers(scale):
             for i in range(max(2, n // 300)):
                 entries.append(hard(f"usr/share/bench/l2/links/h{i:04d}.txt", txt(2, i)))
             entries.append(hard("opt/bench/l2/blob0.hardlink", "opt/bench/l2/blob0.bin"))
+        if li == 0:
+            # a directory with its own owner and mode, which layer 3 writes
+            # into without carrying it (its attributes must survive)
+            entries.append(d("srv/owned", mode=0o750, uid=1000, gid=1000))
+        if li == 3:
+            entries.append(f("srv/owned/implicit/new.txt", b"parents not in this layer\n"))
         if li == 4:
             # whiteouts of a lower file and a lower directory, an opaque
             # directory, and a file that replaces a lower one
@@ -254,13 +264,15 @@ def big_layers(scale):
                 f("usr/share/bench/l3/d000/after-opaque.txt", b"new in layer 4\n"),
                 f(replaced, b"replaced in layer 4\n"),
             ]
-        layers.append(with_parents(entries))
+        layers.append(with_parents(entries, implicit=("srv",) if li == 3 else ()))
     checks = {
-        "present": [kept, replaced, "usr/share/bench/l3/d000/after-opaque.txt",
+        "present": ["srv/owned/implicit/new.txt", kept, replaced, "usr/share/bench/l3/d000/after-opaque.txt",
                     "usr/share/bench/l2/links/h0000.txt", "opt/bench/l2/blob0.hardlink",
                     "usr/lib/abs-link", "usr/bin/tool0"],
         "absent": [gone, "usr/share/bench/l0/d001", txt(3, 0)],
         "replaced": {replaced: "replaced in layer 4\n"},
+        # directories created implicitly by a later layer keep these
+        "dirs": {"srv/owned": {"mode": 0o750, "uid": 1000, "gid": 1000}},
     }
     return layers, checks
 

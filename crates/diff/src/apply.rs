@@ -48,6 +48,10 @@ pub struct Applied {
     pub diff_id: Digest,
     /// Bytes of the uncompressed stream.
     pub size: u64,
+    /// Directories the layer needed but did not carry, created here (with
+    /// the attributes of the nearest parent layer holding them, or 0755
+    /// root-owned when no parent layer was given).
+    pub implicit_dirs: u64,
 }
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -75,6 +79,7 @@ pub fn apply_with_parents(
     )
     .map_err(|e| sys(e, format!("apply layer: open root {}", root.display())))?;
     let mut hashing = Hashing::new(layer);
+    let implicit_dirs;
     {
         let mut archive = tar::Archive::new(&mut hashing);
         let mut st = Applier {
@@ -83,6 +88,7 @@ pub fn apply_with_parents(
             written: HashSet::new(),
             dirs: Vec::new(),
             parents: parents.to_vec(),
+            implicit_dirs: 0,
         };
         let entries = archive
             .entries()
@@ -93,12 +99,17 @@ pub fn apply_with_parents(
             st.entry(&mut entry)?;
         }
         st.finish()?;
+        implicit_dirs = st.implicit_dirs;
     }
     // the trailer and padding belong to the digest too
     std::io::copy(&mut hashing, &mut std::io::sink())
         .map_err(|e| Error::from(e).context("apply layer: read tar trailer"))?;
     let (diff_id, size, _) = hashing.finish();
-    Ok(Applied { diff_id, size })
+    Ok(Applied {
+        diff_id,
+        size,
+        implicit_dirs,
+    })
 }
 
 fn sys(e: Errno, ctx: impl std::fmt::Display) -> Error {
@@ -145,6 +156,8 @@ struct Applier {
     dirs: Vec<(Vec<OsString>, Timestamps)>,
     /// Lower layers (overlay), consulted for implicit parent directories.
     parents: Vec<PathBuf>,
+    /// How many directories were created implicitly.
+    implicit_dirs: u64,
 }
 
 struct Meta {
@@ -186,13 +199,16 @@ impl Applier {
     }
 
     /// Like `open_dir`, creating missing directories (0755, root-owned).
-    fn open_dir_create(&self, comps: &[OsString], entry: &str) -> Result<OwnedFd> {
+    fn open_dir_create(&mut self, comps: &[OsString], entry: &str) -> Result<OwnedFd> {
         match self.open_dir(comps, entry) {
             Err(e) if e.kind == stevedore_types::ErrorKind::NotFound && !comps.is_empty() => {
                 let (last, parent) = comps.split_last().expect("not empty");
                 let pfd = self.open_dir_create(parent, entry)?;
                 match rustix::fs::mkdirat(&pfd, last.as_os_str(), Mode::from_raw_mode(0o755)) {
-                    Ok(()) => self.inherit_dir_info(&pfd, last, comps, entry)?,
+                    Ok(()) => {
+                        self.implicit_dirs += 1;
+                        self.inherit_dir_info(&pfd, last, comps, entry)?
+                    }
                     Err(Errno::EXIST) => {}
                     Err(e) => {
                         return Err(sys(

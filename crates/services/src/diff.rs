@@ -71,27 +71,55 @@ pub fn apply_layer_with(
     scratch: &std::path::Path,
     sync_fs: bool,
 ) -> Result<Descriptor, Error> {
-    let content = db.content(ns, None);
-    let ra = content
-        .reader_at(&desc.digest)
-        .map_err(|e| e.context(format!("apply layer {}", desc.digest)))?;
-    let reader = std::io::BufReader::with_capacity(1 << 20, SeqReader::new(ra, 0));
     std::fs::create_dir_all(scratch)?;
-    let started = std::time::Instant::now();
-    let applied = stevedore_diff::mounts::apply_to_mounts_with(
-        mounts,
-        &desc.media_type,
-        reader,
-        scratch,
-        sync_fs,
-    )
-    .map_err(|e| e.context(format!("apply layer {}", desc.digest)))?;
-    crate::metrics::layer_unpacked(applied.size, started.elapsed());
+    let applied = apply_blob(db, ns, desc, |media_type, reader| {
+        stevedore_diff::mounts::apply_to_mounts_with(mounts, media_type, reader, scratch, sync_fs)
+    })?;
     Ok(Descriptor::new(
         MEDIA_TYPE_LAYER_TAR,
         applied.diff_id,
         applied.size as i64,
     ))
+}
+
+/// Apply a layer blob straight into an overlayfs upper directory `upper`
+/// with no parent layers to consult (`whiteouts`: overlay whiteouts, or
+/// deletions for a bottom layer; directories the
+/// layer does not carry are counted in [`stevedore_diff::Applied`]'s
+/// `implicit_dirs`, made 0755 root-owned). The pull's concurrent unpack
+/// (`transfer::pull`) extracts layers this way before stacking them.
+/// Blocking.
+pub fn apply_layer_to_upper(
+    db: &Arc<Db>,
+    ns: &str,
+    desc: &Descriptor,
+    upper: &std::path::Path,
+    whiteouts: stevedore_diff::WhiteoutMode,
+) -> Result<stevedore_diff::Applied, Error> {
+    apply_blob(db, ns, desc, |media_type, reader| {
+        let layer = stevedore_diff::decompress(Compression::of_media_type(media_type)?, reader)?;
+        stevedore_diff::apply(upper, layer, whiteouts)
+    })
+}
+
+/// Open the blob `desc` of `ns` and hand its bytes to `apply` (timed for
+/// the metrics).
+fn apply_blob(
+    db: &Arc<Db>,
+    ns: &str,
+    desc: &Descriptor,
+    apply: impl FnOnce(&str, std::io::BufReader<SeqReader>) -> Result<stevedore_diff::Applied, Error>,
+) -> Result<stevedore_diff::Applied, Error> {
+    let content = db.content(ns, None);
+    let ra = content
+        .reader_at(&desc.digest)
+        .map_err(|e| e.context(format!("apply layer {}", desc.digest)))?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, SeqReader::new(ra, 0));
+    let started = std::time::Instant::now();
+    let applied = apply(&desc.media_type, reader)
+        .map_err(|e| e.context(format!("apply layer {}", desc.digest)))?;
+    crate::metrics::layer_unpacked(applied.size, started.elapsed());
+    Ok(applied)
 }
 
 #[tonic::async_trait]

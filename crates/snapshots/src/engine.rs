@@ -66,6 +66,17 @@ pub trait Backend: Send + Sync + 'static {
     fn freeze(&self, _dir: &Path) -> Result<()> {
         Ok(())
     }
+    /// Whether an active snapshot's directory is independent of its parents'
+    /// (overlayfs: the upper dir), so it may be moved onto another parent
+    /// ([`Snapshotter::rebase`], which calls [`Backend::rebase`]).
+    fn rebasable(&self) -> bool {
+        false
+    }
+    /// Redo what [`Backend::create`] derives from the parent, for a
+    /// snapshot moved onto `parent` (overlayfs: the layer root's owner).
+    fn rebase(&self, _dir: &Path, _parent: Option<&Path>) -> Result<()> {
+        Ok(())
+    }
     /// Undo [`Backend::freeze`] when the commit transaction fails.
     fn thaw(&self, _dir: &Path) -> Result<()> {
         Ok(())
@@ -522,6 +533,66 @@ impl<B: Backend> Snapshotter for Engine<B> {
             let _ = self.backend.thaw(&dir);
         }
         result
+    }
+
+    fn can_rebase(&self) -> bool {
+        self.backend.rebasable()
+    }
+
+    fn rebase(&self, key: &str, parent: &str) -> Result<Vec<Mount>> {
+        if !self.backend.rebasable() {
+            return Err(Error::unimplemented(format!(
+                "rebase snapshot {key:?}: not supported by this snapshotter"
+            )));
+        }
+        let rec = self.get(key)?;
+        if rec.kind != Kind::Active {
+            return Err(Error::precondition(format!(
+                "rebase snapshot {key:?}: not an active snapshot"
+            )));
+        }
+        let parent_id = {
+            let tx = self.db.begin_read().map_err(|e| db_err("begin read", e))?;
+            let t = tx.open_table(SNAPSHOTS).map_err(|e| db_err("open", e))?;
+            check_parent(&t, parent)?
+        };
+        let dir = self.dir_of(rec.id);
+        self.backend
+            .rebase(&dir, parent_id.map(|id| self.dir_of(id)).as_deref())
+            .map_err(|e| e.context(format!("rebase snapshot {key:?} onto {parent:?}")))?;
+        let tx = self.db.begin_write().map_err(|e| db_err("begin", e))?;
+        let rec = {
+            let mut t = tx.open_table(SNAPSHOTS).map_err(|e| db_err("open", e))?;
+            let cur = read(&t, key)?.ok_or_else(|| not_found(key))?;
+            if cur.id != rec.id || cur.kind != Kind::Active {
+                return Err(Error::precondition(format!(
+                    "snapshot {key:?} changed while rebasing"
+                )));
+            }
+            if check_parent(&t, parent)? != parent_id {
+                return Err(Error::not_found(format!(
+                    "parent snapshot {parent:?} was removed while rebasing {key:?}"
+                )));
+            }
+            let mut ch = tx.open_table(CHILDREN).map_err(|e| db_err("open", e))?;
+            if !cur.parent.is_empty() {
+                ch.remove((cur.parent.as_str(), key))
+                    .map_err(|e| db_err("unlink parent", e))?;
+            }
+            if !parent.is_empty() {
+                ch.insert((parent, key), ())
+                    .map_err(|e| db_err("link parent", e))?;
+            }
+            let moved = Record {
+                parent: parent.to_string(),
+                updated_ns: now_ns(),
+                ..cur
+            };
+            write(&mut t, key, &moved)?;
+            moved
+        };
+        tx.commit().map_err(|e| db_err("commit", e))?;
+        self.mounts_of(&rec)
     }
 
     fn remove(&self, key: &str) -> Result<()> {

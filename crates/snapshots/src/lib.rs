@@ -116,6 +116,23 @@ pub trait Snapshotter: Send + Sync {
     fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()>;
     /// Remove a snapshot that has no children.
     fn remove(&self, key: &str) -> Result<()>;
+    /// Whether [`Snapshotter::rebase`] is supported: only where a layer's
+    /// directory does not depend on its parents' (overlayfs).
+    fn can_rebase(&self) -> bool {
+        false
+    }
+    /// Put active `key` on committed `parent` ("" for none) instead of the
+    /// parent it was prepared on, keeping its files, so a pull can unpack
+    /// layers concurrently into parentless snapshots and stack them in order
+    /// before committing. Unimplemented where [`Snapshotter::can_rebase`] is
+    /// false. Not in containerd's interface: stevedore's own, used inside
+    /// the daemon.
+    fn rebase(&self, key: &str, parent: &str) -> Result<Vec<Mount>> {
+        let _ = parent;
+        Err(stevedore_types::Error::unimplemented(format!(
+            "rebase snapshot {key:?}: not supported by this snapshotter"
+        )))
+    }
     /// Every snapshot that `filter` accepts.
     fn list(&self, filter: &Filter) -> Result<Vec<Info>>;
     /// Remove directories no snapshot owns (left by crashes or removals).

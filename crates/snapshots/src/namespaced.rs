@@ -126,6 +126,18 @@ impl Namespaced {
             .map_err(|e| localize(ns, e))
     }
 
+    /// [`crate::Snapshotter::can_rebase`].
+    pub fn can_rebase(&self) -> bool {
+        self.inner.can_rebase()
+    }
+
+    /// [`crate::Snapshotter::rebase`] within `ns`.
+    pub fn rebase(&self, ns: &str, key: &str, parent: &str) -> Result<Vec<Mount>> {
+        self.inner
+            .rebase(&backend_key(ns, key)?, &parent_key(ns, parent)?)
+            .map_err(|e| localize(ns, e))
+    }
+
     pub fn remove(&self, ns: &str, key: &str) -> Result<()> {
         self.inner
             .remove(&backend_key(ns, key)?)

@@ -66,6 +66,20 @@ impl Backend for Overlay {
         Ok(())
     }
 
+    fn rebasable(&self) -> bool {
+        true // the upper dir holds only the snapshot's own changes
+    }
+
+    fn rebase(&self, dir: &Path, parent: Option<&Path>) -> Result<()> {
+        // as create does: the layer root takes its parent's owner
+        let Some(p) = parent else { return Ok(()) };
+        let fs = dir.join("fs");
+        let md = std::fs::metadata(p.join("fs"))
+            .map_err(|e| Error::from(e).context(format!("stat parent {}", p.display())))?;
+        std::os::unix::fs::chown(&fs, Some(md.uid()), Some(md.gid()))
+            .map_err(|e| Error::from(e).context(format!("chown {}", fs.display())))
+    }
+
     fn mounts(&self, s: &Snap, dir_of: &dyn Fn(u64) -> PathBuf) -> Vec<Mount> {
         let fs = |id: u64| path_str(dir_of(id).join("fs"));
         let bind = |source: String, ro: bool| {

@@ -313,6 +313,49 @@ fn replaced_dir_hides_lower_contents(s: &dyn Snapshotter, _root: &Path, work: &P
     });
 }
 
+/// stevedore's own `rebase`: where layers are independent directories
+/// (overlayfs) an active snapshot moves onto another committed parent with
+/// its files, its mounts stack on the new parent, and the parent can no
+/// longer be removed; elsewhere it is refused and changes nothing.
+fn rebase_moves_an_active_snapshot_or_is_refused(s: &dyn Snapshotter, _root: &Path, work: &Path) {
+    layer(s, work, "k1", "", "base", |p| {
+        std::fs::write(p.join("a"), "A").unwrap()
+    });
+    let m = s.prepare("loose", "", no_labels()).unwrap();
+    with_mount(&m, work, |p| std::fs::write(p.join("b"), "B").unwrap());
+    if !s.can_rebase() {
+        assert_eq!(
+            kind_of_err(s.rebase("loose", "base")),
+            ErrorKind::NotImplemented
+        );
+        assert_eq!(s.stat("loose").unwrap().parent, "");
+        return;
+    }
+    assert_eq!(kind_of_err(s.rebase("loose", "nope")), ErrorKind::NotFound);
+    assert_eq!(
+        kind_of_err(s.rebase("base", "")),
+        ErrorKind::FailedPrecondition
+    );
+    let m = s.rebase("loose", "base").unwrap();
+    assert_eq!(s.stat("loose").unwrap().parent, "base");
+    assert_eq!(s.mounts("loose").unwrap(), m);
+    with_mount(&m, work, |p| {
+        assert_eq!(std::fs::read_to_string(p.join("a")).unwrap(), "A");
+        assert_eq!(std::fs::read_to_string(p.join("b")).unwrap(), "B");
+    });
+    assert_eq!(kind_of_err(s.remove("base")), ErrorKind::FailedPrecondition);
+    s.commit("top", "loose", no_labels()).unwrap();
+    assert_eq!(s.stat("top").unwrap().parent, "base");
+    let v = s.view("v", "top", no_labels()).unwrap();
+    with_mount(&v, work, |p| {
+        assert_eq!(std::fs::read_to_string(p.join("a")).unwrap(), "A");
+        assert_eq!(std::fs::read_to_string(p.join("b")).unwrap(), "B");
+    });
+    s.remove("v").unwrap();
+    s.remove("top").unwrap();
+    s.remove("base").unwrap();
+}
+
 fn cleanup_removes_only_orphans(s: &dyn Snapshotter, root: &Path, work: &Path) {
     layer(s, work, "k", "", "base", |p| {
         std::fs::write(p.join("a"), "A").unwrap()
@@ -374,6 +417,10 @@ const CASES: &[(&str, Case)] = &[
         replaced_dir_hides_lower_contents,
     ),
     ("cleanup_removes_only_orphans", cleanup_removes_only_orphans),
+    (
+        "rebase_moves_an_active_snapshot_or_is_refused",
+        rebase_moves_an_active_snapshot_or_is_refused,
+    ),
 ];
 
 fn case(name: &str) -> Case {
@@ -431,13 +478,13 @@ suite!(overlay: prepare_commit_chain, view_is_read_only, remove_with_children_fa
     errors_name_the_snapshot, concurrent_prepares, usage_counts_layer_bytes_and_inodes,
     labels_are_kept_updated_and_filtered, deep_chains_mount_every_layer,
     file_deleted_in_upper_layer_is_gone, replaced_dir_hides_lower_contents,
-    cleanup_removes_only_orphans);
+    cleanup_removes_only_orphans, rebase_moves_an_active_snapshot_or_is_refused);
 
 suite!(native: prepare_commit_chain, view_is_read_only, remove_with_children_fails,
     errors_name_the_snapshot, concurrent_prepares, usage_counts_layer_bytes_and_inodes,
     labels_are_kept_updated_and_filtered, deep_chains_mount_every_layer,
     file_deleted_in_upper_layer_is_gone, replaced_dir_hides_lower_contents,
-    cleanup_removes_only_orphans);
+    cleanup_removes_only_orphans, rebase_moves_an_active_snapshot_or_is_refused);
 
 fn require_tool(tool: &str, package: &str) {
     let found = std::env::var("PATH")

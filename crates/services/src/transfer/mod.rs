@@ -14,9 +14,11 @@
 //!
 //! Pull (`pull.rs`): the registry's bytes go straight into the content store
 //! (hashed while written, resumable ingests keyed by digest), layers
-//! download concurrently (bounded), and each layer is unpacked into the
-//! snapshotter as soon as it and its parent are ready, so decompression and
-//! apply overlap the downloads of later layers. Everything is held by a
+//! download concurrently (bounded), and each layer is unpacked as soon as it
+//! is there: on overlayfs all at once (one per CPU), each into its own
+//! parentless snapshot, stacked in order afterwards (rebase + commit); on
+//! other snapshotters once its parent is committed. Decompression and apply
+//! overlap the downloads and each other. Everything is held by a
 //! lease until the image record exists and the GC labels link index ->
 //! manifests -> config/layers -> snapshot. Push (`push.rs`): children before
 //! parents, blobs the registry has skipped or mounted. Import and export

@@ -571,10 +571,10 @@ impl Engine {
         ready: &HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>,
     ) -> Result<Digest> {
         let chains = chain_ids(&s.config.rootfs.diff_ids);
+        // the layers already unpacked (a shared base image) are kept
         let mut parent = String::new();
-        for (i, layer) in s.manifest.layers.iter().enumerate() {
-            let chain = chains[i].clone();
-            let diff_id = s.config.rootfs.diff_ids[i].clone();
+        let mut first = 0;
+        for chain in &chains {
             let (sn2, ns, c) = (sn.clone(), pull.ns.clone(), chain.to_string());
             let exists = blocking(move || match sn2.stat(&ns, &c) {
                 Ok(_) => Ok(true),
@@ -582,77 +582,269 @@ impl Engine {
                 Err(e) => Err(e),
             })
             .await?;
-            if exists {
-                pull.db_lease_snapshot(snapshotter, &chain.to_string())
-                    .await?;
-                parent = chain.to_string();
-                continue;
+            if !exists {
+                break;
             }
-            if let Some(rx) = ready.get(&layer.digest) {
-                let mut rx = rx.clone();
-                let ok = rx
-                    .wait_for(|v| v.is_some())
-                    .await
-                    .map_err(|_| Error::unavailable("layer download ended"))?
-                    .unwrap_or(false);
-                if !ok {
-                    return Err(Error::unavailable(format!(
-                        "layer {} was not downloaded",
-                        layer.digest
-                    )));
-                }
-            }
-            pull.report.item(layer, "layer", "extracting", 0, "").await;
-            let key = format!("extract-{}-{}", uuid::Uuid::new_v4().simple(), chain.hex());
-            pull.db_lease_snapshot(snapshotter, &key).await?;
             pull.db_lease_snapshot(snapshotter, &chain.to_string())
                 .await?;
-            let (sn2, ns, db, scratch) = (
-                sn.clone(),
-                pull.ns.clone(),
-                self.db.clone(),
-                self.scratch.clone(),
-            );
-            let (layer2, parent2, chain2) = (layer.clone(), parent.clone(), chain.clone());
-            blocking(move || {
-                let mounts = sn2.prepare(&ns, &key, &parent2, HashMap::new())?;
-                let applied = crate::diff::apply_layer(&db, &ns, &layer2, &mounts, &scratch);
-                let applied = match applied {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let _ = sn2.remove(&ns, &key);
-                        return Err(e);
-                    }
-                };
-                if applied.digest != diff_id {
-                    let _ = sn2.remove(&ns, &key);
-                    return Err(Error::precondition(format!(
-                        "unpack layer {}: uncompressed digest {} does not match diff ID {diff_id}",
-                        layer2.digest, applied.digest
-                    )));
-                }
-                let labels =
-                    HashMap::from([("containerd.io/snapshot.ref".to_string(), chain2.to_string())]);
-                match sn2.commit(&ns, &chain2.to_string(), &key, labels) {
-                    Ok(()) => Ok(()),
-                    // a concurrent unpack committed the same chain first
-                    Err(e) if e.kind == ErrorKind::AlreadyExists => {
-                        let _ = sn2.remove(&ns, &key);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
-            pull.report
-                .item(layer, "layer", "extracted", layer.size, "")
-                .await;
             parent = chain.to_string();
+            first += 1;
+        }
+        let layers = &s.manifest.layers[first..];
+        if sn.can_rebase() && layers.len() > 1 {
+            self.unpack_concurrently(pull, sn, snapshotter, s, ready, first, parent)
+                .await?;
+        } else {
+            for (i, layer) in layers.iter().enumerate() {
+                let i = first + i;
+                wait_downloaded(ready, layer).await?;
+                self.unpack_on_parent(pull, sn, snapshotter, s, i, &parent)
+                    .await?;
+                parent = chains[i].to_string();
+            }
         }
         chains
             .last()
             .cloned()
             .ok_or_else(|| Error::invalid("pull: image has no layers"))
+    }
+
+    /// Unpack layer `i` of `s` onto committed `parent` and commit it under
+    /// its chain ID.
+    async fn unpack_on_parent(
+        &self,
+        pull: &Arc<Pull>,
+        sn: &Namespaced,
+        snapshotter: &str,
+        s: &Selected,
+        i: usize,
+        parent: &str,
+    ) -> Result<()> {
+        let layer = &s.manifest.layers[i];
+        let chain = chain_ids(&s.config.rootfs.diff_ids[..=i])[i].clone();
+        let diff_id = s.config.rootfs.diff_ids[i].clone();
+        pull.report.item(layer, "layer", "extracting", 0, "").await;
+        let key = extract_key(&chain);
+        pull.db_lease_snapshot(snapshotter, &key).await?;
+        pull.db_lease_snapshot(snapshotter, &chain.to_string())
+            .await?;
+        let (sn2, ns, db, scratch) = (
+            sn.clone(),
+            pull.ns.clone(),
+            self.db.clone(),
+            self.scratch.clone(),
+        );
+        let (layer2, parent2) = (layer.clone(), parent.to_string());
+        blocking(move || {
+            let mounts = sn2.prepare(&ns, &key, &parent2, HashMap::new())?;
+            let applied = crate::diff::apply_layer(&db, &ns, &layer2, &mounts, &scratch)
+                .and_then(|a| check_diff_id(&layer2, &a.digest, &diff_id));
+            if let Err(e) = applied {
+                let _ = sn2.remove(&ns, &key);
+                return Err(e);
+            }
+            commit_layer(&sn2, &ns, &chain, &key)
+        })
+        .await?;
+        pull.report
+            .item(layer, "layer", "extracted", layer.size, "")
+            .await;
+        Ok(())
+    }
+
+    /// Unpack layers `first..` of `s` at once, each into its own parentless
+    /// snapshot as soon as it is downloaded (bounded by the CPUs), then
+    /// stack them in order: each is rebased onto the one below and
+    /// committed, so only the (cheap) commits are sequential. A layer that
+    /// needed directories it does not carry (whose attributes come from the
+    /// layers below) is unpacked again onto its parent instead.
+    #[allow(clippy::too_many_arguments)]
+    async fn unpack_concurrently(
+        &self,
+        pull: &Arc<Pull>,
+        sn: &Namespaced,
+        snapshotter: &str,
+        s: &Selected,
+        ready: &HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>,
+        first: usize,
+        mut parent: String,
+    ) -> Result<()> {
+        let chains = chain_ids(&s.config.rootfs.diff_ids);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let slots = Arc::new(Semaphore::new(cpus.max(2)));
+        let mut tasks = Vec::new();
+        for (i, layer) in s.manifest.layers.iter().enumerate().skip(first) {
+            let key = extract_key(&chains[i]);
+            pull.db_lease_snapshot(snapshotter, &key).await?;
+            let rx = ready.get(&layer.digest).cloned();
+            let (pull2, sn2, db, slots) =
+                (pull.clone(), sn.clone(), self.db.clone(), slots.clone());
+            let (layer, key2) = (layer.clone(), key.clone());
+            let task = tokio::spawn(async move {
+                if let Some(mut rx) = rx {
+                    wait_ready(&mut rx, &layer).await?;
+                }
+                let _slot = slots
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::unavailable("unpack: pull ended"))?;
+                pull2
+                    .report
+                    .item(&layer, "layer", "extracting", 0, "")
+                    .await;
+                let ns = pull2.ns.clone();
+                blocking(move || {
+                    let mounts = sn2.prepare(&ns, &key2, "", HashMap::new())?;
+                    let upper = match mounts.as_slice() {
+                        [m] if m.kind == "bind" => std::path::PathBuf::from(&m.source),
+                        _ => {
+                            let _ = sn2.remove(&ns, &key2);
+                            return Err(Error::internal(format!(
+                                "unpack layer {}: a parentless snapshot is not one bind mount",
+                                layer.digest
+                            )));
+                        }
+                    };
+                    // the bottom layer has nothing to white out (and is
+                    // mounted alone as a bind): whiteouts delete, as when
+                    // applied onto its bind mount
+                    let whiteouts = if i == 0 {
+                        stevedore_diff::WhiteoutMode::Delete
+                    } else {
+                        stevedore_diff::WhiteoutMode::Overlay
+                    };
+                    let applied =
+                        crate::diff::apply_layer_to_upper(&db, &ns, &layer, &upper, whiteouts);
+                    if applied.is_err() {
+                        let _ = sn2.remove(&ns, &key2);
+                    }
+                    applied
+                })
+                .await
+            });
+            tasks.push((i, key, task));
+        }
+        let mut result = Ok(());
+        let mut tasks = tasks.into_iter();
+        for (i, key, task) in tasks.by_ref() {
+            let layer = &s.manifest.layers[i];
+            let chain = chains[i].clone();
+            let step = async {
+                let applied = task
+                    .await
+                    .map_err(|e| Error::internal(format!("unpack task: {e}")))??;
+                let (sn2, ns) = (sn.clone(), pull.ns.clone());
+                if applied.implicit_dirs > 0 && !parent.is_empty() {
+                    // their owners and modes come from the layers below
+                    blocking(move || sn2.remove(&ns, &key)).await?;
+                    return self
+                        .unpack_on_parent(pull, sn, snapshotter, s, i, &parent)
+                        .await;
+                }
+                pull.db_lease_snapshot(snapshotter, &chain.to_string())
+                    .await?;
+                let (diff_id, parent2, layer2, chain2) = (
+                    s.config.rootfs.diff_ids[i].clone(),
+                    parent.clone(),
+                    layer.clone(),
+                    chain.clone(),
+                );
+                blocking(move || {
+                    let stacked = check_diff_id(&layer2, &applied.diff_id, &diff_id)
+                        .and_then(|()| sn2.rebase(&ns, &key, &parent2).map(drop));
+                    if let Err(e) = stacked {
+                        let _ = sn2.remove(&ns, &key);
+                        return Err(e);
+                    }
+                    commit_layer(&sn2, &ns, &chain2, &key)
+                })
+                .await?;
+                pull.report
+                    .item(layer, "layer", "extracted", layer.size, "")
+                    .await;
+                Ok(())
+            };
+            if let Err(e) = step.await {
+                result = Err(e);
+                break;
+            }
+            parent = chain.to_string();
+        }
+        // after a failure, let the other extractions finish and drop them
+        // (their snapshots are leased, so a crash here leaves nothing)
+        for (_, key, task) in tasks {
+            if let Ok(Ok(_)) = task.await {
+                let (sn2, ns) = (sn.clone(), pull.ns.clone());
+                let _ = blocking(move || sn2.remove(&ns, &key)).await;
+            }
+        }
+        result
+    }
+}
+
+/// The key of the active snapshot a layer is unpacked into.
+fn extract_key(chain: &Digest) -> String {
+    format!("extract-{}-{}", uuid::Uuid::new_v4().simple(), chain.hex())
+}
+
+/// Wait until `layer` is in the content store (no entry in `ready`: it was
+/// there before the pull).
+async fn wait_downloaded(
+    ready: &HashMap<Digest, tokio::sync::watch::Receiver<Option<bool>>>,
+    layer: &Descriptor,
+) -> Result<()> {
+    match ready.get(&layer.digest) {
+        Some(rx) => wait_ready(&mut rx.clone(), layer).await,
+        None => Ok(()),
+    }
+}
+
+async fn wait_ready(
+    rx: &mut tokio::sync::watch::Receiver<Option<bool>>,
+    layer: &Descriptor,
+) -> Result<()> {
+    let ok = rx
+        .wait_for(|v| v.is_some())
+        .await
+        .map_err(|_| Error::unavailable("layer download ended"))?
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::unavailable(format!(
+            "layer {} was not downloaded",
+            layer.digest
+        )))
+    }
+}
+
+fn check_diff_id(layer: &Descriptor, got: &Digest, diff_id: &Digest) -> Result<()> {
+    if got == diff_id {
+        return Ok(());
+    }
+    Err(Error::precondition(format!(
+        "unpack layer {}: uncompressed digest {got} does not match diff ID {diff_id}",
+        layer.digest
+    )))
+}
+
+/// Commit active `key` as `chain` (labelled as containerd labels layer
+/// snapshots); a chain another pull committed first is kept and `key` goes.
+fn commit_layer(sn: &Namespaced, ns: &str, chain: &Digest, key: &str) -> Result<()> {
+    let labels = HashMap::from([(
+        stevedore_snapshots::LABEL_SNAPSHOT_REF.to_string(),
+        chain.to_string(),
+    )]);
+    match sn.commit(ns, &chain.to_string(), key, labels) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind == ErrorKind::AlreadyExists => {
+            let _ = sn.remove(ns, key);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = sn.remove(ns, key);
+            Err(e)
+        }
     }
 }
 
