@@ -4,11 +4,30 @@
 # the real containerd `ctr` and the stevedore CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh --quickstart
-# only the three programs (not the test crates' tools), fully optimised
-cargo build --release --locked -p stevedored -p stevedore -p stevedore-shim
-install -m 0755 target/release/stevedored target/release/stevedore \
-    target/release/containerd-shim-stevedore-v1 /usr/local/bin/
+START=$SECONDS
+# the Debian packages download and install while cargo builds (one is network
+# and disk, the other CPU)
+DEPS_LOG=$(mktemp /tmp/stevedore-quickstart-deps.XXXXXX)
+bash scripts/deps.sh --quickstart >"$DEPS_LOG" 2>&1 &
+DEPS_PID=$!
+# only the three programs (not the test crates' tools), with the `quick`
+# profile (Cargo.toml: hot paths fully optimised, the rest at opt-level 1, no
+# LTO; bench/README.md measures it against the release build).
+# STEVEDORE_PROFILE=release builds the fat-LTO release binaries instead.
+PROFILE=${STEVEDORE_PROFILE:-quick}
+echo "== building stevedored, stevedore and the shim (profile $PROFILE; about 4 minutes on 2 cores), installing containerd's ctr, runc, python3 and busybox-static meanwhile"
+cargo build --profile "$PROFILE" --locked -p stevedored -p stevedore -p stevedore-shim
+echo "== built in $((SECONDS - START)) s"
+if ! wait "$DEPS_PID"; then
+  cat "$DEPS_LOG" >&2
+  echo "quickstart: installing the Debian packages failed (above)" >&2
+  exit 1
+fi
+rm -f "$DEPS_LOG"
+OUT=target/$PROFILE
+[[ $PROFILE == dev ]] && OUT=target/debug
+install -m 0755 "$OUT/stevedored" "$OUT/stevedore" \
+    "$OUT/containerd-shim-stevedore-v1" /usr/local/bin/
 SOCK=/run/stevedore/stevedore.sock
 if ! stevedore --address "$SOCK" version >/dev/null 2>&1; then
   mkdir -p /var/log
@@ -34,3 +53,4 @@ ctr --address "$SOCK" run --rm docker.io/library/busybox:latest quickstart-$$ \
 echo "== and with the stevedore CLI (stevedore's own shim drives runc)"
 stevedore run --rm docker.io/library/busybox:latest quickstart-cli-$$ \
   sh -c 'echo "hello from stevedore run, pid $$ in its own pid namespace"'
+echo "== done in $((SECONDS - START)) s; stevedored keeps running (stop it: pkill -x stevedored)"
