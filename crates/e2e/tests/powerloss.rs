@@ -18,7 +18,7 @@
 //! The next iteration works on what that boot found.
 //!
 //! Reproducible: the seed is printed; `STEVEDORE_POWERLOSS_SEED`,
-//! `STEVEDORE_POWERLOSS_ITERATIONS` (default 12), `STEVEDORE_POWERLOSS_SECONDS`
+//! `STEVEDORE_POWERLOSS_ITERATIONS` (default 10), `STEVEDORE_POWERLOSS_SECONDS`
 //! (default 60: a time budget that ends the run early),
 //! `STEVEDORE_POWERLOSS_FS=ext4|btrfs` (default ext4).
 
@@ -38,6 +38,14 @@ use stevedore_remote::testutil::TestRegistry;
 
 const SNAPSHOTTERS: &[&str] = &["overlayfs", "native"];
 const GC_ROOT: &str = "containerd.io/gc.root=1";
+
+/// Leftovers of a cut that a garbage collection must remove.
+const COLLECTED_BY_GC: &[&str] = &[
+    "blob-unreferenced",
+    "ingest-unrecorded",
+    "ingest-incomplete",
+    "snapshot-dir-orphan",
+];
 
 /// An object whose presence an acknowledged operation decided.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -84,9 +92,21 @@ struct Record {
     file: Option<(Obj, String, String)>,
     /// A container created: its snapshotter and image.
     rootfs: Option<(Obj, &'static str, String)>,
+    /// An import or pull, to retry after the reboot when the cut
+    /// interrupted it.
+    retry: Option<Retry>,
     acked: Option<Instant>,
     /// A command failed: when, and how.
     failed: Option<(Instant, String)>,
+}
+
+/// A command to run again: `stevedore ARGS` (cli) or `ctr ARGS`, and
+/// what it promises once it succeeds.
+#[derive(Clone)]
+struct Retry {
+    cli: bool,
+    args: Vec<String>,
+    effects: Vec<(Obj, bool)>,
 }
 
 /// Everything the client needs, moved into its thread.
@@ -237,20 +257,32 @@ impl Client {
                 r.kind = "import";
                 r.what = format!("import {name} [{sn}]");
                 r.effects.push((Obj::Image(name), true));
-                self.ctr(&[
+                let args = [
                     "images",
                     "import",
                     "--snapshotter",
                     sn,
                     tar.to_str().unwrap(),
-                ])?;
+                ];
+                r.retry = Some(Retry {
+                    cli: false,
+                    args: args.iter().map(|a| a.to_string()).collect(),
+                    effects: r.effects.clone(),
+                });
+                self.ctr(&args)?;
             }
             4 => {
                 r.kind = "pull";
                 r.what = format!("pull {} [{sn}]", self.pull_ref);
                 r.effects.push((Obj::Image(self.pull_ref.clone()), true));
                 let (stevedore, pull) = (self.stevedore.clone(), self.pull_ref.clone());
-                self.cmd(&stevedore, &["pull", "--quiet", "--snapshotter", sn, &pull])?;
+                let args = ["pull", "--quiet", "--snapshotter", sn, &pull];
+                r.retry = Some(Retry {
+                    cli: true,
+                    args: args.iter().map(|a| a.to_string()).collect(),
+                    effects: r.effects.clone(),
+                });
+                self.cmd(&stevedore, &args)?;
             }
             5 => {
                 let images = self.lines(&["images", "ls", "-q"])?;
@@ -410,6 +442,7 @@ impl Client {
                 effects: Vec::new(),
                 file: None,
                 rootfs: None,
+                retry: None,
                 acked: None,
                 failed: None,
             };
@@ -688,13 +721,11 @@ impl Run {
             assert!(!exists(o), "{when}: {o:?}, acknowledged removed, is back");
             self.verified += 1;
         }
-        // the file a client wrote into each acknowledged snapshot
-        let files: Vec<(Obj, (String, String))> = self
-            .model
-            .files
-            .iter()
-            .map(|(o, f)| (o.clone(), f.clone()))
-            .collect();
+        // the file a client wrote into each snapshot acknowledged since the
+        // last boot (once found whole after a cut, it is on the durable
+        // image, which later cuts cannot take back: checked once)
+        let files: Vec<(Obj, (String, String))> =
+            std::mem::take(&mut self.model.files).into_iter().collect();
         for (o, (file, digest)) in files {
             let Obj::Snapshot(sn, key) = &o else {
                 unreachable!()
@@ -713,12 +744,9 @@ impl Run {
         }
         // each acknowledged container's rootfs (an active snapshot: native
         // copied its image's files into it) holds its image's files
-        let rootfs: Vec<(Obj, (&'static str, String))> = self
-            .model
-            .rootfs
-            .iter()
-            .map(|(o, r)| (o.clone(), r.clone()))
-            .collect();
+        // (checked once, like the files below)
+        let rootfs: Vec<(Obj, (&'static str, String))> =
+            std::mem::take(&mut self.model.rootfs).into_iter().collect();
         for (o, (sn, image)) in rootfs {
             let Obj::Container(id) = &o else {
                 unreachable!()
@@ -830,7 +858,7 @@ fn unsynced_writes_are_lost_and_synced_ones_survive_a_power_cut() {
 fn acknowledged_work_survives_power_cuts_at_random_points() {
     let ctr = stevedore_e2e::require_tool("ctr", "containerd");
     let seed = seed_from_env("STEVEDORE_POWERLOSS_SEED");
-    let iterations = env_u64("STEVEDORE_POWERLOSS_ITERATIONS").unwrap_or(12) as usize;
+    let iterations = env_u64("STEVEDORE_POWERLOSS_ITERATIONS").unwrap_or(10) as usize;
     let budget = Duration::from_secs(env_u64("STEVEDORE_POWERLOSS_SECONDS").unwrap_or(60));
     let fs = match std::env::var("STEVEDORE_POWERLOSS_FS").as_deref() {
         Ok("btrfs") => Fs::Btrfs,
@@ -877,6 +905,9 @@ fn acknowledged_work_survives_power_cuts_at_random_points() {
     let mut totals = CutStats::default();
     let mut survived = 0;
     let mut collected_before_labelled = 0;
+    // the import or pull the last cut interrupted, retried after the boot
+    let mut retry: Option<Retry> = None;
+    let mut retried = 0;
     for i in 0..=iterations {
         // boot: the disk, then the daemon on an empty state directory
         disk.boot();
@@ -902,6 +933,20 @@ fn acknowledged_work_survives_power_cuts_at_random_points() {
         let _ = std::fs::rename(&log, run.d.dir.path().join("daemon.log.previous"));
         run.d.spawn();
         run.verify(&when);
+        // interrupted work resumes: the import or pull the cut stopped,
+        // run again, completes (what it unpacks is verified next boot)
+        if let Some(r) = retry.take() {
+            let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
+            if r.cli {
+                run.d.cli_ok(&args);
+            } else {
+                run.d.ctr_ok(&args);
+            }
+            for (o, present) in r.effects {
+                run.model.set(o, present);
+            }
+            retried += 1;
+        }
         if i == iterations || started.elapsed() > budget {
             if i < iterations {
                 eprintln!("powerloss: time budget {budget:?} reached after {i} cuts");
@@ -974,6 +1019,7 @@ fn acknowledged_work_survives_power_cuts_at_random_points() {
                 _ => {
                     // in flight at the cut: either outcome is allowed
                     *in_flight.entry(r.kind).or_default() += 1;
+                    retry = r.retry.clone();
                     cut_during = if r.kind.is_empty() {
                         "the listing before an operation".to_string()
                     } else {
@@ -1007,10 +1053,31 @@ fn acknowledged_work_survives_power_cuts_at_random_points() {
         }
         survived += 1;
     }
+    // a collection removes whatever the cuts left that nothing holds
+    run.d.ctr_ok(&["leases", "create", "--id", "pl-gc-trigger"]);
+    run.d.ctr_ok(&["leases", "rm", "--sync", "pl-gc-trigger"]);
     run.d.stop();
+    let report = check(&Options {
+        root: root.clone(),
+        repair: false,
+    })
+    .unwrap();
+    let problems: Vec<_> = report.problems().collect();
+    assert!(
+        problems.is_empty(),
+        "final: corruption found:\n{problems:#?}"
+    );
+    let uncollected: Vec<_> = report
+        .leftovers()
+        .filter(|f| COLLECTED_BY_GC.contains(&f.kind))
+        .collect();
+    assert!(
+        uncollected.is_empty(),
+        "final: garbage collection left leftovers of the cuts:\n{uncollected:#?}"
+    );
     disk.shutdown();
     eprintln!(
-        "powerloss: {survived} power cuts survived on {fs:?}, {} checks ({} committed layer snapshots and {} container rootfs compared file by file, {} client-written files, {} objects collected before the client labelled them), acknowledged before a cut {acked:?}, in flight at a cut {in_flight:?}, cache kept {keeps:?}; disk: {} writes ({} MB), {} flushes, {} writes unflushed at the cuts ({} MB, {} kept), {} dropped after; leftovers seen {:?}; {:.1}s, seed {seed}",
+        "powerloss: {survived} power cuts survived on {fs:?}, {} checks ({} committed layer snapshots and {} container rootfs compared file by file, {} client-written files, {} objects collected before the client labelled them), acknowledged before a cut {acked:?}, in flight at a cut {in_flight:?}, interrupted imports and pulls retried {retried}, cache kept {keeps:?}; disk: {} writes ({} MB), {} flushes, {} writes unflushed at the cuts ({} MB, {} kept), {} dropped after; leftovers seen {:?}; {:.1}s, seed {seed}",
         run.verified,
         run.layers_verified,
         run.rootfs_verified,
