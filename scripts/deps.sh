@@ -15,7 +15,8 @@ PKGS=(
   openssl           # self-signed certificates for the registry's TLS tests
   skopeo            # builds docker-archive / OCI test images
   busybox-static    # test image contents
-  btrfs-progs       # btrfs snapshotter tests (mkfs.btrfs on a loop device)
+  btrfs-progs       # btrfs snapshotter tests (mkfs.btrfs on a loop device); btrfs check in the power-loss test
+  e2fsprogs mount   # power-loss test: mkfs.ext4 and e2fsck of its disk image, losetup
   golang-github-containerd-containerd-dev  # containerd's 1.6 API protos and Go client sources
   golang-go         # builds crates/e2e/go/clientcheck against containerd's Go client
   golang-github-docker-spdystream-dev  # kubectl's SPDY library: the streaming server's interop test

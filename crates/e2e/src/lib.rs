@@ -12,6 +12,42 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod docker;
+pub mod powercut;
+
+/// splitmix64: small, seedable, good enough to pick operations and delays
+/// reproducibly from a printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// A numeric environment variable, when set and valid.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// A seed from `var`, or from the clock.
+pub fn seed_from_env(var: &str) -> u64 {
+    env_u64(var).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    })
+}
 
 /// Directory holding the workspace binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
@@ -86,6 +122,23 @@ impl Daemon {
         }
         d.spawn();
         d
+    }
+
+    /// A daemon, not started, whose root is `root` (e.g. on a test's own
+    /// filesystem), with state, socket and log in a fresh directory.
+    pub fn with_root(root: &Path) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("sd-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        Daemon {
+            root: root.to_path_buf(),
+            state: dir.path().join("state"),
+            socket: dir.path().join("s.sock"),
+            config: None,
+            dir,
+            child: None,
+        }
     }
 
     /// The command line that starts this daemon.
@@ -673,7 +726,7 @@ pub struct LoopBtrfs {
     mnt: PathBuf,
 }
 
-fn run_ok(cmd: &str, args: &[&str]) -> String {
+pub(crate) fn run_ok(cmd: &str, args: &[&str]) -> String {
     let o = Command::new(cmd)
         .args(args)
         .output()

@@ -33,32 +33,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use stevedore_e2e::{big_image, busybox_image, make_image, multi_image, Daemon, Images};
+use stevedore_e2e::{
+    big_image, busybox_image, env_u64, make_image, multi_image, seed_from_env, Daemon, Images, Rng,
+};
 use stevedore_fsck::{check, mount_points, Options, Report};
 use stevedore_remote::testutil::TestRegistry;
-
-/// splitmix64: small, seedable, good enough to pick operations and delays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Op {
@@ -728,12 +707,7 @@ fn kill_group(child: &mut Child) {
 fn survives_sigkill_at_random_points_of_ingest_import_pull_snapshot_gc_and_containers() {
     let ctr = stevedore_e2e::require_tool("ctr", "containerd");
     stevedore_e2e::require_tool("runc", "runc");
-    let seed = env_u64("STEVEDORE_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = seed_from_env("STEVEDORE_CRASH_SEED");
     let iterations = env_u64("STEVEDORE_CRASH_ITERATIONS").unwrap_or(40) as usize;
     let budget = Duration::from_secs(env_u64("STEVEDORE_CRASH_SECONDS").unwrap_or(75));
     eprintln!(
@@ -785,7 +759,7 @@ fn survives_sigkill_at_random_points_of_ingest_import_pull_snapshot_gc_and_conta
         let size = (1 << 20) + rng.below(6 << 20) as usize;
         let mut bytes = Vec::with_capacity(size);
         while bytes.len() < size {
-            bytes.extend_from_slice(&rng.next().to_le_bytes());
+            bytes.extend_from_slice(&rng.next_u64().to_le_bytes());
         }
         let p = work.join(format!("payload-{k}"));
         std::fs::File::create(&p)

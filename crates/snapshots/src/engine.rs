@@ -19,9 +19,16 @@
 //! in one write transaction check the key and parent again, allocate the id,
 //! insert the record, and rename `new-<uuid>` to `<id>` and fsync
 //! `snapshots/` (so the rename is on disk before the record, for a power
-//! loss too); the transaction commits (fsync) last. The files inside a
-//! snapshot are not synced (neither does containerd by default): after a
-//! power loss a committed layer's files may be short, not missing. A crash before the commit leaves a directory no record
+//! loss too); the transaction commits (fsync) last. The new directory itself
+//! is fsync'ed before the rename (its entries, `fs/` and `work/`, are on disk
+//! before the record names it), and a backend that copies its parent's
+//! files (native) syncs its filesystem after the copy. Commit syncs the
+//! filesystem holding the snapshot (`syncfs`) before its transaction: the
+//! files a layer unpacked, or a client wrote, into the active snapshot are
+//! on disk before the committed record that makes them a parent (without
+//! it, the power-loss test, `crates/e2e/tests/powerloss.rs`, found committed
+//! layers whose files had become empty; containerd syncs only when asked,
+//! with its CRI's `image_pull_with_sync_fs`). A crash before the commit leaves a directory no record
 //! names (the id was never committed, so it is allocated again later: a stale
 //! `<id>` directory found then is removed before the rename). Remove deletes
 //! the record in one transaction and, only after it committed, renames `<id>`
@@ -41,6 +48,22 @@ use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use stevedore_types::filters::Filter;
 use stevedore_types::{labels, Error, ErrorKind, Mount, Result};
+
+/// Write to disk everything pending on the filesystem that holds `dir`
+/// (syncfs(2)): one call for a whole unpacked layer or copied tree, where
+/// an fsync per file would commit the journal once per file.
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<()> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::from(std::io::Error::from(e)).context(format!("open {}", dir.display())))?;
+    rustix::fs::syncfs(&fd).map_err(|e| {
+        Error::from(std::io::Error::from(e))
+            .context(format!("sync the filesystem of {}", dir.display()))
+    })
+}
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const CHILDREN: TableDefinition<(&str, &str), ()> = TableDefinition::new("children");
@@ -252,6 +275,9 @@ impl<B: Backend> Engine<B> {
             self.backend
                 .create(&temp, kind, parent_dir.as_deref())
                 .map_err(|e| e.context(format!("create snapshot {key:?}")))?;
+            std::fs::File::open(&temp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::from(e).context(format!("fsync {}", temp.display())))?;
             let now = now_ns();
             let rec = Record {
                 id: 0,
@@ -494,6 +520,9 @@ impl<B: Backend> Snapshotter for Engine<B> {
             .backend
             .usage(&dir)
             .map_err(|e| e.context(format!("commit {key:?} as {name:?}: usage")))?;
+        // what was written into the snapshot is on disk before the record
+        // that commits it (power loss)
+        sync_filesystem(&dir).map_err(|e| e.context(format!("commit {key:?} as {name:?}")))?;
         self.backend.freeze(&dir)?;
         let result = (|| {
             let tx = self.db.begin_write().map_err(|e| db_err("begin", e))?;

@@ -44,6 +44,8 @@ impl Backend for Native {
             .map_err(|e| Error::from(e).context(format!("create {}", fs.display())))?;
         if let Some(p) = parent {
             copy_tree(&p.join("fs"), &fs)?;
+            // the copy is on disk before the record that names it (power loss)
+            crate::engine::sync_filesystem(&fs)?;
         }
         Ok(())
     }
