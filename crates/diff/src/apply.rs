@@ -161,8 +161,8 @@ struct Applier {
 }
 
 struct Meta {
-    uid: u64,
-    gid: u64,
+    uid: u32,
+    gid: u32,
     mode: u32,
     times: Timestamps,
     xattrs: Vec<(OsString, Vec<u8>)>,
@@ -437,8 +437,16 @@ impl Applier {
             tv_sec: h.mtime().map_err(|_| bad("mtime"))? as i64,
             tv_nsec: 0,
         };
-        let uid = h.uid().map_err(|_| bad("uid"))?;
-        let gid = h.gid().map_err(|_| bad("gid"))?;
+        // chown takes 32-bit ids and reads u32::MAX (-1) as "leave as is";
+        // a larger id would wrap to another owner (2^32 to root)
+        let id = |v: std::io::Result<u64>, what: &str| {
+            v.ok()
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|v| *v != u32::MAX)
+                .ok_or_else(|| bad(what))
+        };
+        let uid = id(h.uid(), "uid")?;
+        let gid = id(h.gid(), "gid")?;
         let mode = h.mode().map_err(|_| bad("mode"))?;
         let mut xattrs = Vec::new();
         let mut atime = None;
@@ -486,8 +494,8 @@ impl Applier {
         rustix::fs::chownat(
             dir,
             base,
-            Some(rustix::fs::Uid::from_raw(m.uid as u32)),
-            Some(rustix::fs::Gid::from_raw(m.gid as u32)),
+            Some(rustix::fs::Uid::from_raw(m.uid)),
+            Some(rustix::fs::Gid::from_raw(m.gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(|e| sys(e, ctx("chown")))?;
@@ -571,8 +579,8 @@ impl Applier {
                 rustix::fs::chownat(
                     &dir,
                     orig,
-                    Some(rustix::fs::Uid::from_raw(meta.uid as u32)),
-                    Some(rustix::fs::Gid::from_raw(meta.gid as u32)),
+                    Some(rustix::fs::Uid::from_raw(meta.uid)),
+                    Some(rustix::fs::Gid::from_raw(meta.gid)),
                     AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .map_err(|err| sys(err, format!("apply layer: entry {name:?}: chown whiteout")))?;

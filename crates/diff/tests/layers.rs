@@ -216,6 +216,40 @@ fn rejects_whiteouts_through_symlinks() {
     );
 }
 
+/// Found by libFuzzer (fuzz/, target layer_apply): uid 2^32-1 made rustix
+/// panic, and a uid of 2^32 or more wrapped to another owner.
+#[test]
+fn rejects_owner_ids_chown_cannot_take() {
+    for (uid, gid) in [
+        (u64::from(u32::MAX), 0),
+        (0, u64::from(u32::MAX)),
+        (1 << 32, 0),
+        (0, (1 << 32) + 1000),
+    ] {
+        for mode in [WhiteoutMode::Delete, WhiteoutMode::Overlay] {
+            let sb = Sandbox::new();
+            let mut h = tar::Header::new_gnu();
+            h.set_path("f").unwrap();
+            h.set_size(1);
+            h.set_mode(0o644);
+            // GNU headers hold large ids in base-256
+            h.set_uid(uid);
+            h.set_gid(gid);
+            h.set_cksum();
+            let mut b = tar::Builder::new(Vec::new());
+            b.append(&h, &b"x"[..]).unwrap();
+            let tar = b.into_inner().unwrap();
+            let e = apply(&sb.root, tar.as_slice(), mode).expect_err("id out of range");
+            assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+            let what = if uid != 0 { "bad uid" } else { "bad gid" };
+            assert!(
+                e.message.contains(what) && e.message.contains("\"f\""),
+                "{e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn replaces_an_existing_symlink_instead_of_writing_through_it() {
     let sb = Sandbox::new();

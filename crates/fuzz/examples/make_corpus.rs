@@ -4,8 +4,8 @@
 //!
 //! Seeds are real inputs: filters and references from containerd's docs and
 //! tests, the sample image's manifest/index/config (and Docker and hostile
-//! variants), layer tars with symlinks, hardlinks, whiteouts and `..`
-//! escapes, archives written by stevedore's own OCI exporter from a content
+//! variants), layer tars (two also gzip'd) with symlinks, hardlinks, whiteouts and
+//! `..` escapes, archives written by stevedore's own OCI exporter from a content
 //! store plus a Docker `save` tar, containerd's documented hosts.toml, and
 //! stevedored's full default config. Output is deterministic.
 
@@ -123,6 +123,15 @@ fn spec_json() {
     );
 }
 
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::new();
+    let mut w = stevedore_diff::compress(stevedore_diff::Compression::Gzip, &mut out).unwrap();
+    w.write_all(bytes).unwrap();
+    w.finish_stream().unwrap();
+    out
+}
+
 fn tar_apply() {
     let cases: Vec<(&str, Vec<Entry>)> = vec![
         ("sample.tar", vec![]),
@@ -197,6 +206,10 @@ fn tar_apply() {
         } else {
             tar_of(&entries)
         };
+        // two gzip'd layers: the applier's input may be a raw gzip stream
+        if matches!(name, "sample.tar" | "symlink-escape.tar") {
+            write("tar_apply", &format!("{name}.gz"), &gzip(&bytes));
+        }
         write("tar_apply", name, &bytes);
     }
     // a PAX header carrying a long path and an xattr, and a GNU long name

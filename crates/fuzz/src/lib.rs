@@ -25,6 +25,7 @@
 
 pub mod samples;
 pub mod tarfix;
+pub mod targets;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
