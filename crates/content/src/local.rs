@@ -37,6 +37,16 @@
 //!   sent; reopening the same ref re-hashes that prefix and reports its length
 //!   as the offset, so the client resumes there. Whatever the prefix holds,
 //!   commit verifies the digest, so torn data never becomes a blob.
+//! - Owned chunks (`Writer::write_bytes`, the Content service's Write) are
+//!   hashed on the caller's thread and appended by a thread of the ingest's
+//!   own, in order, through a queue of [`WRITE_BEHIND_QUEUE`] chunks. A
+//!   failed append closes the writer (its hash no longer matches `data`);
+//!   commit, truncate and drop first wait for every queued append, and commit
+//!   checks that `data` holds exactly the bytes hashed. A crash loses at most
+//!   the queued chunks, which the resume rule above covers.
+//! - Every [`WRITEBACK_STEP`] appended bytes start their writeback
+//!   (`sync_file_range`, not waited for), so the fsync at commit finds most
+//!   of a large blob on disk already; only that fsync is relied upon.
 //! - One writer per ref at a time (an in-process lock table); the daemon owns
 //!   the directory (the metadata database's single-open rule keeps a second
 //!   daemon out).
@@ -358,7 +368,7 @@ impl LocalStore {
             store: self.clone(),
             reference: opts.reference,
             dir,
-            file: Some(file),
+            data: Data::Here(Appender::new(file, offset as u64)),
             updated_file,
             hasher,
             offset,
@@ -406,7 +416,7 @@ pub struct LocalWriter {
     store: LocalStore,
     reference: String,
     dir: PathBuf,
-    file: Option<File>,
+    data: Data,
     hasher: Hasher,
     offset: i64,
     total: i64,
@@ -423,8 +433,81 @@ pub struct LocalWriter {
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
+        // writes still queued finish before the ref is free again: a new
+        // writer resuming it re-hashes `data` and must see its final length
+        if let Err(e) = self.here() {
+            tracing::debug!(reference = %self.reference, error = %e.message, "ingest writer dropped after a failed write");
+        }
         LocalStore::unlock(&self.store.inner, &self.reference);
     }
+}
+
+/// Appends to an ingest's `data`, starting the writeback of each
+/// [`WRITEBACK_STEP`] bytes as they accumulate: the page cache then drains
+/// while the ingest goes on, and the `fsync` at commit waits for the last
+/// few MiB instead of the whole blob.
+struct Appender {
+    file: File,
+    /// Length of `data`.
+    end: u64,
+    /// Where writeback was last started up to.
+    flushed: u64,
+}
+
+/// How many written bytes start a writeback.
+const WRITEBACK_STEP: u64 = 8 << 20;
+/// Chunks queued to an ingest's write-behind thread (each at most one gRPC
+/// message, 16 MiB): what one ingest may hold in memory beyond the chunk
+/// being written.
+const WRITE_BEHIND_QUEUE: usize = 2;
+
+impl Appender {
+    fn new(file: File, end: u64) -> Self {
+        Appender {
+            file,
+            end,
+            flushed: end,
+        }
+    }
+
+    fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(data)?;
+        self.end += data.len() as u64;
+        if self.end - self.flushed >= WRITEBACK_STEP {
+            // advisory: the fsync at commit covers whatever this did not start
+            if let Err(e) =
+                stevedore_sys::start_writeback(&self.file, self.flushed, self.end - self.flushed)
+            {
+                tracing::debug!(error = %e.message, "ingest writeback not started");
+            }
+            self.flushed = self.end;
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.end = 0;
+        self.flushed = 0;
+        Ok(())
+    }
+}
+
+/// Where an ingest's bytes go.
+enum Data {
+    /// Written on the caller's thread.
+    Here(Appender),
+    /// Handed to a thread of this ingest's own, in order, through a bounded
+    /// queue ([`Writer::write_bytes`]): the caller hashes a chunk while the
+    /// one before is written. The thread stops at the first failed write.
+    Behind {
+        queue: std::sync::mpsc::SyncSender<bytes::Bytes>,
+        thread: std::thread::JoinHandle<(Appender, std::io::Result<()>)>,
+    },
+    /// Committed, or a write failed: `data` no longer matches what this
+    /// writer hashed, so nothing but dropping it (and resuming from disk
+    /// with a new writer) is allowed.
+    Closed(String),
 }
 
 impl LocalWriter {
@@ -443,39 +526,130 @@ impl LocalWriter {
             })
     }
 
-    fn file(&mut self) -> Result<&mut File> {
-        let r = &self.reference;
-        self.file.as_mut().ok_or_else(|| {
-            Error::precondition(format!("ingest ref {r:?}: writer already committed"))
-        })
+    /// The appender, once every queued write is on disk.
+    fn here(&mut self) -> Result<&mut Appender> {
+        if let Data::Behind { .. } = self.data {
+            let Data::Behind { queue, thread } =
+                std::mem::replace(&mut self.data, Data::Closed(String::new()))
+            else {
+                unreachable!("matched above")
+            };
+            drop(queue);
+            let r = &self.reference;
+            self.data = match thread.join() {
+                Ok((a, Ok(()))) => Data::Here(a),
+                Ok((_, Err(e))) => {
+                    Data::Closed(io_err(format!("ingest ref {r:?}: write"), e).message)
+                }
+                Err(_) => Data::Closed(format!("ingest ref {r:?}: the write thread panicked")),
+            };
+        }
+        match &mut self.data {
+            Data::Here(a) => Ok(a),
+            Data::Closed(why) if why.is_empty() => Err(Error::precondition(format!(
+                "ingest ref {:?}: writer already committed",
+                self.reference
+            ))),
+            Data::Closed(why) => Err(Error::precondition(format!(
+                "{why} (the writer is closed; open the ingest again to resume)"
+            ))),
+            Data::Behind { .. } => unreachable!("joined above"),
+        }
     }
-}
 
-impl Writer for LocalWriter {
-    fn write(&mut self, data: &[u8]) -> Result<()> {
-        let r = self.reference.clone();
-        // the declared total and the store's cap bound what an ingest may hold
-        let end = self.offset.saturating_add(data.len() as i64);
+    /// The queue of the write-behind thread, started on first use.
+    fn behind(&mut self) -> Result<&std::sync::mpsc::SyncSender<bytes::Bytes>> {
+        if let Data::Here(_) = self.data {
+            let Data::Here(mut a) = std::mem::replace(&mut self.data, Data::Closed(String::new()))
+            else {
+                unreachable!("matched above")
+            };
+            let (queue, chunks) = std::sync::mpsc::sync_channel::<bytes::Bytes>(WRITE_BEHIND_QUEUE);
+            let spawned = std::thread::Builder::new()
+                .name("ingest-write".into())
+                .spawn(move || {
+                    for chunk in chunks {
+                        if let Err(e) = a.append(&chunk) {
+                            return (a, Err(e));
+                        }
+                    }
+                    (a, Ok(()))
+                });
+            match spawned {
+                Ok(thread) => self.data = Data::Behind { queue, thread },
+                Err(e) => {
+                    // the appender went into the closure that was not run
+                    let e = io_err(
+                        format!("ingest ref {:?}: start the write thread", self.reference),
+                        e,
+                    );
+                    self.data = Data::Closed(e.message.clone());
+                    return Err(e);
+                }
+            }
+        }
+        if let Data::Closed(_) = self.data {
+            // the error of a closed writer
+            self.here()?;
+        }
+        match &self.data {
+            Data::Behind { queue, .. } => Ok(queue),
+            _ => Err(Error::internal(format!(
+                "ingest ref {:?}: no write thread",
+                self.reference
+            ))),
+        }
+    }
+
+    /// Refuse a write past the declared total or the store's cap.
+    fn check_room(&self, len: usize) -> Result<()> {
+        let r = &self.reference;
+        let end = self.offset.saturating_add(len as i64);
         if self.declared_total > 0 && end > self.declared_total {
             return Err(Error::invalid(format!(
-                "ingest ref {r:?}: writing {} bytes at offset {} exceeds the expected total of {} bytes",
-                data.len(),
-                self.offset,
-                self.declared_total
+                "ingest ref {r:?}: writing {len} bytes at offset {} exceeds the expected total of {} bytes",
+                self.offset, self.declared_total
             )));
         }
         let max = self.store.max_ingest_size();
         if max > 0 && end > max {
             return Err(Error::invalid(format!(
-                "ingest ref {r:?}: writing {} bytes at offset {} exceeds the limit of {max} bytes per ingest (max_ingest_size)",
-                data.len(),
+                "ingest ref {r:?}: writing {len} bytes at offset {} exceeds the limit of {max} bytes per ingest (max_ingest_size)",
                 self.offset
             )));
         }
-        self.file()?
-            .write_all(data)
-            .map_err(|e| io_err(format!("ingest ref {r:?}: write"), e))?;
+        Ok(())
+    }
+}
+
+impl Writer for LocalWriter {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.check_room(data.len())?;
+        if let Data::Behind { .. } = self.data {
+            // keep the order of the queued writes
+            return self.write_bytes(bytes::Bytes::copy_from_slice(data));
+        }
+        let r = self.reference.clone();
+        if let Err(e) = self.here()?.append(data) {
+            let e = io_err(format!("ingest ref {r:?}: write"), e);
+            self.data = Data::Closed(e.message.clone());
+            return Err(e);
+        }
         self.hasher.update(data);
+        self.offset += data.len() as i64;
+        self.touch()
+    }
+
+    fn write_bytes(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.check_room(data.len())?;
+        if self.behind()?.send(data.clone()).is_err() {
+            // the thread stopped at a failed write: its error
+            return Err(self
+                .here()
+                .err()
+                .unwrap_or_else(|| Error::internal("ingest write thread stopped")));
+        }
+        self.hasher.update(&data);
         self.offset += data.len() as i64;
         self.touch()
     }
@@ -503,8 +677,8 @@ impl Writer for LocalWriter {
             )));
         }
         let r = self.reference.clone();
-        self.file()?
-            .set_len(0)
+        self.here()?
+            .truncate()
             .map_err(|e| io_err(format!("ingest ref {r:?}: truncate"), e))?;
         let alg = self
             .expected
@@ -523,9 +697,17 @@ impl Writer for LocalWriter {
         _labels: HashMap<String, String>,
     ) -> Result<Digest> {
         let r = self.reference.clone();
-        let file = self.file()?;
-        file.sync_all()
+        let a = self.here()?;
+        a.file
+            .sync_all()
             .map_err(|e| io_err(format!("ingest ref {r:?}: fsync"), e))?;
+        let on_disk = a.end;
+        if on_disk != self.offset as u64 {
+            return Err(Error::internal(format!(
+                "ingest ref {r:?}: data holds {on_disk} bytes, the writer wrote {}",
+                self.offset
+            )));
+        }
         if size > 0 && size != self.offset {
             return Err(Error::precondition(format!(
                 "ingest ref {r:?}: unexpected commit size {}, expected {size}",
@@ -547,7 +729,7 @@ impl Writer for LocalWriter {
         let target = self.store.blob_path(&actual);
         let data = self.dir.join("data");
         if target.exists() {
-            self.file = None;
+            self.data = Data::Closed(String::new());
             fs::remove_dir_all(&self.dir)
                 .map_err(|e| io_err(format!("remove ingest ref {r:?}"), e))?;
             return Err(Error::already_exists(format!(
@@ -562,7 +744,7 @@ impl Writer for LocalWriter {
         fs::rename(&data, &target)
             .map_err(|e| io_err(format!("commit ingest ref {r:?} to {actual}"), e))?;
         fsync_dir(parent)?;
-        self.file = None;
+        self.data = Data::Closed(String::new());
         fs::remove_dir_all(&self.dir).map_err(|e| io_err(format!("remove ingest ref {r:?}"), e))?;
         Ok(actual)
     }
