@@ -102,10 +102,9 @@ impl WriterOpts {
 pub trait Writer: Send {
     /// Append data (the ingest is append-only), hashing it on the way.
     fn write(&mut self, data: &[u8]) -> Result<()>;
-    /// Append owned bytes. A store may hash them at once and write them to
-    /// disk behind the caller, so the next chunk arrives while this one is
-    /// written; an error of such a write surfaces at a later call, and
-    /// `commit` waits for every write. Defaults to `write`.
+    /// Append owned bytes, as `write` does; a store may write them on
+    /// another thread while it hashes them (both done when this returns).
+    /// Defaults to `write`.
     fn write_bytes(&mut self, data: bytes::Bytes) -> Result<()> {
         self.write(&data)
     }

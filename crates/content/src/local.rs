@@ -38,12 +38,11 @@
 //!   as the offset, so the client resumes there. Whatever the prefix holds,
 //!   commit verifies the digest, so torn data never becomes a blob.
 //! - Owned chunks (`Writer::write_bytes`, the Content service's Write) are
-//!   hashed on the caller's thread and appended by a thread of the ingest's
-//!   own, in order, through a queue of [`WRITE_BEHIND_QUEUE`] chunks. A
-//!   failed append closes the writer (its hash no longer matches `data`);
-//!   commit, truncate and drop first wait for every queued append, and commit
-//!   checks that `data` holds exactly the bytes hashed. A crash loses at most
-//!   the queued chunks, which the resume rule above covers.
+//!   appended by a thread of the ingest's own while the caller hashes them;
+//!   the call returns once both are done, so a returned write is in `data`
+//!   as before. A failed append closes the writer (its hash no longer
+//!   matches `data`); commit checks that `data` holds exactly the bytes
+//!   hashed.
 //! - Every [`WRITEBACK_STEP`] appended bytes start their writeback
 //!   (`sync_file_range`, not waited for), so the fsync at commit finds most
 //!   of a large blob on disk already; only that fsync is relied upon.
@@ -456,10 +455,6 @@ struct Appender {
 
 /// How many written bytes start a writeback.
 const WRITEBACK_STEP: u64 = 8 << 20;
-/// Chunks queued to an ingest's write-behind thread (each at most one gRPC
-/// message, 16 MiB): what one ingest may hold in memory beyond the chunk
-/// being written.
-const WRITE_BEHIND_QUEUE: usize = 2;
 
 impl Appender {
     fn new(file: File, end: u64) -> Self {
@@ -497,12 +492,13 @@ impl Appender {
 enum Data {
     /// Written on the caller's thread.
     Here(Appender),
-    /// Handed to a thread of this ingest's own, in order, through a bounded
-    /// queue ([`Writer::write_bytes`]): the caller hashes a chunk while the
-    /// one before is written. The thread stops at the first failed write.
-    Behind {
-        queue: std::sync::mpsc::SyncSender<bytes::Bytes>,
-        thread: std::thread::JoinHandle<(Appender, std::io::Result<()>)>,
+    /// Appended by a thread of this ingest's own ([`Writer::write_bytes`]),
+    /// one chunk at a time, while the caller hashes the same chunk; each
+    /// append answers on `done`. The thread stops at the first failed append.
+    Parallel {
+        chunks: std::sync::mpsc::SyncSender<bytes::Bytes>,
+        done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+        thread: std::thread::JoinHandle<Appender>,
     },
     /// Committed, or a write failed: `data` no longer matches what this
     /// writer hashed, so nothing but dropping it (and resuming from disk
@@ -526,22 +522,21 @@ impl LocalWriter {
             })
     }
 
-    /// The appender, once every queued write is on disk.
+    /// The appender, back from the append thread if one runs.
     fn here(&mut self) -> Result<&mut Appender> {
-        if let Data::Behind { .. } = self.data {
-            let Data::Behind { queue, thread } =
+        if let Data::Parallel { .. } = self.data {
+            let Data::Parallel { chunks, thread, .. } =
                 std::mem::replace(&mut self.data, Data::Closed(String::new()))
             else {
                 unreachable!("matched above")
             };
-            drop(queue);
-            let r = &self.reference;
+            drop(chunks);
             self.data = match thread.join() {
-                Ok((a, Ok(()))) => Data::Here(a),
-                Ok((_, Err(e))) => {
-                    Data::Closed(io_err(format!("ingest ref {r:?}: write"), e).message)
-                }
-                Err(_) => Data::Closed(format!("ingest ref {r:?}: the write thread panicked")),
+                Ok(a) => Data::Here(a),
+                Err(_) => Data::Closed(format!(
+                    "ingest ref {:?}: the append thread panicked",
+                    self.reference
+                )),
             };
         }
         match &mut self.data {
@@ -553,52 +548,68 @@ impl LocalWriter {
             Data::Closed(why) => Err(Error::precondition(format!(
                 "{why} (the writer is closed; open the ingest again to resume)"
             ))),
-            Data::Behind { .. } => unreachable!("joined above"),
+            Data::Parallel { .. } => unreachable!("joined above"),
         }
     }
 
-    /// The queue of the write-behind thread, started on first use.
-    fn behind(&mut self) -> Result<&std::sync::mpsc::SyncSender<bytes::Bytes>> {
+    /// Append `data` on the ingest's append thread (started on first use)
+    /// while hashing it here; returns once both are done.
+    fn append_parallel(&mut self, data: bytes::Bytes) -> Result<()> {
+        let r = self.reference.clone();
         if let Data::Here(_) = self.data {
             let Data::Here(mut a) = std::mem::replace(&mut self.data, Data::Closed(String::new()))
             else {
                 unreachable!("matched above")
             };
-            let (queue, chunks) = std::sync::mpsc::sync_channel::<bytes::Bytes>(WRITE_BEHIND_QUEUE);
+            let (chunks, todo) = std::sync::mpsc::sync_channel::<bytes::Bytes>(1);
+            let (answer, done) = std::sync::mpsc::sync_channel(1);
             let spawned = std::thread::Builder::new()
-                .name("ingest-write".into())
+                .name("ingest-append".into())
                 .spawn(move || {
-                    for chunk in chunks {
-                        if let Err(e) = a.append(&chunk) {
-                            return (a, Err(e));
+                    for chunk in todo {
+                        let appended = a.append(&chunk);
+                        let failed = appended.is_err();
+                        if answer.send(appended).is_err() || failed {
+                            break;
                         }
                     }
-                    (a, Ok(()))
+                    a
                 });
             match spawned {
-                Ok(thread) => self.data = Data::Behind { queue, thread },
+                Ok(thread) => {
+                    self.data = Data::Parallel {
+                        chunks,
+                        done,
+                        thread,
+                    }
+                }
                 Err(e) => {
-                    // the appender went into the closure that was not run
-                    let e = io_err(
-                        format!("ingest ref {:?}: start the write thread", self.reference),
-                        e,
-                    );
+                    // the appender went with the closure that never ran
+                    let e = io_err(format!("ingest ref {r:?}: start the append thread"), e);
                     self.data = Data::Closed(e.message.clone());
                     return Err(e);
                 }
             }
         }
-        if let Data::Closed(_) = self.data {
-            // the error of a closed writer
-            self.here()?;
+        let Data::Parallel { chunks, done, .. } = &self.data else {
+            return self.here().map(|_| ());
+        };
+        let appended = match chunks.send(data.clone()) {
+            Ok(()) => {
+                self.hasher.update(&data);
+                done.recv()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the append thread stopped")))
+            }
+            Err(_) => Err(std::io::Error::other("the append thread stopped")),
+        };
+        if let Err(e) = appended {
+            // `data` no longer matches the hash: nothing more on this writer
+            let _ = self.here();
+            let e = io_err(format!("ingest ref {r:?}: write"), e);
+            self.data = Data::Closed(e.message.clone());
+            return Err(e);
         }
-        match &self.data {
-            Data::Behind { queue, .. } => Ok(queue),
-            _ => Err(Error::internal(format!(
-                "ingest ref {:?}: no write thread",
-                self.reference
-            ))),
-        }
+        Ok(())
     }
 
     /// Refuse a write past the declared total or the store's cap.
@@ -625,10 +636,6 @@ impl LocalWriter {
 impl Writer for LocalWriter {
     fn write(&mut self, data: &[u8]) -> Result<()> {
         self.check_room(data.len())?;
-        if let Data::Behind { .. } = self.data {
-            // keep the order of the queued writes
-            return self.write_bytes(bytes::Bytes::copy_from_slice(data));
-        }
         let r = self.reference.clone();
         if let Err(e) = self.here()?.append(data) {
             let e = io_err(format!("ingest ref {r:?}: write"), e);
@@ -642,14 +649,7 @@ impl Writer for LocalWriter {
 
     fn write_bytes(&mut self, data: bytes::Bytes) -> Result<()> {
         self.check_room(data.len())?;
-        if self.behind()?.send(data.clone()).is_err() {
-            // the thread stopped at a failed write: its error
-            return Err(self
-                .here()
-                .err()
-                .unwrap_or_else(|| Error::internal("ingest write thread stopped")));
-        }
-        self.hasher.update(&data);
+        self.append_parallel(data.clone())?;
         self.offset += data.len() as i64;
         self.touch()
     }

@@ -319,10 +319,9 @@ type WriterOp = Box<dyn FnOnce(&mut dyn Writer) + Send>;
 
 /// The writer of one Write stream on one blocking task for the whole stream:
 /// each message's work is queued to it (one at a time, the replies go out in
-/// order) instead of a trip to the blocking pool per message. The store
-/// hashes each chunk there and writes it behind (`Writer::write_bytes`), so
-/// the client's next message arrives while the last one reaches the page
-/// cache. The writer is dropped on that task too, when the stream ends.
+/// order) instead of a trip to the blocking pool per message. There the
+/// store hashes each chunk while its own thread appends it
+/// (`Writer::write_bytes`). The writer is dropped on that task too.
 struct WriterTask {
     ops: mpsc::Sender<WriterOp>,
     task: tokio::task::JoinHandle<()>,
