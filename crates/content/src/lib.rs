@@ -102,6 +102,12 @@ impl WriterOpts {
 pub trait Writer: Send {
     /// Append data (the ingest is append-only), hashing it on the way.
     fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Append owned bytes, as `write` does; a store may write them on
+    /// another thread while it hashes them (both done when this returns).
+    /// Defaults to `write`.
+    fn write_bytes(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.write(&data)
+    }
     /// Offset, totals and times of this ingest.
     fn status(&self) -> Result<Status>;
     /// The digest of the bytes written so far.

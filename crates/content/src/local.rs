@@ -37,6 +37,15 @@
 //!   sent; reopening the same ref re-hashes that prefix and reports its length
 //!   as the offset, so the client resumes there. Whatever the prefix holds,
 //!   commit verifies the digest, so torn data never becomes a blob.
+//! - Owned chunks (`Writer::write_bytes`, the Content service's Write) are
+//!   appended by a thread of the ingest's own while the caller hashes them;
+//!   the call returns once both are done, so a returned write is in `data`
+//!   as before. A failed append closes the writer (its hash no longer
+//!   matches `data`); commit checks that `data` holds exactly the bytes
+//!   hashed.
+//! - Every [`WRITEBACK_STEP`] appended bytes start their writeback
+//!   (`sync_file_range`, not waited for), so the fsync at commit finds most
+//!   of a large blob on disk already; only that fsync is relied upon.
 //! - One writer per ref at a time (an in-process lock table); the daemon owns
 //!   the directory (the metadata database's single-open rule keeps a second
 //!   daemon out).
@@ -358,7 +367,7 @@ impl LocalStore {
             store: self.clone(),
             reference: opts.reference,
             dir,
-            file: Some(file),
+            data: Data::Here(Appender::new(file, offset as u64)),
             updated_file,
             hasher,
             offset,
@@ -406,7 +415,7 @@ pub struct LocalWriter {
     store: LocalStore,
     reference: String,
     dir: PathBuf,
-    file: Option<File>,
+    data: Data,
     hasher: Hasher,
     offset: i64,
     total: i64,
@@ -423,8 +432,78 @@ pub struct LocalWriter {
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
+        // writes still queued finish before the ref is free again: a new
+        // writer resuming it re-hashes `data` and must see its final length
+        if let Err(e) = self.here() {
+            tracing::debug!(reference = %self.reference, error = %e.message, "ingest writer dropped after a failed write");
+        }
         LocalStore::unlock(&self.store.inner, &self.reference);
     }
+}
+
+/// Appends to an ingest's `data`, starting the writeback of each
+/// [`WRITEBACK_STEP`] bytes as they accumulate: the page cache then drains
+/// while the ingest goes on, and the `fsync` at commit waits for the last
+/// few MiB instead of the whole blob.
+struct Appender {
+    file: File,
+    /// Length of `data`.
+    end: u64,
+    /// Where writeback was last started up to.
+    flushed: u64,
+}
+
+/// How many written bytes start a writeback.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+impl Appender {
+    fn new(file: File, end: u64) -> Self {
+        Appender {
+            file,
+            end,
+            flushed: end,
+        }
+    }
+
+    fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(data)?;
+        self.end += data.len() as u64;
+        if self.end - self.flushed >= WRITEBACK_STEP {
+            // advisory: the fsync at commit covers whatever this did not start
+            if let Err(e) =
+                stevedore_sys::start_writeback(&self.file, self.flushed, self.end - self.flushed)
+            {
+                tracing::debug!(error = %e.message, "ingest writeback not started");
+            }
+            self.flushed = self.end;
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.end = 0;
+        self.flushed = 0;
+        Ok(())
+    }
+}
+
+/// Where an ingest's bytes go.
+enum Data {
+    /// Written on the caller's thread.
+    Here(Appender),
+    /// Appended by a thread of this ingest's own ([`Writer::write_bytes`]),
+    /// one chunk at a time, while the caller hashes the same chunk; each
+    /// append answers on `done`. The thread stops at the first failed append.
+    Parallel {
+        chunks: std::sync::mpsc::SyncSender<bytes::Bytes>,
+        done: std::sync::mpsc::Receiver<std::io::Result<()>>,
+        thread: std::thread::JoinHandle<Appender>,
+    },
+    /// Committed, or a write failed: `data` no longer matches what this
+    /// writer hashed, so nothing but dropping it (and resuming from disk
+    /// with a new writer) is allowed.
+    Closed(String),
 }
 
 impl LocalWriter {
@@ -443,39 +522,134 @@ impl LocalWriter {
             })
     }
 
-    fn file(&mut self) -> Result<&mut File> {
-        let r = &self.reference;
-        self.file.as_mut().ok_or_else(|| {
-            Error::precondition(format!("ingest ref {r:?}: writer already committed"))
-        })
+    /// The appender, back from the append thread if one runs.
+    fn here(&mut self) -> Result<&mut Appender> {
+        if let Data::Parallel { .. } = self.data {
+            let Data::Parallel { chunks, thread, .. } =
+                std::mem::replace(&mut self.data, Data::Closed(String::new()))
+            else {
+                unreachable!("matched above")
+            };
+            drop(chunks);
+            self.data = match thread.join() {
+                Ok(a) => Data::Here(a),
+                Err(_) => Data::Closed(format!(
+                    "ingest ref {:?}: the append thread panicked",
+                    self.reference
+                )),
+            };
+        }
+        match &mut self.data {
+            Data::Here(a) => Ok(a),
+            Data::Closed(why) if why.is_empty() => Err(Error::precondition(format!(
+                "ingest ref {:?}: writer already committed",
+                self.reference
+            ))),
+            Data::Closed(why) => Err(Error::precondition(format!(
+                "{why} (the writer is closed; open the ingest again to resume)"
+            ))),
+            Data::Parallel { .. } => unreachable!("joined above"),
+        }
     }
-}
 
-impl Writer for LocalWriter {
-    fn write(&mut self, data: &[u8]) -> Result<()> {
+    /// Append `data` on the ingest's append thread (started on first use)
+    /// while hashing it here; returns once both are done.
+    fn append_parallel(&mut self, data: bytes::Bytes) -> Result<()> {
         let r = self.reference.clone();
-        // the declared total and the store's cap bound what an ingest may hold
-        let end = self.offset.saturating_add(data.len() as i64);
+        if let Data::Here(_) = self.data {
+            let Data::Here(mut a) = std::mem::replace(&mut self.data, Data::Closed(String::new()))
+            else {
+                unreachable!("matched above")
+            };
+            let (chunks, todo) = std::sync::mpsc::sync_channel::<bytes::Bytes>(1);
+            let (answer, done) = std::sync::mpsc::sync_channel(1);
+            let spawned = std::thread::Builder::new()
+                .name("ingest-append".into())
+                .spawn(move || {
+                    for chunk in todo {
+                        let appended = a.append(&chunk);
+                        let failed = appended.is_err();
+                        if answer.send(appended).is_err() || failed {
+                            break;
+                        }
+                    }
+                    a
+                });
+            match spawned {
+                Ok(thread) => {
+                    self.data = Data::Parallel {
+                        chunks,
+                        done,
+                        thread,
+                    }
+                }
+                Err(e) => {
+                    // the appender went with the closure that never ran
+                    let e = io_err(format!("ingest ref {r:?}: start the append thread"), e);
+                    self.data = Data::Closed(e.message.clone());
+                    return Err(e);
+                }
+            }
+        }
+        let Data::Parallel { chunks, done, .. } = &self.data else {
+            return self.here().map(|_| ());
+        };
+        let appended = match chunks.send(data.clone()) {
+            Ok(()) => {
+                self.hasher.update(&data);
+                done.recv()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the append thread stopped")))
+            }
+            Err(_) => Err(std::io::Error::other("the append thread stopped")),
+        };
+        if let Err(e) = appended {
+            // `data` no longer matches the hash: nothing more on this writer
+            let _ = self.here();
+            let e = io_err(format!("ingest ref {r:?}: write"), e);
+            self.data = Data::Closed(e.message.clone());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Refuse a write past the declared total or the store's cap.
+    fn check_room(&self, len: usize) -> Result<()> {
+        let r = &self.reference;
+        let end = self.offset.saturating_add(len as i64);
         if self.declared_total > 0 && end > self.declared_total {
             return Err(Error::invalid(format!(
-                "ingest ref {r:?}: writing {} bytes at offset {} exceeds the expected total of {} bytes",
-                data.len(),
-                self.offset,
-                self.declared_total
+                "ingest ref {r:?}: writing {len} bytes at offset {} exceeds the expected total of {} bytes",
+                self.offset, self.declared_total
             )));
         }
         let max = self.store.max_ingest_size();
         if max > 0 && end > max {
             return Err(Error::invalid(format!(
-                "ingest ref {r:?}: writing {} bytes at offset {} exceeds the limit of {max} bytes per ingest (max_ingest_size)",
-                data.len(),
+                "ingest ref {r:?}: writing {len} bytes at offset {} exceeds the limit of {max} bytes per ingest (max_ingest_size)",
                 self.offset
             )));
         }
-        self.file()?
-            .write_all(data)
-            .map_err(|e| io_err(format!("ingest ref {r:?}: write"), e))?;
+        Ok(())
+    }
+}
+
+impl Writer for LocalWriter {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.check_room(data.len())?;
+        let r = self.reference.clone();
+        if let Err(e) = self.here()?.append(data) {
+            let e = io_err(format!("ingest ref {r:?}: write"), e);
+            self.data = Data::Closed(e.message.clone());
+            return Err(e);
+        }
         self.hasher.update(data);
+        self.offset += data.len() as i64;
+        self.touch()
+    }
+
+    fn write_bytes(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.check_room(data.len())?;
+        self.append_parallel(data.clone())?;
         self.offset += data.len() as i64;
         self.touch()
     }
@@ -503,8 +677,8 @@ impl Writer for LocalWriter {
             )));
         }
         let r = self.reference.clone();
-        self.file()?
-            .set_len(0)
+        self.here()?
+            .truncate()
             .map_err(|e| io_err(format!("ingest ref {r:?}: truncate"), e))?;
         let alg = self
             .expected
@@ -523,9 +697,17 @@ impl Writer for LocalWriter {
         _labels: HashMap<String, String>,
     ) -> Result<Digest> {
         let r = self.reference.clone();
-        let file = self.file()?;
-        file.sync_all()
+        let a = self.here()?;
+        a.file
+            .sync_all()
             .map_err(|e| io_err(format!("ingest ref {r:?}: fsync"), e))?;
+        let on_disk = a.end;
+        if on_disk != self.offset as u64 {
+            return Err(Error::internal(format!(
+                "ingest ref {r:?}: data holds {on_disk} bytes, the writer wrote {}",
+                self.offset
+            )));
+        }
         if size > 0 && size != self.offset {
             return Err(Error::precondition(format!(
                 "ingest ref {r:?}: unexpected commit size {}, expected {size}",
@@ -547,7 +729,7 @@ impl Writer for LocalWriter {
         let target = self.store.blob_path(&actual);
         let data = self.dir.join("data");
         if target.exists() {
-            self.file = None;
+            self.data = Data::Closed(String::new());
             fs::remove_dir_all(&self.dir)
                 .map_err(|e| io_err(format!("remove ingest ref {r:?}"), e))?;
             return Err(Error::already_exists(format!(
@@ -562,7 +744,7 @@ impl Writer for LocalWriter {
         fs::rename(&data, &target)
             .map_err(|e| io_err(format!("commit ingest ref {r:?} to {actual}"), e))?;
         fsync_dir(parent)?;
-        self.file = None;
+        self.data = Data::Closed(String::new());
         fs::remove_dir_all(&self.dir).map_err(|e| io_err(format!("remove ingest ref {r:?}"), e))?;
         Ok(actual)
     }

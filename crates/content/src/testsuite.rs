@@ -24,6 +24,7 @@ macro_rules! content_store_conformance {
         $crate::content_store_conformance!(@tests $factory;
             writes_and_commits_blob,
             resumes_interrupted_ingest,
+            writes_owned_chunks_in_order,
             records_update_time_of_each_write,
             rejects_digest_mismatch_and_keeps_blob_invisible,
             rejects_size_mismatch,
@@ -117,6 +118,44 @@ pub fn resumes_interrupted_ingest(store: &dyn Store) {
     w.write(b).unwrap();
     let d = w
         .commit(bytes.len() as i64, Some(&digest_of(&bytes)), HashMap::new())
+        .unwrap();
+    assert_eq!(read(store, &d), bytes);
+}
+
+/// Owned chunks (`write_bytes`, which a store may write behind the caller)
+/// land in order with plain writes; a truncate, a drop (then a resume) and a
+/// commit each see every byte written before them, and the declared total
+/// still bounds them.
+pub fn writes_owned_chunks_in_order(store: &dyn Store) {
+    use bytes::Bytes;
+    let bytes = data(3 << 20, 5);
+    let total = bytes.len() as i64;
+    let mut w = store.writer(WriterOpts::new("owned").total(total)).unwrap();
+    w.write_bytes(Bytes::copy_from_slice(&bytes[..1 << 20]))
+        .unwrap();
+    w.truncate(0).unwrap();
+    assert_eq!(w.status().unwrap().offset, 0);
+    let (a, rest) = bytes.split_at(1_500_000);
+    for chunk in a.chunks(300_000) {
+        w.write_bytes(Bytes::copy_from_slice(chunk)).unwrap();
+    }
+    w.write(&rest[..1000]).unwrap();
+    assert_eq!(w.status().unwrap().offset, 1_501_000);
+    drop(w);
+    assert_eq!(
+        store.status("owned").unwrap().offset,
+        1_501_000,
+        "a writer that went away leaves every byte it took"
+    );
+    let mut w = store.writer(WriterOpts::new("owned").total(total)).unwrap();
+    assert_eq!(w.digest(), digest_of(&bytes[..1_501_000]));
+    for chunk in rest[1000..].chunks(1 << 20) {
+        w.write_bytes(Bytes::copy_from_slice(chunk)).unwrap();
+    }
+    let err = w.write_bytes(Bytes::from_static(b"x")).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidArgument, "{}", err.message);
+    let d = w
+        .commit(total, Some(&digest_of(&bytes)), HashMap::new())
         .unwrap();
     assert_eq!(read(store, &d), bytes);
 }

@@ -172,7 +172,7 @@ async fn grpc_write(
         tx.send(WriteContentRequest {
             action: WriteAction::Write as i32,
             offset,
-            data: chunk.to_vec(),
+            data: chunk.to_vec().into(),
             ..Default::default()
         })
         .await
@@ -361,7 +361,7 @@ fn second_writer_on_an_active_ref_is_unavailable() {
         tx1.send(WriteContentRequest {
             action: WriteAction::Write as i32,
             offset: 10,
-            data: b"x".to_vec(),
+            data: b"x".to_vec().into(),
             ..Default::default()
         })
         .await

@@ -141,7 +141,7 @@ async fn partial_ingest(ch: &Channel, ns: &str, reference: &str, bytes: &[u8]) -
     tx.send(WriteContentRequest {
         action: WriteAction::Write as i32,
         offset: start,
-        data: bytes.to_vec(),
+        data: bytes.to_vec().into(),
         ..Default::default()
     })
     .await
@@ -220,7 +220,7 @@ async fn ingest_commit(ch: &Channel, ns: &str, reference: &str, bytes: &[u8]) {
             action: WriteAction::Write as i32,
             r#ref: reference.into(),
             total,
-            data: bytes.to_vec(),
+            data: bytes.to_vec().into(),
             ..Default::default()
         },
         WriteContentRequest {

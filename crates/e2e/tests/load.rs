@@ -132,7 +132,7 @@ async fn ingest(ch: &Channel, ns: &str, reference: String, data: Vec<u8>) -> Res
             r#ref: reference,
             total,
             offset: 0,
-            data,
+            data: data.into(),
             ..Default::default()
         },
         WriteContentRequest {

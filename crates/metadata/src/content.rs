@@ -472,6 +472,10 @@ impl Writer for NsWriter {
         self.materialise(true)?.write(data)
     }
 
+    fn write_bytes(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.materialise(true)?.write_bytes(data)
+    }
+
     fn status(&self) -> Result<Status> {
         let mut st = match &self.state {
             State::Backend(w) => w.status()?,

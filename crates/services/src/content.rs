@@ -198,7 +198,10 @@ impl Content for ContentService {
             let (offset, size) = read_range(ra.size() as i64, offset, want)?;
             if size as usize <= READ_CHUNK {
                 let data = read_full(&*ra, offset, size as usize)?;
-                return Ok(Opened::Done(ReadContentResponse { offset, data }));
+                return Ok(Opened::Done(ReadContentResponse {
+                    offset,
+                    data: data.into(),
+                }));
             }
             Ok(Opened::Stream(ra, offset, size))
         })
@@ -224,7 +227,10 @@ impl Content for ContentService {
                     }
                 };
                 let got = data.len();
-                let msg = ReadContentResponse { offset: off, data };
+                let msg = ReadContentResponse {
+                    offset: off,
+                    data: data.into(),
+                };
                 if tx.blocking_send(Ok(msg)).is_err() {
                     return; // client went away
                 }
@@ -308,18 +314,52 @@ struct WriteSession {
     namespace: String,
 }
 
-/// Run a writer operation on the blocking pool, handing the writer back.
-async fn with_writer<T: Send + 'static>(
-    w: Box<dyn Writer>,
-    f: impl FnOnce(&mut dyn Writer) -> Result<T, Error> + Send + 'static,
-) -> Result<(Box<dyn Writer>, Result<T, Error>), Status> {
-    tokio::task::spawn_blocking(move || {
-        let mut w = w;
-        let r = f(&mut *w);
-        (w, r)
-    })
-    .await
-    .map_err(|e| Status::internal(format!("content write task failed: {e}")))
+/// An operation on the stream's writer, run on its blocking task.
+type WriterOp = Box<dyn FnOnce(&mut dyn Writer) + Send>;
+
+/// The writer of one Write stream on one blocking task for the whole stream:
+/// each message's work is queued to it (one at a time, the replies go out in
+/// order) instead of a trip to the blocking pool per message. There the
+/// store hashes each chunk while its own thread appends it
+/// (`Writer::write_bytes`). The writer is dropped on that task too.
+struct WriterTask {
+    ops: mpsc::Sender<WriterOp>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WriterTask {
+    fn start(w: Box<dyn Writer>) -> WriterTask {
+        let (ops, mut queued) = mpsc::channel::<WriterOp>(1);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut w = w;
+            while let Some(op) = queued.blocking_recv() {
+                op(&mut *w);
+            }
+        });
+        WriterTask { ops, task }
+    }
+
+    /// Drop the writer (releasing its ingest) and wait until it is gone.
+    async fn close(self) {
+        drop(self.ops);
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "content write task failed");
+        }
+    }
+
+    /// Run `f` on the writer and wait for its answer.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Writer) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let op: WriterOp = Box::new(move |w| {
+            let _ = answer.send(f(w));
+        });
+        let gone = || Status::internal("content write: the writer task ended");
+        self.ops.send(op).await.map_err(|_| gone())?;
+        answered.await.map_err(|_| gone())?.map_err(to_status)
+    }
 }
 
 impl WriteSession {
@@ -338,7 +378,7 @@ impl WriteSession {
     }
 
     async fn run(&mut self) -> Result<(), Status> {
-        let Some(mut req) = self.next().await? else {
+        let Some(req) = self.next().await? else {
             return Ok(());
         };
         let reference = req.r#ref.clone();
@@ -347,8 +387,8 @@ impl WriteSession {
                 "first message must have a reference",
             ));
         }
-        let mut total = req.total;
-        let mut expected: Option<Digest> = if req.expected.is_empty() {
+        let total = req.total;
+        let expected: Option<Digest> = if req.expected.is_empty() {
             None
         } else {
             Some(parse_digest(&req.expected)?)
@@ -359,12 +399,37 @@ impl WriteSession {
             total,
             expected: expected.clone(),
         };
-        let mut w = blocking(move || store.writer(opts)).await?;
-        // the writer's status, refreshed by every blocking call on it, so a
-        // WRITE message costs one trip to the blocking pool
-        let (w2, ws) = with_writer(w, |w| w.status()).await?;
-        w = w2;
-        let mut ws = ws.map_err(to_status)?;
+        let w = WriterTask::start(blocking(move || store.writer(opts)).await?);
+        let served = self.serve(&w, req, total, expected).await;
+        // the ingest is free again before the stream ends
+        w.close().await;
+        match served {
+            Err(Ended::Exists(exp)) => {
+                let store = self.store.clone();
+                let r = reference.clone();
+                if let Err(e) = blocking(move || store.abort(&r)).await {
+                    tracing::warn!(error = %e.message(), "failed to abort write");
+                }
+                Err(Status::already_exists(format!(
+                    "blob with expected digest {exp} exists"
+                )))
+            }
+            Err(Ended::Failed(s)) => Err(s),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// The stream's messages after the first opened the writer.
+    async fn serve(
+        &mut self,
+        w: &WriterTask,
+        mut req: WriteContentRequest,
+        mut total: i64,
+        mut expected: Option<Digest>,
+    ) -> Result<(), Ended> {
+        // the writer's status, refreshed by every operation on it, so a
+        // WRITE message costs one operation
+        let mut ws = w.run(|w| w.status()).await?;
         // persists across messages, as containerd's does
         let mut msg = WriteContentResponse::default();
         loop {
@@ -376,15 +441,7 @@ impl WriteSession {
                 let store = self.store.clone();
                 let e2 = exp.clone();
                 if blocking(move || store.info(&e2)).await.is_ok() {
-                    drop(w);
-                    let store = self.store.clone();
-                    let r = reference.clone();
-                    if let Err(e) = blocking(move || store.abort(&r)).await {
-                        tracing::warn!(error = %e.message(), "failed to abort write");
-                    }
-                    return Err(Status::already_exists(format!(
-                        "blob with expected digest {exp} exists"
-                    )));
+                    return Err(Ended::Exists(exp));
                 }
                 expected = Some(exp);
             }
@@ -397,9 +454,7 @@ impl WriteSession {
             })?;
             match action {
                 WriteAction::Stat => {
-                    let (w2, r) = with_writer(w, |w| Ok((w.digest(), w.status()?))).await?;
-                    w = w2;
-                    let (d, st) = r.map_err(to_status)?;
+                    let (d, st) = w.run(|w| Ok((w.digest(), w.status()?))).await?;
                     ws = st;
                     msg.offset = ws.offset;
                     msg.digest = d.to_string();
@@ -412,32 +467,33 @@ impl WriteSession {
                         return Err(Status::out_of_range(format!(
                             "write @{} must occur at current offset {}",
                             req.offset, ws.offset
-                        )));
+                        ))
+                        .into());
                     }
                     let restart = req.offset == 0 && ws.offset > 0;
                     let data = std::mem::take(&mut req.data);
                     let n = data.len() as i64;
                     let commit = (action == WriteAction::Commit)
                         .then(|| (total, expected.clone(), std::mem::take(&mut req.labels)));
-                    let (w2, res) = with_writer(w, move |w| {
-                        if restart {
-                            w.truncate(0)?;
-                        }
-                        if !data.is_empty() {
-                            w.write(&data)?;
-                        }
-                        if let Some((total, expected, labels)) = commit {
-                            let labels: HashMap<String, String> = labels;
-                            w.commit(total, expected.as_ref(), labels)?;
-                        }
-                        Ok((w.digest(), w.status()?))
-                    })
-                    .await?;
-                    w = w2;
+                    let res = w
+                        .run(move |w| {
+                            if restart {
+                                w.truncate(0)?;
+                            }
+                            if !data.is_empty() {
+                                w.write_bytes(data)?;
+                            }
+                            if let Some((total, expected, labels)) = commit {
+                                let labels: HashMap<String, String> = labels;
+                                w.commit(total, expected.as_ref(), labels)?;
+                            }
+                            Ok((w.digest(), w.status()?))
+                        })
+                        .await;
                     if restart {
                         msg.offset = 0;
                     }
-                    let (d, st) = res.map_err(to_status)?;
+                    let (d, st) = res?;
                     ws = st;
                     msg.offset += n;
                     msg.digest = d.to_string();
@@ -462,8 +518,20 @@ impl WriteSession {
         }
         // containerd's deferred send: one last copy of the final reply
         let _ = self.tx.send(Ok(msg)).await;
-        drop(w);
         Ok(())
+    }
+}
+
+/// How a Write stream ended early.
+enum Ended {
+    /// The expected blob exists: the ingest is aborted, AlreadyExists.
+    Exists(Digest),
+    Failed(Status),
+}
+
+impl From<Status> for Ended {
+    fn from(s: Status) -> Self {
+        Ended::Failed(s)
     }
 }
 

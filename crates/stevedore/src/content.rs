@@ -361,7 +361,7 @@ async fn ingest(
                 WriteAction::Write
             } as i32,
             offset,
-            data: buf[..filled].to_vec(),
+            data: buf[..filled].to_vec().into(),
             total,
             expected: if last {
                 expected.clone()
