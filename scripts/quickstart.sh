@@ -11,11 +11,11 @@ DEPS_LOG=$(mktemp /tmp/stevedore-quickstart-deps.XXXXXX)
 bash scripts/deps.sh --quickstart >"$DEPS_LOG" 2>&1 &
 DEPS_PID=$!
 # only the three programs (not the test crates' tools), with the `quick`
-# profile (Cargo.toml: hot paths fully optimised, the rest at opt-level 1, no
+# profile (Cargo.toml: hot paths fully optimised, the rest unoptimised, no
 # LTO; bench/README.md measures it against the release build).
 # STEVEDORE_PROFILE=release builds the fat-LTO release binaries instead.
 PROFILE=${STEVEDORE_PROFILE:-quick}
-echo "== building stevedored, stevedore and the shim (profile $PROFILE; about 4 minutes on 2 cores), installing containerd's ctr, runc, python3 and busybox-static meanwhile"
+echo "== building stevedored, stevedore and the shim (profile $PROFILE; about 3 minutes on 2 idle cores), installing containerd's ctr, runc, python3 and busybox-static meanwhile"
 cargo build --profile "$PROFILE" --locked -p stevedored -p stevedore -p stevedore-shim
 echo "== built in $((SECONDS - START)) s"
 if ! wait "$DEPS_PID"; then
