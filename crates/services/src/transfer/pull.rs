@@ -598,7 +598,7 @@ impl Engine {
             for (i, layer) in layers.iter().enumerate() {
                 let i = first + i;
                 wait_downloaded(ready, layer).await?;
-                self.unpack_on_parent(pull, sn, snapshotter, s, i, &parent)
+                self.unpack_on_parent(pull, sn, snapshotter, s, i, &chains[i], &parent)
                     .await?;
                 parent = chains[i].to_string();
             }
@@ -610,7 +610,8 @@ impl Engine {
     }
 
     /// Unpack layer `i` of `s` onto committed `parent` and commit it under
-    /// its chain ID.
+    /// its chain ID `chain`.
+    #[allow(clippy::too_many_arguments)]
     async fn unpack_on_parent(
         &self,
         pull: &Arc<Pull>,
@@ -618,10 +619,11 @@ impl Engine {
         snapshotter: &str,
         s: &Selected,
         i: usize,
+        chain: &Digest,
         parent: &str,
     ) -> Result<()> {
         let layer = &s.manifest.layers[i];
-        let chain = chain_ids(&s.config.rootfs.diff_ids[..=i])[i].clone();
+        let chain = chain.clone();
         let diff_id = s.config.rootfs.diff_ids[i].clone();
         pull.report.item(layer, "layer", "extracting", 0, "").await;
         let key = extract_key(&chain);
@@ -639,11 +641,7 @@ impl Engine {
             let mounts = sn2.prepare(&ns, &key, &parent2, HashMap::new())?;
             let applied = crate::diff::apply_layer(&db, &ns, &layer2, &mounts, &scratch)
                 .and_then(|a| check_diff_id(&layer2, &a.digest, &diff_id));
-            if let Err(e) = applied {
-                let _ = sn2.remove(&ns, &key);
-                return Err(e);
-            }
-            commit_layer(&sn2, &ns, &chain, &key)
+            commit_layer(&sn2, &ns, &chain, &key, applied)
         })
         .await?;
         pull.report
@@ -738,7 +736,7 @@ impl Engine {
                     // their owners and modes come from the layers below
                     blocking(move || sn2.remove(&ns, &key)).await?;
                     return self
-                        .unpack_on_parent(pull, sn, snapshotter, s, i, &parent)
+                        .unpack_on_parent(pull, sn, snapshotter, s, i, &chain, &parent)
                         .await;
                 }
                 pull.db_lease_snapshot(snapshotter, &chain.to_string())
@@ -752,11 +750,7 @@ impl Engine {
                 blocking(move || {
                     let stacked = check_diff_id(&layer2, &applied.diff_id, &diff_id)
                         .and_then(|()| sn2.rebase(&ns, &key, &parent2).map(drop));
-                    if let Err(e) = stacked {
-                        let _ = sn2.remove(&ns, &key);
-                        return Err(e);
-                    }
-                    commit_layer(&sn2, &ns, &chain2, &key)
+                    commit_layer(&sn2, &ns, &chain2, &key, stacked)
                 })
                 .await?;
                 pull.report
@@ -829,8 +823,20 @@ fn check_diff_id(layer: &Descriptor, got: &Digest, diff_id: &Digest) -> Result<(
 }
 
 /// Commit active `key` as `chain` (labelled as containerd labels layer
-/// snapshots); a chain another pull committed first is kept and `key` goes.
-fn commit_layer(sn: &Namespaced, ns: &str, chain: &Digest, key: &str) -> Result<()> {
+/// snapshots) once `ready` (its layer applied and checked) is Ok; otherwise,
+/// or when the commit fails, `key` goes. A chain another pull committed
+/// first is kept and `key` goes.
+fn commit_layer(
+    sn: &Namespaced,
+    ns: &str,
+    chain: &Digest,
+    key: &str,
+    ready: Result<()>,
+) -> Result<()> {
+    if let Err(e) = ready {
+        let _ = sn.remove(ns, key);
+        return Err(e);
+    }
     let labels = HashMap::from([(
         stevedore_snapshots::LABEL_SNAPSHOT_REF.to_string(),
         chain.to_string(),
