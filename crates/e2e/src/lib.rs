@@ -258,6 +258,25 @@ impl Daemon {
         String::from_utf8(o.stdout).unwrap()
     }
 
+    /// `ctr images check`: Err naming the images that are not complete for
+    /// this platform (or ctr's failure), with ctr's output.
+    pub fn images_check(&self) -> Result<(), String> {
+        let o = self.ctr(&["images", "check"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        let incomplete: Vec<&str> = out
+            .lines()
+            .skip(1)
+            .filter(|l| !l.split_whitespace().any(|w| w == "complete"))
+            .collect();
+        if o.status.success() && incomplete.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "ctr images check: {incomplete:?}\n{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+
     /// Run the stevedore CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin("stevedore"))

@@ -575,18 +575,9 @@ impl Harness {
             self.invariants += 1;
         }
         // containerd's own notion: every image complete for this platform
-        let o = self.d.ctr(&["images", "check"]);
-        let out = String::from_utf8_lossy(&o.stdout);
-        let incomplete: Vec<&str> = out
-            .lines()
-            .skip(1)
-            .filter(|l| !l.split_whitespace().any(|w| w == "complete"))
-            .collect();
-        assert!(
-            o.status.success() && incomplete.is_empty(),
-            "{when}: ctr images check after restart: {incomplete:?}\n{out}{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        if let Err(e) = self.d.images_check() {
+            panic!("{when}: after restart: {e}");
+        }
         self.invariants += 1;
     }
 

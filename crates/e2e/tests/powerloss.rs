@@ -762,17 +762,9 @@ impl Run {
             self.rootfs_verified += 1;
         }
         // containerd's notion: every image complete for this platform
-        let o = self.d.ctr(&["images", "check"]);
-        let out = String::from_utf8_lossy(&o.stdout);
-        let incomplete: Vec<&str> = out
-            .lines()
-            .skip(1)
-            .filter(|l| !l.split_whitespace().any(|w| w == "complete"))
-            .collect();
-        assert!(
-            o.status.success() && incomplete.is_empty(),
-            "{when}: ctr images check: {incomplete:?}\n{out}"
-        );
+        if let Err(e) = self.d.images_check() {
+            panic!("{when}: {e}");
+        }
         // every committed layer snapshot holds its layers' files
         let chains: Vec<(String, Tree)> = self
             .chains
