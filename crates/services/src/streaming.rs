@@ -37,7 +37,11 @@ const QUEUE: usize = 16;
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 type Outbound = mpsc::Sender<std::result::Result<prost_types::Any, Status>>;
-type Inbound = mpsc::Receiver<std::result::Result<prost_types::Any, Status>>;
+/// The client's side of the RPC, read by whoever took the stream: no task
+/// in between, so a window update or an uploaded chunk costs the transfer
+/// one wake-up, not two (until it is taken, h2's flow control holds what
+/// the client sends).
+type Inbound = tonic::Streaming<prost_types::Any>;
 
 struct Registered {
     token: u64,
@@ -124,15 +128,10 @@ impl ManagedStream {
 
     /// The client's next message; None when it closed its side.
     pub async fn recv(&mut self) -> Result<Option<prost_types::Any>> {
-        match self.rx.recv().await {
-            None => Ok(None),
-            Some(Ok(m)) => Ok(Some(m)),
-            Some(Err(s)) => Err(Error::unavailable(format!(
-                "stream {}: {}",
-                self.id,
-                s.message()
-            ))),
-        }
+        self.rx
+            .message()
+            .await
+            .map_err(|s| Error::unavailable(format!("stream {}: {}", self.id, s.message())))
     }
 
     /// End the RPC and wait (briefly) until everything sent on it left, so
@@ -230,7 +229,6 @@ impl Streaming for StreamingService {
             return Err(Status::invalid_argument("stream: StreamInit without an id"));
         }
         let (out_tx, out_rx) = mpsc::channel(QUEUE);
-        let (in_tx, in_rx) = mpsc::channel(QUEUE);
         let (ended_tx, ended_rx) = oneshot::channel();
         let token = self.manager.next.fetch_add(1, Ordering::Relaxed);
         // the acknowledgement goes first, once the stream can be taken
@@ -244,28 +242,12 @@ impl Streaming for StreamingService {
                 Registered {
                     token,
                     tx: out_tx,
-                    rx: in_rx,
+                    rx: inbound,
                     ended: ended_rx,
                 },
             )
             .map_err(stevedore_api::status::to_status)?;
         tracing::debug!(namespace = %ns, stream = %init.id, "stream registered");
-        tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(m)) => {
-                        if in_tx.send(Ok(m)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(s) => {
-                        let _ = in_tx.send(Err(s)).await;
-                        return;
-                    }
-                }
-            }
-        });
         Ok(Response::new(Box::pin(Outgoing {
             rx: out_rx,
             ended: Some(ended_tx),
