@@ -40,8 +40,9 @@ type Outbound = mpsc::Sender<std::result::Result<prost_types::Any, Status>>;
 /// The client's side of the RPC, read by whoever took the stream: no task
 /// in between, so a window update or an uploaded chunk costs the transfer
 /// one wake-up, not two (until it is taken, h2's flow control holds what
-/// the client sends).
-type Inbound = tonic::Streaming<prost_types::Any>;
+/// the client sends). Boxed: a `Streaming` is large, a `ManagedStream` is
+/// moved around in transfer endpoints.
+type Inbound = Box<tonic::Streaming<prost_types::Any>>;
 
 struct Registered {
     token: u64,
@@ -242,7 +243,7 @@ impl Streaming for StreamingService {
                 Registered {
                     token,
                     tx: out_tx,
-                    rx: inbound,
+                    rx: Box::new(inbound),
                     ended: ended_rx,
                 },
             )
