@@ -47,15 +47,21 @@ use stevedore_types::{Descriptor, Error, Platform, Result};
 use tokio::sync::{mpsc, Mutex as AsyncMutex};
 use tonic::{Request, Response, Status};
 
-/// containerd's chunk and window sizes for byte streams.
-const MAX_DATA: usize = 32 * 1024;
-const WINDOW: i32 = 2 * MAX_DATA as i32;
+/// Byte streams (containerd's `core/transfer/streaming`): the receiver
+/// grants windows with `WindowUpdate`, the sender sends `Data` within them.
 /// Most bytes per `Data` message sent: as much of the client's window as is
 /// open. containerd's sender stops at 32 KiB, but its receiver takes any
 /// size and grants 64 KiB per message it reads, so a message per grant
 /// halves the messages the client decodes and writes (and the round trips
 /// through both daemons' stream plumbing) for an export.
 const MAX_SEND: usize = 1 << 20;
+/// What this daemon grants a client uploading an import: 512 KiB whenever
+/// less than that is open. containerd grants 64 KiB (its `windowSize`),
+/// which lets its own sender, 32 KiB per message, have two messages in
+/// flight: a round trip per 64 KiB. Any grant is within the protocol (the
+/// sender sends what it was granted); this one bounds what is in flight
+/// to 1 MiB per import.
+const RECV_GRANT: i32 = 512 * 1024;
 /// How long the client may take to answer a credentials request.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -374,13 +380,13 @@ async fn ask_credentials(
 async fn receive_bytes(mut stream: ManagedStream, tx: mpsc::Sender<std::io::Result<bytes::Bytes>>) {
     let mut window: i64 = 0;
     loop {
-        if window < WINDOW as i64
+        if window < RECV_GRANT as i64
             && stream
-                .send(to_any(&tt::WindowUpdate { update: WINDOW }))
+                .send(to_any(&tt::WindowUpdate { update: RECV_GRANT }))
                 .await
                 .is_ok()
         {
-            window += WINDOW as i64;
+            window += RECV_GRANT as i64;
         }
         match stream.recv().await {
             Ok(None) => break,
