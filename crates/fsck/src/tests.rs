@@ -427,18 +427,23 @@ impl Drop for Unmount {
     }
 }
 
+/// Mount a tmpfs on `target` (made first); unmounted when the guard drops.
+fn mount_tmpfs(target: &Path) -> Unmount {
+    std::fs::create_dir_all(target).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(target)
+        .status()
+        .expect("run mount (util-linux)");
+    assert!(st.success(), "mount tmpfs on {}", target.display());
+    Unmount(target.to_path_buf())
+}
+
 #[test]
 fn a_mount_left_under_the_root_is_a_problem() {
     let f = Fixture::new();
     let target = f.root().join("io.containerd.runtime.v2.task/leftover");
-    std::fs::create_dir_all(&target).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&target)
-        .status()
-        .expect("run mount (util-linux)");
-    assert!(st.success(), "mount tmpfs on {}", target.display());
-    let guard = Unmount(target.clone());
+    let guard = mount_tmpfs(&target);
     let r = f.check(false);
     assert_eq!(
         kinds(&r),
@@ -456,25 +461,11 @@ fn a_mount_left_under_the_root_is_a_problem() {
 fn a_filesystem_mounted_at_a_plugin_directory_is_not_a_leftover() {
     let f = Fixture::new();
     let target = f.root().join("io.containerd.snapshotter.v1.btrfs");
-    std::fs::create_dir_all(&target).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&target)
-        .status()
-        .expect("run mount (util-linux)");
-    assert!(st.success(), "mount tmpfs on {}", target.display());
-    let guard = Unmount(target.clone());
+    let guard = mount_tmpfs(&target);
     assert_all_clear(&f.check(false));
     // a mount below it is still one a crash left
     let below = target.join("snapshots-left");
-    std::fs::create_dir_all(&below).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&below)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let inner = Unmount(below.clone());
+    let inner = mount_tmpfs(&below);
     assert_eq!(
         kinds(&f.check(false)),
         vec![("mount-left", below.display().to_string())]
