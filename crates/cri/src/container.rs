@@ -656,26 +656,16 @@ impl Cri {
         let f = req.filter.unwrap_or_default();
         let mut out = Vec::new();
         for c in self.store.containers() {
+            if !c.matches(&f.id, &f.pod_sandbox_id, &f.label_selector) {
+                continue;
+            }
             let st = c.status();
-            let config = c.meta.config.clone().unwrap_or_default();
-            if !f.id.is_empty() && !c.meta.id.starts_with(&f.id) {
-                continue;
-            }
-            if !f.pod_sandbox_id.is_empty() && !c.meta.sandbox_id.starts_with(&f.pod_sandbox_id) {
-                continue;
-            }
             if let Some(s) = &f.state {
                 if s.state != st.state() as i32 {
                     continue;
                 }
             }
-            if !f
-                .label_selector
-                .iter()
-                .all(|(k, v)| config.labels.get(k) == Some(v))
-            {
-                continue;
-            }
+            let config = c.meta.config.clone().unwrap_or_default();
             let (image, image_ref) = self.image_refs(&c.meta.image_ref, &c.meta.image_name).await;
             out.push(cri::Container {
                 id: c.meta.id.clone(),

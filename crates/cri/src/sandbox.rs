@@ -362,10 +362,7 @@ impl Cri {
     pub async fn sandbox_status(&self, sb: &Sandbox) -> cri::PodSandboxStatus {
         let meta = sb.meta();
         let config = meta.config.clone().unwrap_or_default();
-        let state = match sb.state() {
-            SandboxState::Ready => cri::PodSandboxState::SandboxReady,
-            _ => cri::PodSandboxState::SandboxNotready,
-        };
+        let state = sb.cri_state();
         let ns = spec::pod_ns(&config);
         let opts = config
             .linux
@@ -453,27 +450,17 @@ impl Cri {
         let f = req.filter.unwrap_or_default();
         let mut items = Vec::new();
         for sb in self.store.sandboxes() {
-            let meta = sb.meta();
-            let config = meta.config.clone().unwrap_or_default();
-            if !f.id.is_empty() && !meta.id.starts_with(&f.id) {
+            if !sb.matches(&f.id, &f.label_selector) {
                 continue;
             }
-            let state = match sb.state() {
-                SandboxState::Ready => cri::PodSandboxState::SandboxReady,
-                _ => cri::PodSandboxState::SandboxNotready,
-            };
+            let state = sb.cri_state();
             if let Some(s) = &f.state {
                 if s.state != state as i32 {
                     continue;
                 }
             }
-            if !f
-                .label_selector
-                .iter()
-                .all(|(k, v)| config.labels.get(k) == Some(v))
-            {
-                continue;
-            }
+            let meta = sb.meta();
+            let config = meta.config.clone().unwrap_or_default();
             items.push(cri::PodSandbox {
                 id: meta.id.clone(),
                 metadata: config.metadata.clone(),

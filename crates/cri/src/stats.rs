@@ -188,21 +188,9 @@ impl Cri {
         let f = req.filter.unwrap_or_default();
         let mut stats = Vec::new();
         for c in self.store.containers() {
-            let config = c.meta.config.clone().unwrap_or_default();
-            if !f.id.is_empty() && !c.meta.id.starts_with(&f.id) {
-                continue;
+            if c.matches(&f.id, &f.pod_sandbox_id, &f.label_selector) {
+                stats.push(self.stats_of(&c).await?);
             }
-            if !f.pod_sandbox_id.is_empty() && !c.meta.sandbox_id.starts_with(&f.pod_sandbox_id) {
-                continue;
-            }
-            if !f
-                .label_selector
-                .iter()
-                .all(|(k, v)| config.labels.get(k) == Some(v))
-            {
-                continue;
-            }
-            stats.push(self.stats_of(&c).await?);
         }
         Ok(cri::ListContainerStatsResponse { stats })
     }
@@ -309,19 +297,9 @@ impl Cri {
         let f = req.filter.unwrap_or_default();
         let mut stats = Vec::new();
         for sb in self.store.sandboxes() {
-            let meta = sb.meta();
-            let config = meta.config.clone().unwrap_or_default();
-            if !f.id.is_empty() && !meta.id.starts_with(&f.id) {
-                continue;
+            if sb.matches(&f.id, &f.label_selector) {
+                stats.push(self.pod_stats_of(&sb).await?);
             }
-            if !f
-                .label_selector
-                .iter()
-                .all(|(k, v)| config.labels.get(k) == Some(v))
-            {
-                continue;
-            }
-            stats.push(self.pod_stats_of(&sb).await?);
         }
         Ok(cri::ListPodSandboxStatsResponse { stats })
     }

@@ -159,6 +159,20 @@ impl Sandbox {
     pub fn set_state(&self, s: SandboxState) {
         lock(&self.state).0 = s;
     }
+    /// The state the CRI reports: anything but ready is not ready.
+    pub fn cri_state(&self) -> cri::PodSandboxState {
+        match self.state() {
+            SandboxState::Ready => cri::PodSandboxState::SandboxReady,
+            _ => cri::PodSandboxState::SandboxNotready,
+        }
+    }
+    /// Whether the sandbox passes a CRI list filter: its id starts with
+    /// `id` and it has every label of `label_selector` (empty: any).
+    pub fn matches(&self, id: &str, label_selector: &HashMap<String, String>) -> bool {
+        let meta = lock(&self.meta);
+        meta.id.starts_with(id)
+            && has_labels(meta.config.as_ref().map(|c| &c.labels), label_selector)
+    }
 }
 
 pub struct Container {
@@ -196,6 +210,29 @@ impl Container {
     pub fn io(&self) -> Option<Arc<crate::io::ContainerIo>> {
         lock(&self.io).clone()
     }
+    /// Whether the container passes a CRI list filter: its id starts with
+    /// `id`, its sandbox's with `pod_sandbox_id`, and it has every label of
+    /// `label_selector` (empty: any).
+    pub fn matches(
+        &self,
+        id: &str,
+        pod_sandbox_id: &str,
+        label_selector: &HashMap<String, String>,
+    ) -> bool {
+        self.meta.id.starts_with(id)
+            && self.meta.sandbox_id.starts_with(pod_sandbox_id)
+            && has_labels(self.meta.config.as_ref().map(|c| &c.labels), label_selector)
+    }
+}
+
+/// Whether `labels` hold every key of `selector` with its value.
+fn has_labels(
+    labels: Option<&HashMap<String, String>>,
+    selector: &HashMap<String, String>,
+) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
 fn write_status(path: &Path, s: &ContainerStatus) -> Result<(), Status> {
