@@ -15,7 +15,7 @@ use stevedore_api::cri;
 use stevedore_api::events::{TaskExit, TaskOom};
 use stevedore_api::services::containers::ListContainersRequest;
 use stevedore_api::services::events::SubscribeRequest;
-use stevedore_api::services::tasks::{DeleteTaskRequest, GetRequest};
+use stevedore_api::services::tasks::GetRequest;
 
 impl Cri {
     /// Rebuild the store from the daemon's records, then follow events.
@@ -122,13 +122,7 @@ impl Cri {
             st.0 = SandboxState::NotReady;
             st.1.exited_at = at;
         }
-        let _ = self
-            .ctrd
-            .tasks()
-            .delete(DeleteTaskRequest {
-                container_id: sb.id(),
-            })
-            .await;
+        self.ctrd.delete_task(&sb.id()).await;
         let status = self.sandbox_status(sb).await;
         self.emit(
             &sb.id(),
@@ -233,13 +227,7 @@ impl Cri {
             let state = if pid.is_some() {
                 SandboxState::Ready
             } else {
-                let _ = self
-                    .ctrd
-                    .tasks()
-                    .delete(DeleteTaskRequest {
-                        container_id: id.clone(),
-                    })
-                    .await;
+                self.ctrd.delete_task(&id).await;
                 SandboxState::NotReady
             };
             let _ = self.store.reserve(&meta.name, &id);
@@ -268,13 +256,7 @@ impl Cri {
                 },
                 cri::ContainerState::ContainerCreated => {}
                 _ => {
-                    let _ = self
-                        .ctrd
-                        .tasks()
-                        .delete(DeleteTaskRequest {
-                            container_id: id.clone(),
-                        })
-                        .await;
+                    self.ctrd.delete_task(&id).await;
                 }
             }
             self.store.add_container(c);

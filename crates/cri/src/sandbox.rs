@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use stevedore_api::cri;
-use stevedore_api::services::tasks::{
-    CreateTaskRequest, DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
-};
+use stevedore_api::services::tasks::{CreateTaskRequest, StartRequest};
 use tonic::Status;
 
 const SIGKILL: u32 = 9;
@@ -226,36 +224,13 @@ impl Cri {
 
     /// SIGKILL a task (all its processes), wait for it, delete it.
     pub async fn kill_and_delete(&self, id: &str) {
-        let mut tasks = self.ctrd.tasks();
-        let waiter = {
-            let mut t = tasks.clone();
-            let id = id.to_string();
-            tokio::spawn(async move {
-                t.wait(WaitRequest {
-                    container_id: id,
-                    exec_id: String::new(),
-                })
-                .await
-            })
-        };
-        let killed = tasks
-            .kill(KillRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-                signal: SIGKILL,
-                all: true,
-            })
-            .await;
-        if killed.is_ok() {
+        let waiter = self.ctrd.spawn_wait(id);
+        if self.ctrd.kill_task(id, SIGKILL, true).await.is_ok() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await;
         } else {
             waiter.abort();
         }
-        let _ = tasks
-            .delete(DeleteTaskRequest {
-                container_id: id.to_string(),
-            })
-            .await;
+        self.ctrd.delete_task(id).await;
     }
 
     /// The sandbox image, pulled if it is not in the store yet.
