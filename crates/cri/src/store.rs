@@ -341,6 +341,18 @@ impl Store {
             .collect()
     }
     /// A container by id or unique id prefix.
+    /// The container `id` (or unique prefix), which must be running.
+    pub fn running_container(&self, id: &str) -> Result<Arc<Container>, Status> {
+        let c = self.container(id)?;
+        if c.status().state() != cri::ContainerState::ContainerRunning {
+            return Err(Status::failed_precondition(format!(
+                "container {:?} is not in running state",
+                c.meta.id
+            )));
+        }
+        Ok(c)
+    }
+
     pub fn container(&self, id: &str) -> Result<Arc<Container>, Status> {
         let map = self.containers.read().unwrap_or_else(|e| e.into_inner());
         find(&map, id).ok_or_else(|| {
