@@ -4,6 +4,7 @@
 //! the GC see them), over the daemon's socket, in the `k8s.io` namespace.
 
 use std::path::PathBuf;
+use stevedore_api::containerd::v1::types::Process;
 use stevedore_api::services::containers::containers_client::ContainersClient;
 use stevedore_api::services::content::content_client::ContentClient;
 use stevedore_api::services::content::ReadContentRequest;
@@ -13,7 +14,9 @@ use stevedore_api::services::leases::leases_client::LeasesClient;
 use stevedore_api::services::snapshots::snapshots_client::SnapshotsClient;
 use stevedore_api::services::stevedore_transfer::transfer_client::TransferClient;
 use stevedore_api::services::tasks::tasks_client::TasksClient;
-use stevedore_api::services::tasks::{DeleteTaskRequest, KillRequest, WaitRequest, WaitResponse};
+use stevedore_api::services::tasks::{
+    DeleteTaskRequest, GetRequest, KillRequest, WaitRequest, WaitResponse,
+};
 use tonic::codegen::InterceptedService;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
@@ -113,6 +116,18 @@ impl Ctrd {
             })
             .await
             .map(|_| ())
+    }
+
+    /// The init process of container `id`'s task.
+    pub async fn task_process(&self, id: &str) -> Result<Option<Process>, Status> {
+        let r = self
+            .tasks()
+            .get(GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            })
+            .await?;
+        Ok(r.into_inner().process)
     }
 
     /// Delete the task of container `id` if there is one: cleanup, so a

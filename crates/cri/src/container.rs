@@ -411,10 +411,7 @@ impl Cri {
         let (code, at) = match r {
             Ok(Ok(w)) => {
                 let w = w.into_inner();
-                let at = w
-                    .exited_at
-                    .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
-                    .unwrap_or_else(store::now_nanos);
+                let at = store::nanos_or_now(w.exited_at);
                 (w.exit_status, at)
             }
             _ => (255, store::now_nanos()),

@@ -78,10 +78,7 @@ impl Cri {
         let Some(m) = r.metrics.into_iter().find(|m| m.id == id) else {
             return Ok(None);
         };
-        let ts = m
-            .timestamp
-            .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
-            .unwrap_or_else(crate::store::now_nanos);
+        let ts = crate::store::nanos_or_now(m.timestamp);
         Ok(m.data.as_ref().and_then(decode).map(|mut u| {
             u.timestamp = ts;
             u

@@ -416,6 +416,12 @@ pub fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
+/// A protobuf timestamp as Unix nanoseconds; none is now.
+pub fn nanos_or_now(t: Option<prost_types::Timestamp>) -> i64 {
+    t.map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
+        .unwrap_or_else(now_nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
