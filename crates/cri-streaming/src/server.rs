@@ -314,6 +314,20 @@ fn websocket_protocol(req: &Request<Incoming>, supported: &[&str]) -> Option<Str
 /// future that yields the connection once the response is sent.
 type Upgrade = (Response<Body>, String, hyper::upgrade::OnUpgrade);
 
+/// The connection once the client has switched protocols; None (logged)
+/// when the upgrade fails.
+async fn upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<TokioIo<hyper::upgrade::Upgraded>> {
+    match on_upgrade.await {
+        Ok(upgraded) => Some(TokioIo::new(upgraded)),
+        Err(e) => {
+            tracing::debug!(error = %e, "streaming upgrade failed");
+            None
+        }
+    }
+}
+
 /// Answers a WebSocket upgrade; the returned future yields the connection.
 fn websocket_upgrade(
     req: &mut Request<Incoming>,
@@ -425,12 +439,8 @@ fn remote_command<R: Runtime>(
     };
     let cancel = inner.cancel.child_token();
     tokio::spawn(async move {
-        let io = match on_upgrade.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
-            Err(e) => {
-                tracing::debug!(error = %e, "streaming upgrade failed");
-                return;
-            }
+        let Some(io) = upgraded(on_upgrade).await else {
+            return;
         };
         let runtime = inner.runtime.as_ref();
         if websocket {
@@ -480,12 +490,8 @@ fn port_forward<R: Runtime>(
     };
     let cancel = inner.cancel.child_token();
     tokio::spawn(async move {
-        let io = match on_upgrade.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
-            Err(e) => {
-                tracing::debug!(error = %e, "streaming upgrade failed");
-                return;
-            }
+        let Some(io) = upgraded(on_upgrade).await else {
+            return;
         };
         let runtime = inner.runtime.clone();
         let sandbox = pf.pod_sandbox_id;

@@ -4,6 +4,7 @@
 //! the GC see them), over the daemon's socket, in the `k8s.io` namespace.
 
 use std::path::PathBuf;
+use stevedore_api::containerd::v1::types::Process;
 use stevedore_api::services::containers::containers_client::ContainersClient;
 use stevedore_api::services::content::content_client::ContentClient;
 use stevedore_api::services::content::ReadContentRequest;
@@ -13,6 +14,9 @@ use stevedore_api::services::leases::leases_client::LeasesClient;
 use stevedore_api::services::snapshots::snapshots_client::SnapshotsClient;
 use stevedore_api::services::stevedore_transfer::transfer_client::TransferClient;
 use stevedore_api::services::tasks::tasks_client::TasksClient;
+use stevedore_api::services::tasks::{
+    DeleteTaskRequest, GetRequest, KillRequest, WaitRequest, WaitResponse,
+};
 use tonic::codegen::InterceptedService;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
@@ -80,6 +84,61 @@ impl Ctrd {
     }
     pub fn transfer(&self) -> TransferClient<Svc> {
         TransferClient::with_interceptor(self.channel.clone(), self.ns.clone())
+    }
+
+    /// Wait for the task of container `id` on a task of its own, so that it
+    /// can be signalled meanwhile.
+    pub fn spawn_wait(
+        &self,
+        id: &str,
+    ) -> tokio::task::JoinHandle<Result<tonic::Response<WaitResponse>, Status>> {
+        let mut tasks = self.tasks();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            tasks
+                .wait(WaitRequest {
+                    container_id: id,
+                    exec_id: String::new(),
+                })
+                .await
+        })
+    }
+
+    /// Send `signal` to the task of container `id` (with `all`, to every
+    /// process in it).
+    pub async fn kill_task(&self, id: &str, signal: u32, all: bool) -> Result<(), Status> {
+        self.tasks()
+            .kill(KillRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                signal,
+                all,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The init process of container `id`'s task.
+    pub async fn task_process(&self, id: &str) -> Result<Option<Process>, Status> {
+        let r = self
+            .tasks()
+            .get(GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            })
+            .await?;
+        Ok(r.into_inner().process)
+    }
+
+    /// Delete the task of container `id` if there is one: cleanup, so a
+    /// failure (most often: no task) is ignored.
+    pub async fn delete_task(&self, id: &str) {
+        let _ = self
+            .tasks()
+            .delete(DeleteTaskRequest {
+                container_id: id.to_string(),
+            })
+            .await;
     }
 
     /// A whole blob from the content store (manifests and configs: small).

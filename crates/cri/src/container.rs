@@ -13,9 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use stevedore_api::cri;
-use stevedore_api::services::tasks::{
-    CreateTaskRequest, DeleteTaskRequest, KillRequest, StartRequest, UpdateTaskRequest, WaitRequest,
-};
+use stevedore_api::services::tasks::{CreateTaskRequest, StartRequest, UpdateTaskRequest};
 use tonic::Status;
 
 const SIGKILL: u32 = 9;
@@ -345,11 +343,7 @@ impl Cri {
         {
             Ok(r) => Ok(r.into_inner().pid),
             Err(s) => {
-                let _ = tasks
-                    .delete(DeleteTaskRequest {
-                        container_id: id.clone(),
-                    })
-                    .await;
+                self.ctrd.delete_task(id).await;
                 io.fifos.remove();
                 Err(context(s, "failed to start containerd task"))
             }
@@ -373,30 +367,10 @@ impl Cri {
             return Ok(());
         }
         let id = c.meta.id.clone();
-        let mut tasks = self.ctrd.tasks();
-        let wait = {
-            let mut t = tasks.clone();
-            let id = id.clone();
-            tokio::spawn(async move {
-                t.wait(WaitRequest {
-                    container_id: id,
-                    exec_id: String::new(),
-                })
-                .await
-            })
-        };
-        let mut wait = Some(wait);
+        let mut wait = Some(self.ctrd.spawn_wait(&id));
         if timeout > 0 {
             let signal = self.stop_signal(c).await;
-            match tasks
-                .kill(KillRequest {
-                    container_id: id.clone(),
-                    exec_id: String::new(),
-                    signal,
-                    all: false,
-                })
-                .await
-            {
+            match self.ctrd.kill_task(&id, signal, false).await {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => return Err(context(s, &format!("failed to stop container {id:?}"))),
@@ -409,15 +383,7 @@ impl Cri {
             }
         }
         if let Some(w) = wait {
-            match tasks
-                .kill(KillRequest {
-                    container_id: id.clone(),
-                    exec_id: String::new(),
-                    signal: SIGKILL,
-                    all: true,
-                })
-                .await
-            {
+            match self.ctrd.kill_task(&id, SIGKILL, true).await {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => return Err(context(s, &format!("failed to kill container {id:?}"))),
@@ -445,10 +411,7 @@ impl Cri {
         let (code, at) = match r {
             Ok(Ok(w)) => {
                 let w = w.into_inner();
-                let at = w
-                    .exited_at
-                    .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
-                    .unwrap_or_else(store::now_nanos);
+                let at = store::nanos_or_now(w.exited_at);
                 (w.exit_status, at)
             }
             _ => (255, store::now_nanos()),
@@ -463,13 +426,7 @@ impl Cri {
         if c.status().finished_at != 0 {
             return;
         }
-        let _ = self
-            .ctrd
-            .tasks()
-            .delete(DeleteTaskRequest {
-                container_id: c.meta.id.clone(),
-            })
-            .await;
+        self.ctrd.delete_task(&c.meta.id).await;
         if let Some(io) = c.io() {
             let io2 = io.clone();
             let _ = tokio::time::timeout(
@@ -541,13 +498,7 @@ impl Cri {
         let id = c.meta.id.clone();
         c.update(|s| s.removing = true)?;
         // a task left behind (a start that failed half way)
-        let _ = self
-            .ctrd
-            .tasks()
-            .delete(DeleteTaskRequest {
-                container_id: id.clone(),
-            })
-            .await;
+        self.ctrd.delete_task(&id).await;
         self.delete_container_record(&id).await?;
         Fifos {
             dir: self.container_state_dir(&id).join("io"),
@@ -656,26 +607,16 @@ impl Cri {
         let f = req.filter.unwrap_or_default();
         let mut out = Vec::new();
         for c in self.store.containers() {
+            if !c.matches(&f.id, &f.pod_sandbox_id, &f.label_selector) {
+                continue;
+            }
             let st = c.status();
-            let config = c.meta.config.clone().unwrap_or_default();
-            if !f.id.is_empty() && !c.meta.id.starts_with(&f.id) {
-                continue;
-            }
-            if !f.pod_sandbox_id.is_empty() && !c.meta.sandbox_id.starts_with(&f.pod_sandbox_id) {
-                continue;
-            }
             if let Some(s) = &f.state {
                 if s.state != st.state() as i32 {
                     continue;
                 }
             }
-            if !f
-                .label_selector
-                .iter()
-                .all(|(k, v)| config.labels.get(k) == Some(v))
-            {
-                continue;
-            }
+            let config = c.meta.config.clone().unwrap_or_default();
             let (image, image_ref) = self.image_refs(&c.meta.image_ref, &c.meta.image_name).await;
             out.push(cri::Container {
                 id: c.meta.id.clone(),

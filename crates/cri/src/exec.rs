@@ -80,13 +80,7 @@ impl Cri {
         if cmd.is_empty() {
             return Err(Status::invalid_argument("cmd must not be empty"));
         }
-        let c = self.store.container(container_id)?;
-        if c.status().state() != cri::ContainerState::ContainerRunning {
-            return Err(Status::failed_precondition(format!(
-                "container {:?} is not in running state",
-                c.meta.id
-            )));
-        }
+        let c = self.store.running_container(container_id)?;
         let spec = self.exec_spec(&c, cmd, tty).await?;
         let exec_id = crate::store::generate_id();
         let dir = self

@@ -15,7 +15,6 @@ use stevedore_api::cri;
 use stevedore_api::events::{TaskExit, TaskOom};
 use stevedore_api::services::containers::ListContainersRequest;
 use stevedore_api::services::events::SubscribeRequest;
-use stevedore_api::services::tasks::{DeleteTaskRequest, GetRequest};
 
 impl Cri {
     /// Rebuild the store from the daemon's records, then follow events.
@@ -71,10 +70,7 @@ impl Cri {
                     "/tasks/exit" => {
                         if let Ok(e) = TaskExit::decode(ev.value.as_slice()) {
                             if e.id == e.container_id {
-                                let at = e
-                                    .exited_at
-                                    .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
-                                    .unwrap_or_else(store::now_nanos);
+                                let at = store::nanos_or_now(e.exited_at);
                                 let me = self.clone();
                                 tokio::spawn(async move {
                                     me.task_exited(&e.container_id, e.exit_status, at).await
@@ -122,13 +118,7 @@ impl Cri {
             st.0 = SandboxState::NotReady;
             st.1.exited_at = at;
         }
-        let _ = self
-            .ctrd
-            .tasks()
-            .delete(DeleteTaskRequest {
-                container_id: sb.id(),
-            })
-            .await;
+        self.ctrd.delete_task(&sb.id()).await;
         let status = self.sandbox_status(sb).await;
         self.emit(
             &sb.id(),
@@ -160,26 +150,11 @@ impl Cri {
 
     /// `Some((exit code, exited at))` if task `id` is not running.
     async fn task_gone(&self, id: &str) -> Option<(u32, i64)> {
-        match self
-            .ctrd
-            .tasks()
-            .get(GetRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-            })
-            .await
-        {
-            Ok(r) => {
-                let p = r.into_inner().process?;
-                if p.status == TaskStatus::Stopped as i32 {
-                    let at = p
-                        .exited_at
-                        .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
-                        .unwrap_or_else(store::now_nanos);
-                    Some((p.exit_status, at))
-                } else {
-                    None
-                }
+        match self.ctrd.task_process(id).await {
+            Ok(p) => {
+                let p = p?;
+                (p.status == TaskStatus::Stopped as i32)
+                    .then(|| (p.exit_status, store::nanos_or_now(p.exited_at)))
             }
             Err(s) if s.code() == tonic::Code::NotFound => Some((255, store::now_nanos())),
             Err(_) => None,
@@ -188,17 +163,7 @@ impl Cri {
 
     /// Running pid of task `id`, if it runs.
     async fn task_pid(&self, id: &str) -> Option<u32> {
-        let p = self
-            .ctrd
-            .tasks()
-            .get(GetRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-            })
-            .await
-            .ok()?
-            .into_inner()
-            .process?;
+        let p = self.ctrd.task_process(id).await.ok()??;
         (p.status == TaskStatus::Running as i32 || p.status == TaskStatus::Paused as i32)
             .then_some(p.pid)
     }
@@ -233,13 +198,7 @@ impl Cri {
             let state = if pid.is_some() {
                 SandboxState::Ready
             } else {
-                let _ = self
-                    .ctrd
-                    .tasks()
-                    .delete(DeleteTaskRequest {
-                        container_id: id.clone(),
-                    })
-                    .await;
+                self.ctrd.delete_task(&id).await;
                 SandboxState::NotReady
             };
             let _ = self.store.reserve(&meta.name, &id);
@@ -268,13 +227,7 @@ impl Cri {
                 },
                 cri::ContainerState::ContainerCreated => {}
                 _ => {
-                    let _ = self
-                        .ctrd
-                        .tasks()
-                        .delete(DeleteTaskRequest {
-                            container_id: id.clone(),
-                        })
-                        .await;
+                    self.ctrd.delete_task(&id).await;
                 }
             }
             self.store.add_container(c);

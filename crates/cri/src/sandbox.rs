@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use stevedore_api::cri;
-use stevedore_api::services::tasks::{
-    CreateTaskRequest, DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
-};
+use stevedore_api::services::tasks::{CreateTaskRequest, StartRequest};
 use tonic::Status;
 
 const SIGKILL: u32 = 9;
@@ -226,36 +224,13 @@ impl Cri {
 
     /// SIGKILL a task (all its processes), wait for it, delete it.
     pub async fn kill_and_delete(&self, id: &str) {
-        let mut tasks = self.ctrd.tasks();
-        let waiter = {
-            let mut t = tasks.clone();
-            let id = id.to_string();
-            tokio::spawn(async move {
-                t.wait(WaitRequest {
-                    container_id: id,
-                    exec_id: String::new(),
-                })
-                .await
-            })
-        };
-        let killed = tasks
-            .kill(KillRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-                signal: SIGKILL,
-                all: true,
-            })
-            .await;
-        if killed.is_ok() {
+        let waiter = self.ctrd.spawn_wait(id);
+        if self.ctrd.kill_task(id, SIGKILL, true).await.is_ok() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await;
         } else {
             waiter.abort();
         }
-        let _ = tasks
-            .delete(DeleteTaskRequest {
-                container_id: id.to_string(),
-            })
-            .await;
+        self.ctrd.delete_task(id).await;
     }
 
     /// The sandbox image, pulled if it is not in the store yet.
@@ -362,10 +337,7 @@ impl Cri {
     pub async fn sandbox_status(&self, sb: &Sandbox) -> cri::PodSandboxStatus {
         let meta = sb.meta();
         let config = meta.config.clone().unwrap_or_default();
-        let state = match sb.state() {
-            SandboxState::Ready => cri::PodSandboxState::SandboxReady,
-            _ => cri::PodSandboxState::SandboxNotready,
-        };
+        let state = sb.cri_state();
         let ns = spec::pod_ns(&config);
         let opts = config
             .linux
@@ -453,27 +425,17 @@ impl Cri {
         let f = req.filter.unwrap_or_default();
         let mut items = Vec::new();
         for sb in self.store.sandboxes() {
-            let meta = sb.meta();
-            let config = meta.config.clone().unwrap_or_default();
-            if !f.id.is_empty() && !meta.id.starts_with(&f.id) {
+            if !sb.matches(&f.id, &f.label_selector) {
                 continue;
             }
-            let state = match sb.state() {
-                SandboxState::Ready => cri::PodSandboxState::SandboxReady,
-                _ => cri::PodSandboxState::SandboxNotready,
-            };
+            let state = sb.cri_state();
             if let Some(s) = &f.state {
                 if s.state != state as i32 {
                     continue;
                 }
             }
-            if !f
-                .label_selector
-                .iter()
-                .all(|(k, v)| config.labels.get(k) == Some(v))
-            {
-                continue;
-            }
+            let meta = sb.meta();
+            let config = meta.config.clone().unwrap_or_default();
             items.push(cri::PodSandbox {
                 id: meta.id.clone(),
                 metadata: config.metadata.clone(),

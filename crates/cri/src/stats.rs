@@ -78,10 +78,7 @@ impl Cri {
         let Some(m) = r.metrics.into_iter().find(|m| m.id == id) else {
             return Ok(None);
         };
-        let ts = m
-            .timestamp
-            .map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
-            .unwrap_or_else(crate::store::now_nanos);
+        let ts = crate::store::nanos_or_now(m.timestamp);
         Ok(m.data.as_ref().and_then(decode).map(|mut u| {
             u.timestamp = ts;
             u
@@ -188,21 +185,9 @@ impl Cri {
         let f = req.filter.unwrap_or_default();
         let mut stats = Vec::new();
         for c in self.store.containers() {
-            let config = c.meta.config.clone().unwrap_or_default();
-            if !f.id.is_empty() && !c.meta.id.starts_with(&f.id) {
-                continue;
+            if c.matches(&f.id, &f.pod_sandbox_id, &f.label_selector) {
+                stats.push(self.stats_of(&c).await?);
             }
-            if !f.pod_sandbox_id.is_empty() && !c.meta.sandbox_id.starts_with(&f.pod_sandbox_id) {
-                continue;
-            }
-            if !f
-                .label_selector
-                .iter()
-                .all(|(k, v)| config.labels.get(k) == Some(v))
-            {
-                continue;
-            }
-            stats.push(self.stats_of(&c).await?);
         }
         Ok(cri::ListContainerStatsResponse { stats })
     }
@@ -309,19 +294,9 @@ impl Cri {
         let f = req.filter.unwrap_or_default();
         let mut stats = Vec::new();
         for sb in self.store.sandboxes() {
-            let meta = sb.meta();
-            let config = meta.config.clone().unwrap_or_default();
-            if !f.id.is_empty() && !meta.id.starts_with(&f.id) {
-                continue;
+            if sb.matches(&f.id, &f.label_selector) {
+                stats.push(self.pod_stats_of(&sb).await?);
             }
-            if !f
-                .label_selector
-                .iter()
-                .all(|(k, v)| config.labels.get(k) == Some(v))
-            {
-                continue;
-            }
-            stats.push(self.pod_stats_of(&sb).await?);
         }
         Ok(cri::ListPodSandboxStatsResponse { stats })
     }

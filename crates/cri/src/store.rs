@@ -159,6 +159,20 @@ impl Sandbox {
     pub fn set_state(&self, s: SandboxState) {
         lock(&self.state).0 = s;
     }
+    /// The state the CRI reports: anything but ready is not ready.
+    pub fn cri_state(&self) -> cri::PodSandboxState {
+        match self.state() {
+            SandboxState::Ready => cri::PodSandboxState::SandboxReady,
+            _ => cri::PodSandboxState::SandboxNotready,
+        }
+    }
+    /// Whether the sandbox passes a CRI list filter: its id starts with
+    /// `id` and it has every label of `label_selector` (empty: any).
+    pub fn matches(&self, id: &str, label_selector: &HashMap<String, String>) -> bool {
+        let meta = lock(&self.meta);
+        meta.id.starts_with(id)
+            && has_labels(meta.config.as_ref().map(|c| &c.labels), label_selector)
+    }
 }
 
 pub struct Container {
@@ -196,6 +210,29 @@ impl Container {
     pub fn io(&self) -> Option<Arc<crate::io::ContainerIo>> {
         lock(&self.io).clone()
     }
+    /// Whether the container passes a CRI list filter: its id starts with
+    /// `id`, its sandbox's with `pod_sandbox_id`, and it has every label of
+    /// `label_selector` (empty: any).
+    pub fn matches(
+        &self,
+        id: &str,
+        pod_sandbox_id: &str,
+        label_selector: &HashMap<String, String>,
+    ) -> bool {
+        self.meta.id.starts_with(id)
+            && self.meta.sandbox_id.starts_with(pod_sandbox_id)
+            && has_labels(self.meta.config.as_ref().map(|c| &c.labels), label_selector)
+    }
+}
+
+/// Whether `labels` hold every key of `selector` with its value.
+fn has_labels(
+    labels: Option<&HashMap<String, String>>,
+    selector: &HashMap<String, String>,
+) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
 fn write_status(path: &Path, s: &ContainerStatus) -> Result<(), Status> {
@@ -304,6 +341,18 @@ impl Store {
             .collect()
     }
     /// A container by id or unique id prefix.
+    /// The container `id` (or unique prefix), which must be running.
+    pub fn running_container(&self, id: &str) -> Result<Arc<Container>, Status> {
+        let c = self.container(id)?;
+        if c.status().state() != cri::ContainerState::ContainerRunning {
+            return Err(Status::failed_precondition(format!(
+                "container {:?} is not in running state",
+                c.meta.id
+            )));
+        }
+        Ok(c)
+    }
+
     pub fn container(&self, id: &str) -> Result<Arc<Container>, Status> {
         let map = self.containers.read().unwrap_or_else(|e| e.into_inner());
         find(&map, id).ok_or_else(|| {
@@ -365,6 +414,12 @@ pub fn now_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// A protobuf timestamp as Unix nanoseconds; none is now.
+pub fn nanos_or_now(t: Option<prost_types::Timestamp>) -> i64 {
+    t.map(|t| t.seconds * 1_000_000_000 + t.nanos as i64)
+        .unwrap_or_else(now_nanos)
 }
 
 #[cfg(test)]

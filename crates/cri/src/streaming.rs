@@ -58,13 +58,7 @@ impl Cri {
     }
 
     pub async fn stream_exec(&self, r: cri::ExecRequest) -> Result<cri::ExecResponse, Status> {
-        let c = self.store.container(&r.container_id)?;
-        if c.status().state() != cri::ContainerState::ContainerRunning {
-            return Err(Status::failed_precondition(format!(
-                "container {:?} is not in running state",
-                c.meta.id
-            )));
-        }
+        let c = self.store.running_container(&r.container_id)?;
         let url = self
             .stream_server()?
             .get_exec(&streaming::ExecRequest {
@@ -83,13 +77,7 @@ impl Cri {
         &self,
         r: cri::AttachRequest,
     ) -> Result<cri::AttachResponse, Status> {
-        let c = self.store.container(&r.container_id)?;
-        if c.status().state() != cri::ContainerState::ContainerRunning {
-            return Err(Status::failed_precondition(format!(
-                "container {:?} is not in running state",
-                c.meta.id
-            )));
-        }
+        let c = self.store.running_container(&r.container_id)?;
         let url = self
             .stream_server()?
             .get_attach(&streaming::AttachRequest {

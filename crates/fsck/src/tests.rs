@@ -161,6 +161,16 @@ fn assert_all_clear(r: &Report) {
     assert!(r.findings.is_empty(), "{:#?}", r.findings);
 }
 
+/// The report has an `image-incomplete` finding whose detail says `missing`.
+fn assert_image_incomplete(r: &Report, missing: &str) {
+    let img = r
+        .findings
+        .iter()
+        .find(|x| x.kind == "image-incomplete")
+        .unwrap_or_else(|| panic!("{:#?}", r.findings));
+    assert!(img.detail.contains(missing), "{}", img.detail);
+}
+
 #[test]
 fn a_root_written_by_the_stores_is_clean() {
     let f = Fixture::new();
@@ -212,17 +222,7 @@ fn detects_a_blob_an_image_needs_is_gone_and_repair_drops_record_and_image() {
             ("image-incomplete", "default/docker.io/library/t:1".into()),
         ]
     );
-    let img = r
-        .findings
-        .iter()
-        .find(|x| x.kind == "image-incomplete")
-        .unwrap();
-    assert!(
-        img.detail
-            .contains(&format!("layer {} of manifest {}", f.layer, f.manifest)),
-        "{}",
-        img.detail
-    );
+    assert_image_incomplete(&r, &format!("layer {} of manifest {}", f.layer, f.manifest));
     f.check(true);
     let after = f.check(false);
     // the image went with its content; its manifest and config stay until GC
@@ -427,18 +427,23 @@ impl Drop for Unmount {
     }
 }
 
+/// Mount a tmpfs on `target` (made first); unmounted when the guard drops.
+fn mount_tmpfs(target: &Path) -> Unmount {
+    std::fs::create_dir_all(target).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(target)
+        .status()
+        .expect("run mount (util-linux)");
+    assert!(st.success(), "mount tmpfs on {}", target.display());
+    Unmount(target.to_path_buf())
+}
+
 #[test]
 fn a_mount_left_under_the_root_is_a_problem() {
     let f = Fixture::new();
     let target = f.root().join("io.containerd.runtime.v2.task/leftover");
-    std::fs::create_dir_all(&target).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&target)
-        .status()
-        .expect("run mount (util-linux)");
-    assert!(st.success(), "mount tmpfs on {}", target.display());
-    let guard = Unmount(target.clone());
+    let guard = mount_tmpfs(&target);
     let r = f.check(false);
     assert_eq!(
         kinds(&r),
@@ -456,25 +461,11 @@ fn a_mount_left_under_the_root_is_a_problem() {
 fn a_filesystem_mounted_at_a_plugin_directory_is_not_a_leftover() {
     let f = Fixture::new();
     let target = f.root().join("io.containerd.snapshotter.v1.btrfs");
-    std::fs::create_dir_all(&target).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&target)
-        .status()
-        .expect("run mount (util-linux)");
-    assert!(st.success(), "mount tmpfs on {}", target.display());
-    let guard = Unmount(target.clone());
+    let guard = mount_tmpfs(&target);
     assert_all_clear(&f.check(false));
     // a mount below it is still one a crash left
     let below = target.join("snapshots-left");
-    std::fs::create_dir_all(&below).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&below)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let inner = Unmount(below.clone());
+    let inner = mount_tmpfs(&below);
     assert_eq!(
         kinds(&f.check(false)),
         vec![("mount-left", below.display().to_string())]
@@ -654,18 +645,8 @@ fn the_config_of_the_manifest_an_index_keeps_is_still_required() {
     m.db.garbage_collect().unwrap();
     m.db.content(NS, None).delete(&m.amd64_config).unwrap();
     m.db.garbage_collect().unwrap();
-    let config = m.amd64_config.clone();
-    let r = m.check();
-    let img = r
-        .findings
-        .iter()
-        .find(|x| x.kind == "image-incomplete")
-        .unwrap_or_else(|| panic!("{:#?}", r.findings));
-    assert!(
-        img.detail.contains(&format!("config {config} of manifest")),
-        "{}",
-        img.detail
-    );
+    let missing = format!("config {} of manifest", m.amd64_config);
+    assert_image_incomplete(&m.check(), &missing);
 }
 
 #[test]
@@ -674,16 +655,6 @@ fn an_index_without_children_labels_needs_each_present_manifest_whole() {
     // so every present one must be whole (and GC keeps none of them)
     let m = Multi::new(false);
     m.db.content(NS, None).delete(&m.arm64_config).unwrap();
-    let config = m.arm64_config.clone();
-    let r = m.check();
-    let img = r
-        .findings
-        .iter()
-        .find(|x| x.kind == "image-incomplete")
-        .unwrap_or_else(|| panic!("{:#?}", r.findings));
-    assert!(
-        img.detail.contains(&format!("config {config} of manifest")),
-        "{}",
-        img.detail
-    );
+    let missing = format!("config {} of manifest", m.arm64_config);
+    assert_image_incomplete(&m.check(), &missing);
 }

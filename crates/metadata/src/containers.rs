@@ -2,12 +2,12 @@
 //! image), labelled. Table `containers`: `(namespace, id) -> JSON record`.
 //! Validation and update field paths follow containerd's metadata store.
 
-use crate::{db_err, namespaces, Db, NsTable};
-use redb::ReadableTable;
+use crate::records::Record;
+use crate::{namespaces, Db, NsTable};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::SystemTime;
-use stevedore_types::filters::{label_field, Filter};
+use stevedore_types::filters::label_field;
 use stevedore_types::{labels, Error, Result};
 
 pub(crate) const CONTAINERS: NsTable = NsTable::new("containers");
@@ -98,79 +98,35 @@ fn validate(c: &Container) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn decode(id: &str, bytes: &[u8]) -> Result<Container> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::internal(format!("container {id:?}: corrupt record: {e}")))
-}
-
-fn encode(c: &Container) -> Vec<u8> {
-    serde_json::to_vec(c).expect("container record serialises")
+impl Record for Container {
+    const TABLE: NsTable = CONTAINERS;
+    const KIND: &'static str = "container";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn field(&self, path: &[String]) -> Option<String> {
+        Container::field(self, path)
+    }
+    fn timestamps_mut(&mut self) -> (&mut SystemTime, &mut SystemTime) {
+        (&mut self.created_at, &mut self.updated_at)
+    }
 }
 
 impl Db {
     /// Create a container record; the namespace comes into being if needed.
-    pub fn create_container(&self, ns: &str, mut c: Container) -> Result<Container> {
+    pub fn create_container(&self, ns: &str, c: Container) -> Result<Container> {
         validate(&c).map_err(|e| e.context("create container failed validation"))?;
-        self.update(|tx| {
-            namespaces::ensure(tx, ns)?;
-            let mut t = tx
-                .open_table(CONTAINERS)
-                .map_err(|e| db_err("open containers", e))?;
-            if t.get((ns, c.id.as_str()))
-                .map_err(|e| db_err("get container", e))?
-                .is_some()
-            {
-                return Err(Error::already_exists(format!(
-                    "container {:?}: already exists",
-                    c.id
-                )));
-            }
-            c.created_at = SystemTime::now();
-            c.updated_at = c.created_at;
-            t.insert((ns, c.id.as_str()), encode(&c).as_slice())
-                .map_err(|e| db_err("insert container", e))?;
-            Ok(c)
-        })
+        self.create_record(ns, c)
     }
 
     /// The container `id`.
     pub fn get_container(&self, ns: &str, id: &str) -> Result<Container> {
-        self.view(|tx| {
-            let t = tx
-                .open_table(CONTAINERS)
-                .map_err(|e| db_err("open containers", e))?;
-            let v = t
-                .get((ns, id))
-                .map_err(|e| db_err("get container", e))?
-                .ok_or_else(|| Error::not_found(format!("container {id:?}: not found")))?;
-            decode(id, v.value())
-        })
+        self.get_record(ns, id)
     }
 
     /// Containers of a namespace matching `filters` (any of them; none = all).
     pub fn list_containers(&self, ns: &str, filters: &[String]) -> Result<Vec<Container>> {
-        let filter = Filter::parse_all(filters)?;
-        self.view(|tx| {
-            let t = tx
-                .open_table(CONTAINERS)
-                .map_err(|e| db_err("open containers", e))?;
-            let mut out = Vec::new();
-            for r in t
-                .range((ns, "")..)
-                .map_err(|e| db_err("list containers", e))?
-            {
-                let (k, v) = r.map_err(|e| db_err("list containers", e))?;
-                let (kns, id) = k.value();
-                if kns != ns {
-                    break;
-                }
-                let c = decode(id, v.value())?;
-                if filter.matches(&|p: &[String]| c.field(p)) {
-                    out.push(c);
-                }
-            }
-            Ok(out)
-        })
+        self.list_records(ns, filters)
     }
 
     /// Update a container with containerd's field paths (`labels`,
@@ -181,17 +137,7 @@ impl Db {
         if c.id.is_empty() {
             return Err(Error::invalid("must specify a container id"));
         }
-        self.update(|tx| {
-            let mut t = tx
-                .open_table(CONTAINERS)
-                .map_err(|e| db_err("open containers", e))?;
-            let mut u = {
-                let v = t
-                    .get((ns, c.id.as_str()))
-                    .map_err(|e| db_err("get container", e))?
-                    .ok_or_else(|| Error::not_found(format!("container {:?}: not found", c.id)))?;
-                decode(&c.id, v.value())?
-            };
+        self.update_record(ns, &c.id, |mut u: Container| {
             let default_paths: Vec<String>;
             let paths = if paths.is_empty() {
                 if u.snapshotter != c.snapshotter {
@@ -229,24 +175,13 @@ impl Db {
             }
             u.labels.retain(|_, v| !v.is_empty());
             validate(&u).map_err(|e| e.context("update failed validation"))?;
-            u.updated_at = SystemTime::now();
-            t.insert((ns, c.id.as_str()), encode(&u).as_slice())
-                .map_err(|e| db_err("update container", e))?;
             Ok(u)
         })
     }
 
     /// Delete the container record `id`.
     pub fn delete_container(&self, ns: &str, id: &str) -> Result<()> {
-        self.update(|tx| {
-            let mut t = tx
-                .open_table(CONTAINERS)
-                .map_err(|e| db_err("open containers", e))?;
-            t.remove((ns, id))
-                .map_err(|e| db_err("delete container", e))?
-                .ok_or_else(|| Error::not_found(format!("container {id:?}: not found")))?;
-            Ok(())
-        })
+        self.delete_record::<Container>(ns, id)
     }
 }
 

@@ -617,17 +617,16 @@ impl Db {
                 .open_table(INGESTS)
                 .map_err(|e| db_err("open ingests", e))?;
             let mut out = Vec::new();
-            for r in t.iter().map_err(|e| db_err("scan ingests", e))? {
-                let (k, v) = r.map_err(|e| db_err("scan ingests", e))?;
-                let (ns, reference) = k.value();
-                let rec = decode_ingest(reference, v.value())?;
+            crate::scan_all(&t, "ingests", |ns, reference, v| {
+                let rec = decode_ingest(reference, v)?;
                 out.push(IngestEntry {
                     namespace: ns.to_string(),
                     reference: reference.to_string(),
                     expected: rec.expected,
                     expires: rec.expires,
                 });
-            }
+                Ok(())
+            })?;
             Ok(out)
         })
     }

@@ -27,7 +27,7 @@
 
 use crate::content::{self, backend_ref, decode_ingest, from_nanos};
 use crate::leases::{self, is_expired};
-use crate::{db_err, Db};
+use crate::{db_err, scan_all, Db};
 use redb::ReadableTable;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -250,10 +250,8 @@ fn all_leases(tx: &redb::WriteTransaction) -> Result<Vec<(String, leases::Lease)
         .open_table(leases::LEASES)
         .map_err(|e| db_err("open leases", e))?;
     let mut out = Vec::new();
-    for r in t.iter().map_err(|e| db_err("scan leases", e))? {
-        let (k, v) = r.map_err(|e| db_err("scan leases", e))?;
-        let (ns, id) = k.value();
-        let rec: serde_json::Value = serde_json::from_slice(v.value()).unwrap_or_default();
+    scan_all(&t, "leases", |ns, id, v| {
+        let rec: serde_json::Value = serde_json::from_slice(v).unwrap_or_default();
         let labels = rec
             .get("labels")
             .and_then(|l| serde_json::from_value::<HashMap<String, String>>(l.clone()).ok())
@@ -266,7 +264,8 @@ fn all_leases(tx: &redb::WriteTransaction) -> Result<Vec<(String, leases::Lease)
                 labels,
             },
         ));
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -295,14 +294,6 @@ impl GcSource for LeaseSource {
                 }
             }
         }
-        Ok(())
-    }
-    fn references(
-        &self,
-        _: &redb::WriteTransaction,
-        _: &Node,
-        _: &mut dyn FnMut(Node),
-    ) -> Result<()> {
         Ok(())
     }
     fn all(&self, tx: &redb::WriteTransaction, emit: &mut dyn FnMut(Node)) -> Result<()> {
@@ -340,26 +331,23 @@ impl GcSource for ContentSource {
         let t = tx
             .open_table(content::BLOBS)
             .map_err(|e| db_err("open blobs", e))?;
-        for r in t.iter().map_err(|e| db_err("scan blobs", e))? {
-            let (k, v) = r.map_err(|e| db_err("scan blobs", e))?;
-            let (ns, d) = k.value();
-            if is_root(&blob_labels(v.value())) {
+        scan_all(&t, "blobs", |ns, d, v| {
+            if is_root(&blob_labels(v)) {
                 emit(Node::new(CONTENT, ns, d));
             }
-        }
+            Ok(())
+        })?;
         let t = tx
             .open_table(content::INGESTS)
             .map_err(|e| db_err("open ingests", e))?;
-        for r in t.iter().map_err(|e| db_err("scan ingests", e))? {
-            let (k, v) = r.map_err(|e| db_err("scan ingests", e))?;
-            let (ns, reference) = k.value();
-            let rec = decode_ingest(reference, v.value())?;
+        scan_all(&t, "ingests", |ns, reference, v| {
+            let rec = decode_ingest(reference, v)?;
             // leased ingests carry no expiry: their lease holds them
             if rec.expires.is_some_and(|e| from_nanos(e) > now) {
                 emit(Node::new(INGEST, ns, reference));
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
     fn references(
         &self,
@@ -384,11 +372,10 @@ impl GcSource for ContentSource {
     fn all(&self, tx: &redb::WriteTransaction, emit: &mut dyn FnMut(Node)) -> Result<()> {
         for (table, kind) in [(content::BLOBS, CONTENT), (content::INGESTS, INGEST)] {
             let t = tx.open_table(table).map_err(|e| db_err("open table", e))?;
-            for r in t.iter().map_err(|e| db_err("scan", e))? {
-                let (k, _) = r.map_err(|e| db_err("scan", e))?;
-                let (ns, key) = k.value();
+            scan_all(&t, kind, |ns, key, _| {
                 emit(Node::new(kind, ns, key));
-            }
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -414,27 +401,26 @@ impl GcSource for ContentSource {
             let t = tx
                 .open_table(content::BLOBS)
                 .map_err(|e| db_err("open blobs", e))?;
-            for r in t.iter().map_err(|e| db_err("scan blobs", e))? {
-                let (k, _) = r.map_err(|e| db_err("scan blobs", e))?;
-                digests.insert(k.value().1.to_string());
-            }
+            scan_all(&t, "blobs", |_, d, _| {
+                digests.insert(d.to_string());
+                Ok(())
+            })?;
             let mut refs: HashSet<String> = HashSet::new();
             let t = tx
                 .open_table(content::INGESTS)
                 .map_err(|e| db_err("open ingests", e))?;
-            for r in t.iter().map_err(|e| db_err("scan ingests", e))? {
-                let (k, v) = r.map_err(|e| db_err("scan ingests", e))?;
-                let (ns, reference) = k.value();
+            scan_all(&t, "ingests", |ns, reference, v| {
                 refs.insert(backend_ref(ns, reference));
                 // a shared ingest (the blob was on disk when it opened, with
                 // no record in its namespace, e.g. a crash's leftover) commits
                 // that file: it keeps it until it commits or goes itself
-                if let Ok(rec) = content::decode_ingest(reference, v.value()) {
+                if let Ok(rec) = content::decode_ingest(reference, v) {
                     if let Some(d) = rec.expected() {
                         digests.insert(d.to_string());
                     }
                 }
-            }
+                Ok(())
+            })?;
             Ok((digests, refs))
         })?;
         let mut removed = 0;

@@ -3,10 +3,11 @@
 //! when the image record exists, and whatever its labels reference — so a
 //! running container's rootfs is never collected.
 
-use crate::containers::{decode, CONTAINERS};
+use crate::containers::Container;
 use crate::db_err;
 use crate::gc::{content_node, label_refs, GcSource, Node, SNAPSHOT};
 use crate::images::IMAGES;
+use crate::records::for_each_record;
 use redb::ReadableTable;
 use std::time::SystemTime;
 use stevedore_types::Result;
@@ -20,16 +21,10 @@ impl GcSource for ContainerSource {
         _now: SystemTime,
         emit: &mut dyn FnMut(Node),
     ) -> Result<()> {
-        let t = tx
-            .open_table(CONTAINERS)
-            .map_err(|e| db_err("open containers", e))?;
         let images = tx
             .open_table(IMAGES)
             .map_err(|e| db_err("open images", e))?;
-        for r in t.iter().map_err(|e| db_err("scan containers", e))? {
-            let (k, v) = r.map_err(|e| db_err("scan containers", e))?;
-            let (ns, id) = k.value();
-            let c = decode(id, v.value())?;
+        for_each_record(tx, |ns, c: Container| {
             if !c.snapshotter.is_empty() && !c.snapshot_key.is_empty() {
                 emit(Node::new(
                     SNAPSHOT,
@@ -48,7 +43,7 @@ impl GcSource for ContainerSource {
                 }
             }
             label_refs(ns, &c.labels, emit);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }

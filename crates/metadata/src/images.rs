@@ -264,14 +264,12 @@ impl crate::gc::GcSource for ImageSource {
         let t = tx
             .open_table(IMAGES)
             .map_err(|e| db_err("open images", e))?;
-        for r in t.iter().map_err(|e| db_err("scan images", e))? {
-            let (k, v) = r.map_err(|e| db_err("scan images", e))?;
-            let (ns, name) = k.value();
-            let img = decode(name, v.value())?;
+        crate::scan_all(&t, "images", |ns, name, v| {
+            let img = decode(name, v)?;
             emit(crate::gc::content_node(ns, &img.target.digest));
             crate::gc::label_refs(ns, &img.labels, emit);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

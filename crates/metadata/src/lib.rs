@@ -11,7 +11,8 @@
 //! - `namespaces`: `name -> JSON {labels}`.
 //! - `containers`: `(namespace, id) -> JSON container record` (`containers.rs`).
 //! - `sandboxes`: `(namespace, id) -> JSON sandbox record` (`sandboxes.rs`,
-//!   containerd 2.x's sandbox store).
+//!   containerd 2.x's sandbox store). Both record tables are read and written
+//!   through `records.rs`, which the two kinds share.
 //! - every namespaced object table is keyed by `(namespace, id)` so that a
 //!   namespace's objects are one range scan, and emptiness checks are cheap.
 //! - content (`content_blobs`, `content_ingests`): see [`content`].
@@ -28,6 +29,7 @@ mod gc_containers;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
+mod records;
 pub mod sandboxes;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -222,6 +224,22 @@ pub(crate) fn ns_scan<T: ReadableTable<(&'static str, &'static str), &'static [u
         out.push((id.to_string(), v.value().to_vec()));
     }
     Ok(out)
+}
+
+/// Call `f` with `(namespace, id, value)` of every entry of a namespaced
+/// table, in every namespace; `what` names the table in errors (`scan <what>`).
+pub(crate) fn scan_all<T: ReadableTable<(&'static str, &'static str), &'static [u8]>>(
+    t: &T,
+    what: &str,
+    mut f: impl FnMut(&str, &str, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let op = format!("scan {what}");
+    for r in t.iter().map_err(|e| db_err(&op, e))? {
+        let (k, v) = r.map_err(|e| db_err(&op, e))?;
+        let (ns, id) = k.value();
+        f(ns, id, v.value())?;
+    }
+    Ok(())
 }
 
 /// True when a namespaced table holds any key in `ns`.

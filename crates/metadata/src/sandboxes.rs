@@ -11,12 +11,12 @@
 //! (`containerd.io/gc.ref.*`), as in containerd's `gc.go`.
 
 use crate::containers::AnyBytes;
-use crate::{db_err, namespaces, Db, MutationKind, NsTable};
-use redb::ReadableTable;
+use crate::records::{self, Record};
+use crate::{Db, MutationKind, NsTable};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::SystemTime;
-use stevedore_types::filters::{label_field, Filter};
+use stevedore_types::filters::label_field;
 use stevedore_types::{identifiers, labels, Error, Result};
 
 pub(crate) const SANDBOXES: NsTable = NsTable::new("sandboxes");
@@ -79,91 +79,41 @@ fn validate(s: &Sandbox) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn decode(id: &str, bytes: &[u8]) -> Result<Sandbox> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::internal(format!("sandbox {id:?}: corrupt record: {e}")))
-}
-
-fn encode(s: &Sandbox) -> Vec<u8> {
-    serde_json::to_vec(s).expect("sandbox record serialises")
-}
-
-fn not_found(id: &str) -> Error {
-    Error::not_found(format!("sandbox {id:?}: not found"))
+impl Record for Sandbox {
+    const TABLE: NsTable = SANDBOXES;
+    const KIND: &'static str = "sandbox";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn field(&self, path: &[String]) -> Option<String> {
+        Sandbox::field(self, path)
+    }
+    fn timestamps_mut(&mut self) -> (&mut SystemTime, &mut SystemTime) {
+        (&mut self.created_at, &mut self.updated_at)
+    }
 }
 
 impl Db {
     /// Create a sandbox record (timestamps set here); the namespace comes
     /// into being if needed.
-    pub fn create_sandbox(&self, ns: &str, mut s: Sandbox) -> Result<Sandbox> {
+    pub fn create_sandbox(&self, ns: &str, s: Sandbox) -> Result<Sandbox> {
         validate(&s).map_err(|e| e.context("failed to validate sandbox"))?;
-        self.update(|tx| {
-            namespaces::ensure(tx, ns)?;
-            let mut t = tx
-                .open_table(SANDBOXES)
-                .map_err(|e| db_err("open sandboxes", e))?;
-            if t.get((ns, s.id.as_str()))
-                .map_err(|e| db_err("get sandbox", e))?
-                .is_some()
-            {
-                return Err(Error::already_exists(format!(
-                    "sandbox {:?}: already exists",
-                    s.id
-                )));
-            }
-            s.created_at = SystemTime::now();
-            s.updated_at = s.created_at;
-            t.insert((ns, s.id.as_str()), encode(&s).as_slice())
-                .map_err(|e| db_err("insert sandbox", e))?;
-            Ok(s)
-        })
+        self.create_record(ns, s)
     }
 
     /// The sandbox `id`.
     pub fn get_sandbox(&self, ns: &str, id: &str) -> Result<Sandbox> {
-        self.view(|tx| {
-            let t = tx
-                .open_table(SANDBOXES)
-                .map_err(|e| db_err("open sandboxes", e))?;
-            let v = t
-                .get((ns, id))
-                .map_err(|e| db_err("get sandbox", e))?
-                .ok_or_else(|| not_found(id))?;
-            decode(id, v.value())
-        })
+        self.get_record(ns, id)
     }
 
     /// Sandboxes of a namespace matching `filters` (any of them; none = all).
     pub fn list_sandboxes(&self, ns: &str, filters: &[String]) -> Result<Vec<Sandbox>> {
-        let filter = Filter::parse_all(filters)?;
-        self.view(|tx| {
-            let t = tx
-                .open_table(SANDBOXES)
-                .map_err(|e| db_err("open sandboxes", e))?;
-            let mut out = Vec::new();
-            for (id, v) in crate::ns_scan(&t, ns)? {
-                let s = decode(&id, &v)?;
-                if filter.matches(&|p: &[String]| s.field(p)) {
-                    out.push(s);
-                }
-            }
-            Ok(out)
-        })
+        self.list_records(ns, filters)
     }
 
     /// Update a sandbox with containerd's field paths (see the module docs).
     pub fn update_sandbox(&self, ns: &str, s: Sandbox, paths: &[String]) -> Result<Sandbox> {
-        let updated = self.update(|tx| {
-            let mut t = tx
-                .open_table(SANDBOXES)
-                .map_err(|e| db_err("open sandboxes", e))?;
-            let mut u = {
-                let v = t
-                    .get((ns, s.id.as_str()))
-                    .map_err(|e| db_err("get sandbox", e))?
-                    .ok_or_else(|| not_found(&s.id))?;
-                decode(&s.id, v.value())?
-            };
+        let updated = self.update_record(ns, &s.id, |mut u: Sandbox| {
             let default_paths: Vec<String>;
             let paths = if paths.is_empty() {
                 if u.runtime.name != s.runtime.name {
@@ -198,9 +148,6 @@ impl Db {
             // containerd's label writer drops empty values: that is how a label is removed
             u.labels.retain(|_, v| !v.is_empty());
             validate(&u).map_err(|e| e.context("failed to validate sandbox"))?;
-            u.updated_at = SystemTime::now();
-            t.insert((ns, s.id.as_str()), encode(&u).as_slice())
-                .map_err(|e| db_err("update sandbox", e))?;
             Ok(u)
         })?;
         // a label that referenced content or a snapshot may be gone
@@ -210,15 +157,7 @@ impl Db {
 
     /// Delete the sandbox record `id`.
     pub fn delete_sandbox(&self, ns: &str, id: &str) -> Result<()> {
-        self.update(|tx| {
-            let mut t = tx
-                .open_table(SANDBOXES)
-                .map_err(|e| db_err("open sandboxes", e))?;
-            t.remove((ns, id))
-                .map_err(|e| db_err("delete sandbox", e))?
-                .ok_or_else(|| not_found(id))?;
-            Ok(())
-        })?;
+        self.delete_record::<Sandbox>(ns, id)?;
         self.notify(MutationKind::Delete);
         Ok(())
     }
@@ -235,16 +174,10 @@ impl crate::gc::GcSource for SandboxSource {
         _now: SystemTime,
         emit: &mut dyn FnMut(crate::gc::Node),
     ) -> Result<()> {
-        let t = tx
-            .open_table(SANDBOXES)
-            .map_err(|e| db_err("open sandboxes", e))?;
-        for r in t.iter().map_err(|e| db_err("scan sandboxes", e))? {
-            let (k, v) = r.map_err(|e| db_err("scan sandboxes", e))?;
-            let (ns, id) = k.value();
-            let s = decode(id, v.value())?;
+        records::for_each_record(tx, |ns, s: Sandbox| {
             crate::gc::label_refs(ns, &s.labels, emit);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

@@ -60,6 +60,21 @@ fn btrfs(args: &[&std::ffi::OsStr]) -> Result<()> {
     Ok(())
 }
 
+/// Make the subvolume `<dir>/fs` read-only (a committed snapshot) or
+/// writable again (`btrfs property set -ts <fs> ro true|false`).
+fn set_read_only(dir: &Path, read_only: bool) -> Result<()> {
+    let fs = dir.join("fs");
+    let value = if read_only { "true" } else { "false" };
+    btrfs(&[
+        "property".as_ref(),
+        "set".as_ref(),
+        "-ts".as_ref(),
+        fs.as_os_str(),
+        "ro".as_ref(),
+        value.as_ref(),
+    ])
+}
+
 impl Backend for Btrfs {
     fn create(&self, dir: &Path, _kind: Kind, parent: Option<&Path>) -> Result<()> {
         let fs = dir.join("fs");
@@ -79,27 +94,11 @@ impl Backend for Btrfs {
     }
 
     fn freeze(&self, dir: &Path) -> Result<()> {
-        let fs = dir.join("fs");
-        btrfs(&[
-            "property".as_ref(),
-            "set".as_ref(),
-            "-ts".as_ref(),
-            fs.as_os_str(),
-            "ro".as_ref(),
-            "true".as_ref(),
-        ])
+        set_read_only(dir, true)
     }
 
     fn thaw(&self, dir: &Path) -> Result<()> {
-        let fs = dir.join("fs");
-        btrfs(&[
-            "property".as_ref(),
-            "set".as_ref(),
-            "-ts".as_ref(),
-            fs.as_os_str(),
-            "ro".as_ref(),
-            "false".as_ref(),
-        ])
+        set_read_only(dir, false)
     }
 
     fn destroy(&self, dir: &Path) -> Result<()> {
