@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 use stevedore_api::services::content::{self, content_client::ContentClient, WriteAction};
 use stevedore_api::services::leases::{self, leases_client::LeasesClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -325,62 +325,109 @@ async fn ingest(
     let Some(first) = recv(resp.message().await)? else {
         return Ok(expected);
     };
-    let mut offset = first.offset;
-    let mut stdin = tokio::io::stdin();
-    // resume: the store has `offset` bytes already; skip them on stdin
-    let mut skip = offset;
-    let mut buf = vec![0u8; 1 << 20];
-    while skip > 0 {
-        let n = stdin
-            .read(&mut buf[..(skip as usize).min(1 << 20)])
-            .await
-            .context("read stdin")?;
-        if n == 0 {
-            bail!("{what}: stdin ended before the resume offset {offset}");
-        }
-        skip -= n as i64;
-    }
+    let offset = first.offset;
     if offset > 0 {
         eprintln!("resuming {reference} at {}", human_size(offset));
     }
+    // stdin is read on its own thread, up to INGEST_AHEAD chunks ahead, and
+    // as many WRITEs are in flight: the daemon hashes and stores one chunk
+    // while the next arrives, instead of a round trip per MiB
+    let (chunks_tx, mut chunks) = mpsc::channel::<std::io::Result<Vec<u8>>>(INGEST_AHEAD);
+    std::thread::spawn(move || read_chunks(offset, chunks_tx));
+    let mut sent = offset;
+    let mut in_flight = 0;
+    let mut reading = true;
     loop {
-        // fill the buffer (like containerd's ReadAtLeast) so messages are large
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = stdin.read(&mut buf[filled..]).await.context("read stdin")?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
+        while reading && in_flight < INGEST_AHEAD {
+            let data = match chunks.recv().await {
+                Some(Ok(d)) => d,
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    bail!("{what}: stdin ended before the resume offset {offset}")
+                }
+                Some(Err(e)) => return Err(anyhow::Error::from(e).context("read stdin")),
+                None => bail!("{what}: the stdin reader stopped"),
+            };
+            let n = data.len();
+            // a short chunk is the last: it commits
+            let last = n < INGEST_CHUNK;
+            let req = content::WriteContentRequest {
+                action: if last {
+                    WriteAction::Commit
+                } else {
+                    WriteAction::Write
+                } as i32,
+                offset: sent,
+                data: data.into(),
+                total,
+                expected: if last {
+                    expected.clone()
+                } else {
+                    String::new()
+                },
+                labels: if last { labels.clone() } else { HashMap::new() },
+                ..Default::default()
+            };
+            tx.send(req)
+                .await
+                .map_err(|_| anyhow!("{what}: stream closed"))?;
+            sent += n as i64;
+            in_flight += 1;
+            reading = !last;
         }
-        let last = filled < buf.len();
-        let req = content::WriteContentRequest {
-            action: if last {
-                WriteAction::Commit
-            } else {
-                WriteAction::Write
-            } as i32,
-            offset,
-            data: buf[..filled].to_vec().into(),
-            total,
-            expected: if last {
-                expected.clone()
-            } else {
-                String::new()
-            },
-            labels: if last { labels.clone() } else { HashMap::new() },
-            ..Default::default()
-        };
-        tx.send(req)
-            .await
-            .map_err(|_| anyhow!("{what}: stream closed"))?;
         let Some(r) = recv(resp.message().await)? else {
             return Ok(expected);
         };
-        offset = r.offset;
-        if last {
+        in_flight -= 1;
+        if !reading && in_flight == 0 {
             drop(tx);
             return Ok(r.digest);
+        }
+    }
+}
+
+/// Bytes per WRITE message of an ingest, and how many are read ahead and in
+/// flight at once.
+const INGEST_CHUNK: usize = 1 << 20;
+const INGEST_AHEAD: usize = 4;
+
+/// Read stdin for an ingest on a thread of its own: skip the `skip` bytes
+/// the store already has, then send full `INGEST_CHUNK`s and a last short
+/// one (possibly empty). Ends when the receiver goes away.
+fn read_chunks(skip: i64, out: mpsc::Sender<std::io::Result<Vec<u8>>>) {
+    use std::io::Read;
+    let mut stdin = std::io::stdin().lock();
+    let mut left = skip.max(0) as u64;
+    if left > 0 {
+        match std::io::copy(&mut (&mut stdin).take(left), &mut std::io::sink()) {
+            Ok(n) => left -= n,
+            Err(e) => {
+                let _ = out.blocking_send(Err(e));
+                return;
+            }
+        }
+        if left > 0 {
+            let _ = out.blocking_send(Err(std::io::ErrorKind::UnexpectedEof.into()));
+            return;
+        }
+    }
+    loop {
+        let mut buf = vec![0u8; INGEST_CHUNK];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match stdin.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = out.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+        buf.truncate(filled);
+        let last = filled < INGEST_CHUNK;
+        if out.blocking_send(Ok(buf)).is_err() || last {
+            return;
         }
     }
 }
