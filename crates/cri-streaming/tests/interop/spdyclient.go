@@ -80,8 +80,10 @@ func execMode(rawURL, stdin string) {
 	go func() { defer wg.Done(); stdout, _ = ioutil.ReadAll(out) }()
 	go func() { defer wg.Done(); stderr, _ = ioutil.ReadAll(errOut) }()
 	go func() { defer wg.Done(); status, _ = ioutil.ReadAll(errStream) }()
+	// as kubectl's stdin copy: a command may exit without reading its
+	// stdin, and the server then closes the streams under the write
 	if _, err := io.WriteString(in, stdin); err != nil {
-		panic(err)
+		fmt.Fprintf(os.Stderr, "stdin: %v\n", err)
 	}
 	in.Close()
 	wg.Wait()
