@@ -269,7 +269,22 @@ impl Client {
                     args: args.iter().map(|a| a.to_string()).collect(),
                     effects: r.effects.clone(),
                 });
-                self.ctr(&args)?;
+                match self.ctr(&args) {
+                    // ctr 1.6 unpacks client-side: it Stats each layer's
+                    // chain and prepares the next one on it. A collection
+                    // that an earlier deletion started (containerd's
+                    // scheduler starts one the same way) may take a layer a
+                    // cut left unreferenced between the two calls; the
+                    // import failed and promised nothing: run it again
+                    Err(e) if e.contains("parent snapshot") && e.contains("does not exist") => {
+                        r.what
+                            .push_str(" (a layer collected under ctr's unpack, imported again)");
+                        self.ctr(&args)?;
+                    }
+                    other => {
+                        other?;
+                    }
+                }
             }
             4 => {
                 r.kind = "pull";
