@@ -8,6 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::{bin, require_tool, run_ok};
 
@@ -34,6 +35,14 @@ pub enum Keep {
     None,
     Some(u64),
     All,
+}
+
+fn keep_words(keep: Keep) -> String {
+    match keep {
+        Keep::None => "none".to_string(),
+        Keep::All => "all".to_string(),
+        Keep::Some(seed) => format!("some {seed}"),
+    }
 }
 
 /// Counts `powercut-disk` reports when it stops.
@@ -145,14 +154,39 @@ impl PowercutDisk {
         self.mounted = true;
     }
 
-    /// Cut the power: from now on the disk drops every write.
+    /// Cut the power: from now on the disk drops every write. A no-op on
+    /// a disk already cut.
     pub fn cut(&self, keep: Keep) {
-        let msg = match keep {
-            Keep::None => "cut none".to_string(),
-            Keep::All => "cut all".to_string(),
-            Keep::Some(seed) => format!("cut some {seed}"),
-        };
-        std::fs::write(self.fuse.join("ctl"), msg).expect("write powercut-disk ctl");
+        self.control(&format!("cut {}", keep_words(keep)));
+    }
+
+    /// Cut the power as soon as `writes` writes wait unflushed in the
+    /// cache, or after `timeout` if that does not come first. Returns
+    /// whether the armed cut fired.
+    pub fn cut_when_cache_holds(&self, writes: u32, keep: Keep, timeout: Duration) -> bool {
+        self.control(&format!("arm {writes} {}", keep_words(keep)));
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.state() == "cut" {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.cut(keep);
+        false
+    }
+
+    /// `on`, `armed` or `cut`.
+    fn state(&self) -> String {
+        std::fs::read_to_string(self.fuse.join("ctl"))
+            .expect("read powercut-disk ctl")
+            .trim()
+            .to_string()
+    }
+
+    fn control(&self, msg: &str) {
+        std::fs::write(self.fuse.join("ctl"), msg)
+            .unwrap_or_else(|e| panic!("write {msg:?} to powercut-disk ctl: {e}"));
     }
 
     /// Take the dead disk down: unmount the filesystem (its writes go
@@ -182,19 +216,19 @@ impl PowercutDisk {
         }
         let mut server = self.server.take().expect("booted");
         // the loop device may let go of its file a moment after the detach
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let o = Command::new("umount").arg(&self.fuse).output().unwrap();
             if o.status.success() {
                 break;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "umount {}: {}",
                 self.fuse.display(),
                 String::from_utf8_lossy(&o.stderr)
             );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
         let mut out = String::new();
         std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut out).unwrap();

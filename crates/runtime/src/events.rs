@@ -31,7 +31,7 @@ struct Forwarder {
 impl Events for Forwarder {
     async fn forward(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: ForwardRequest,
     ) -> containerd_shim_protos::ttrpc::Result<Empty> {
         let Some(env) = req.envelope.into_option() else {
@@ -45,6 +45,12 @@ impl Events for Forwarder {
             .as_ref()
             .map(|t| crate::shim::system_time(t.seconds, t.nanos))
             .unwrap_or_else(SystemTime::now);
+        tracing::debug!(
+            topic = %env.topic,
+            namespace = %env.namespace,
+            stream = ctx.mh.stream_id,
+            "event forwarded by a shim"
+        );
         let ev = Event {
             timestamp,
             namespace: env.namespace,

@@ -35,6 +35,7 @@ pub mod sandbox;
 pub mod snapshot_gc;
 pub mod snapshots;
 pub mod streaming;
+pub mod task_oom;
 pub mod tasks;
 pub mod transfer;
 pub mod version;

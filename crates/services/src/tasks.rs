@@ -163,13 +163,17 @@ impl RuntimeV2 {
         let publish_binary = std::env::current_exe()
             .map_err(|e| Error::from(e).context("find the daemon's own binary"))?;
         let ex = exchange.clone();
+        let oom_order = crate::task_oom::OomOrder::new(state.clone());
         let sink: EventSink = Arc::new(move |e: Event| {
-            ex.forward(Envelope {
-                timestamp: Some(e.timestamp.into()),
-                namespace: e.namespace,
-                topic: e.topic,
-                event: e.event.map(from_rt_any),
-            })
+            for e in oom_order.order(e) {
+                ex.forward(Envelope {
+                    timestamp: Some(e.timestamp.into()),
+                    namespace: e.namespace,
+                    topic: e.topic,
+                    event: e.event.map(from_rt_any),
+                })?;
+            }
+            Ok(())
         });
         let manager = TaskManager::new(
             ManagerConfig {

@@ -2,7 +2,11 @@
 //! power-loss tests. A FUSE filesystem (spoken directly on `/dev/fuse`, no
 //! libfuse) that serves one file, `disk.img`, as large as IMAGE, to be
 //! attached to a loop device; and `ctl`, to which the test writes
-//! `cut none|some|all SEED` to cut the power.
+//! `cut none|some|all SEED` to cut the power now, or `arm N none|some|all
+//! SEED` to cut it as soon as N writes wait unflushed in the cache (the
+//! moment a busy disk's cache holds something; the test falls back to an
+//! immediate cut when that does not come). Reading `ctl` gives `on`,
+//! `armed` or `cut`.
 //!
 //! The model is a disk whose cache loses what was not flushed. IMAGE holds
 //! what is durable. A WRITE goes to an overlay in memory (what READs see)
@@ -91,6 +95,8 @@ struct Disk {
     /// The writes since the last flush, in order.
     log: Vec<(u64, Vec<u8>)>,
     cut: Option<Keep>,
+    /// Cut once this many writes wait unflushed.
+    armed: Option<(usize, Keep)>,
     stats: Stats,
 }
 
@@ -143,6 +149,11 @@ impl Disk {
                 .copy_from_slice(&data[(s - off) as usize..(e - off) as usize]);
         }
         self.log.push((off, data.to_vec()));
+        if let Some((n, keep)) = self.armed {
+            if self.log.len() >= n {
+                self.cut(keep);
+            }
+        }
         Ok(())
     }
 
@@ -164,7 +175,32 @@ impl Disk {
             self.stats.unflushed_writes_at_cut = self.log.len() as u64;
             self.stats.unflushed_bytes_at_cut = self.log.iter().map(|(_, d)| d.len() as u64).sum();
             self.cut = Some(keep);
+            self.armed = None;
         }
+    }
+
+    fn state(&self) -> &'static [u8] {
+        match (self.cut, self.armed) {
+            (Some(_), _) => b"cut\n",
+            (None, Some(_)) => b"armed\n",
+            (None, None) => b"on\n",
+        }
+    }
+
+    fn control(&mut self, msg: &str) -> Option<()> {
+        let mut w = msg.split_whitespace();
+        match w.next()? {
+            "cut" => self.cut(parse_keep(w)?),
+            "arm" => {
+                let n: usize = w.next()?.parse().ok().filter(|&n| n > 0)?;
+                let keep = parse_keep(w)?;
+                if self.cut.is_none() {
+                    self.armed = Some((n, keep));
+                }
+            }
+            _ => return None,
+        }
+        Some(())
     }
 
     /// Write to IMAGE what survives: all logged writes without a cut (a
@@ -198,11 +234,7 @@ fn splitmix(s: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn parse_keep(msg: &str) -> Option<Keep> {
-    let mut w = msg.split_whitespace();
-    if w.next()? != "cut" {
-        return None;
-    }
+fn parse_keep<'a>(mut w: impl Iterator<Item = &'a str>) -> Option<Keep> {
     match (w.next()?, w.next()) {
         ("none", _) => Some(Keep::None),
         ("all", _) => Some(Keep::All),
@@ -232,7 +264,7 @@ impl Out {
         let mode = match ino {
             ROOT => 0o040755,
             DISK => 0o100600,
-            _ => 0o100200,
+            _ => 0o100600,
         };
         self.u64(ino)
             .u64(size)
@@ -331,7 +363,12 @@ fn handle(disk: &mut Disk, opcode: u32, node: u64, body: &[u8]) -> Reply {
         READ => {
             let off = u64_at(body, 8).ok_or(EINVAL)?;
             let len = u32_at(body, 16).ok_or(EINVAL)?;
-            if node != DISK {
+            if node == CTL {
+                let st = disk.state();
+                st.get(off.min(st.len() as u64) as usize..)
+                    .unwrap_or_default()
+                    .to_vec()
+            } else if node != DISK {
                 Vec::new()
             } else {
                 disk.read(off, u64::from(len)).map_err(io)?
@@ -344,8 +381,7 @@ fn handle(disk: &mut Disk, opcode: u32, node: u64, body: &[u8]) -> Reply {
             match node {
                 DISK if off + u64::from(len) <= disk.size => disk.write(off, data).map_err(io)?,
                 CTL => {
-                    let keep = parse_keep(&String::from_utf8_lossy(data)).ok_or(EINVAL)?;
-                    disk.cut(keep);
+                    disk.control(&String::from_utf8_lossy(data)).ok_or(EINVAL)?;
                 }
                 _ => return Err(EINVAL),
             }
@@ -455,6 +491,7 @@ fn main() {
             overlay: BTreeMap::new(),
             log: Vec::new(),
             cut: None,
+            armed: None,
             stats: Stats::default(),
         };
         let mut dev = mount(mountpoint)?;

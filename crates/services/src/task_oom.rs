@@ -1,0 +1,350 @@
+//! A container's OOM event before its exit event, whatever the shim does.
+//!
+//! Consumers decide from the order of the two events: Docker sets
+//! `State.OOMKilled` from `/tasks/oom` and stops the container on
+//! `/tasks/exit`, applying a container's events in the order they arrive,
+//! so an OOM delivered after the exit is missing from the state a `docker
+//! run` or `docker wait` hands back; the CRI gives the reason `OOMKilled`
+//! only if the OOM came first. containerd's Go shim publishes the two from
+//! different goroutines (the OOM from the cgroup watcher, the exit from
+//! the reaper), and it starts watching only after `runc start` returned,
+//! so under load the exit can come first or the OOM not at all
+//! (containerd issues 8180 and 8893; the same happens with containerd).
+//!
+//! So when a task's init process exits and no OOM was forwarded for the
+//! container since its task was created, the daemon reads the memory
+//! cgroup's own count of OOM kills (`oom_kill` in `memory.oom_control` on
+//! cgroup v1, `memory.events` on v2; the cgroup lives until the task is
+//! deleted) and, if the kernel killed something, forwards a `/tasks/oom`
+//! just before the exit. The shim's own OOM event arriving later for the
+//! same task is then dropped, so consumers see one OOM per task, first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use stevedore_api::events::{TaskCreate, TaskDelete, TaskExit, TaskOom};
+use stevedore_runtime::{Any, Bundle, Event};
+
+/// How long a synthesised OOM waits to swallow the shim's late one.
+const LATE_OOM: Duration = Duration::from_secs(30);
+/// Entries kept for tasks that are gone before the map is swept.
+const SWEEP_AT: usize = 256;
+
+#[derive(Default)]
+struct Entry {
+    /// An OOM was forwarded for the current task.
+    reported: bool,
+    /// When one was synthesised at exit; the shim's own is dropped then.
+    synthesized: Option<Instant>,
+    /// The task was deleted: the entry only waits for a late OOM.
+    deleted: bool,
+}
+
+/// Orders OOM before exit for the events shims forward.
+pub struct OomOrder {
+    state: PathBuf,
+    cgroup_root: PathBuf,
+    tasks: Mutex<HashMap<(String, String), Entry>>,
+}
+
+impl OomOrder {
+    /// `state` is the task manager's state directory (bundles).
+    pub fn new(state: PathBuf) -> OomOrder {
+        OomOrder::with_cgroup_root(state, PathBuf::from("/sys/fs/cgroup"))
+    }
+
+    fn with_cgroup_root(state: PathBuf, cgroup_root: PathBuf) -> OomOrder {
+        OomOrder {
+            state,
+            cgroup_root,
+            tasks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The events to forward for `ev`, in order: `ev` itself, preceded by
+    /// a synthesised OOM, or nothing for an OOM already reported.
+    pub fn order(&self, ev: Event) -> Vec<Event> {
+        let Some(any) = ev.event.as_ref() else {
+            return vec![ev];
+        };
+        let ns = ev.namespace.clone();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        match ev.topic.as_str() {
+            "/tasks/create" => {
+                if let Ok(c) = TaskCreate::decode(any.value.as_slice()) {
+                    tasks.insert((ns, c.container_id), Entry::default());
+                }
+            }
+            "/tasks/oom" => {
+                if let Ok(o) = TaskOom::decode(any.value.as_slice()) {
+                    let e = tasks.entry((ns, o.container_id)).or_default();
+                    e.reported = true;
+                    if e.synthesized.take().is_some() {
+                        return Vec::new();
+                    }
+                }
+            }
+            "/tasks/exit" => {
+                if let Ok(x) = TaskExit::decode(any.value.as_slice()) {
+                    if x.id == x.container_id {
+                        let key = (ns, x.container_id);
+                        let reported = tasks.get(&key).is_some_and(|e| e.reported);
+                        if !reported && self.oom_kills(&key.0, &key.1) > 0 {
+                            tracing::debug!(
+                                namespace = %key.0,
+                                id = %key.1,
+                                "the cgroup counted an OOM kill the shim has not reported: forwarding /tasks/oom before /tasks/exit"
+                            );
+                            let oom = Event {
+                                timestamp: ev.timestamp,
+                                namespace: key.0.clone(),
+                                topic: "/tasks/oom".into(),
+                                event: Some(any_of(&TaskOom {
+                                    container_id: key.1.clone(),
+                                })),
+                            };
+                            let e = tasks.entry(key).or_default();
+                            e.reported = true;
+                            e.synthesized = Some(Instant::now());
+                            return vec![oom, ev];
+                        }
+                    }
+                }
+            }
+            "/tasks/delete" => {
+                if let Ok(d) = TaskDelete::decode(any.value.as_slice()) {
+                    if d.id.is_empty() || d.id == d.container_id {
+                        let key = (ns, d.container_id);
+                        let waiting = tasks.get(&key).is_some_and(|e| e.synthesized.is_some());
+                        if waiting {
+                            if let Some(e) = tasks.get_mut(&key) {
+                                e.deleted = true;
+                            }
+                        } else {
+                            tasks.remove(&key);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        if tasks.len() > SWEEP_AT {
+            tasks.retain(|_, e| {
+                !(e.deleted && e.synthesized.is_none_or(|t| t.elapsed() > LATE_OOM))
+            });
+        }
+        vec![ev]
+    }
+
+    /// The OOM kills the task's memory cgroup counted; 0 when unknown.
+    fn oom_kills(&self, namespace: &str, id: &str) -> u64 {
+        if stevedore_metadata::namespaces::validate_name(namespace).is_err()
+            || stevedore_runtime::bundle::validate_id("container", id).is_err()
+        {
+            return 0;
+        }
+        let bundle = Bundle::at(&self.state, &self.state, namespace, id);
+        let Some(cg) = cgroups_path(&bundle.path) else {
+            return 0;
+        };
+        let (file, key) = if self.cgroup_root.join("cgroup.controllers").exists() {
+            (self.cgroup_root.join(&cg).join("memory.events"), "oom_kill")
+        } else {
+            (
+                self.cgroup_root
+                    .join("memory")
+                    .join(&cg)
+                    .join("memory.oom_control"),
+                "oom_kill",
+            )
+        };
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    (k == key).then(|| v.trim().parse().ok()).flatten()
+                })
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// The bundle's `linux.cgroupsPath` as a path relative to a hierarchy's
+/// root, when it is a plain cgroupfs path (not systemd's `slice:prefix:name`)
+/// with no `.` or `..` component.
+fn cgroups_path(bundle: &Path) -> Option<PathBuf> {
+    let b = std::fs::read(bundle.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+    let cg = v["linux"]["cgroupsPath"].as_str()?;
+    if cg.contains(':') {
+        return None;
+    }
+    let mut rel = PathBuf::new();
+    for c in cg.split('/').filter(|c| !c.is_empty()) {
+        if c == "." || c == ".." {
+            return None;
+        }
+        rel.push(c);
+    }
+    (!rel.as_os_str().is_empty()).then_some(rel)
+}
+
+fn any_of<M: prost::Message + prost::Name>(m: &M) -> Any {
+    let a = stevedore_api::typeurl::to_any(m);
+    Any {
+        type_url: a.type_url,
+        value: a.value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        order: OomOrder,
+        /// The container's memory cgroup (v1 layout).
+        memcg: PathBuf,
+    }
+
+    fn fixture(cgroups_path: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let bundle = state.join("moby").join("c1");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::json!({"linux": {"cgroupsPath": cgroups_path}}).to_string(),
+        )
+        .unwrap();
+        let root = dir.path().join("cgroup");
+        let memcg = root.join("memory/docker/c1");
+        std::fs::create_dir_all(&memcg).unwrap();
+        Fixture {
+            order: OomOrder::with_cgroup_root(state, root),
+            memcg,
+            _dir: dir,
+        }
+    }
+
+    fn oom_kills(f: &Fixture, n: u64) {
+        std::fs::write(
+            f.memcg.join("memory.oom_control"),
+            format!("oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n"),
+        )
+        .unwrap();
+    }
+
+    fn ev<M: prost::Message + prost::Name>(topic: &str, m: &M) -> Event {
+        Event {
+            timestamp: SystemTime::now(),
+            namespace: "moby".into(),
+            topic: topic.into(),
+            event: Some(any_of(m)),
+        }
+    }
+
+    fn create() -> Event {
+        ev(
+            "/tasks/create",
+            &TaskCreate {
+                container_id: "c1".into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn exit(id: &str) -> Event {
+        ev(
+            "/tasks/exit",
+            &TaskExit {
+                container_id: "c1".into(),
+                id: id.into(),
+                exit_status: 137,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn oom() -> Event {
+        ev(
+            "/tasks/oom",
+            &TaskOom {
+                container_id: "c1".into(),
+            },
+        )
+    }
+
+    fn delete() -> Event {
+        ev(
+            "/tasks/delete",
+            &TaskDelete {
+                container_id: "c1".into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn topics(evs: &[Event]) -> Vec<&str> {
+        evs.iter().map(|e| e.topic.as_str()).collect()
+    }
+
+    #[test]
+    fn an_oom_kill_the_shim_reports_after_the_exit_is_forwarded_first_and_once() {
+        let f = fixture("/docker/c1");
+        assert_eq!(topics(&f.order.order(create())), ["/tasks/create"]);
+        oom_kills(&f, 1);
+        let out = f.order.order(exit("c1"));
+        assert_eq!(topics(&out), ["/tasks/oom", "/tasks/exit"]);
+        let o = TaskOom::decode(out[0].event.as_ref().unwrap().value.as_slice()).unwrap();
+        assert_eq!(o.container_id, "c1");
+        assert_eq!(out[0].namespace, "moby");
+        // the shim's own, late: dropped; the next task's: forwarded
+        assert!(f.order.order(oom()).is_empty());
+        assert_eq!(topics(&f.order.order(delete())), ["/tasks/delete"]);
+        f.order.order(create());
+        assert_eq!(topics(&f.order.order(oom())), ["/tasks/oom"]);
+    }
+
+    #[test]
+    fn an_oom_reported_first_or_no_kill_changes_nothing() {
+        let f = fixture("/docker/c1");
+        f.order.order(create());
+        oom_kills(&f, 1);
+        assert_eq!(topics(&f.order.order(oom())), ["/tasks/oom"]);
+        assert_eq!(topics(&f.order.order(exit("c1"))), ["/tasks/exit"]);
+        f.order.order(delete());
+        // a new task without a kill: the exit alone
+        f.order.order(create());
+        oom_kills(&f, 0);
+        assert_eq!(topics(&f.order.order(exit("c1"))), ["/tasks/exit"]);
+        // an exec's exit never brings an OOM
+        oom_kills(&f, 3);
+        assert_eq!(topics(&f.order.order(exit("exec-1"))), ["/tasks/exit"]);
+    }
+
+    #[test]
+    fn cgroup_paths_that_leave_the_hierarchy_or_are_systemd_units_are_not_read() {
+        for bad in ["/docker/../../etc", "system.slice:docker:c1", "", "/"] {
+            let f = fixture(bad);
+            f.order.order(create());
+            oom_kills(&f, 1);
+            assert_eq!(topics(&f.order.order(exit("c1"))), ["/tasks/exit"], "{bad}");
+        }
+        // an id that is not one path component is never looked up
+        let f = fixture("/docker/c1");
+        let mut e = exit("c1");
+        e.event = Some(any_of(&TaskExit {
+            container_id: "../c1".into(),
+            id: "../c1".into(),
+            ..Default::default()
+        }));
+        assert_eq!(topics(&f.order.order(e)), ["/tasks/exit"]);
+    }
+}
