@@ -50,8 +50,9 @@ pub struct Applied {
     pub size: u64,
     /// Directories the layer needed but did not carry, created here (with
     /// the attributes of the nearest parent layer holding them, or 0755
-    /// root-owned when no parent layer was given).
-    pub implicit_dirs: u64,
+    /// root-owned when no parent layer was given), relative to the root,
+    /// each after its own parent; see [`inherit_implicit_dirs`].
+    pub implicit_dirs: Vec<PathBuf>,
 }
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -88,7 +89,7 @@ pub fn apply_with_parents(
             written: HashSet::new(),
             dirs: Vec::new(),
             parents: parents.to_vec(),
-            implicit_dirs: 0,
+            implicit_dirs: Vec::new(),
         };
         let entries = archive
             .entries()
@@ -99,7 +100,11 @@ pub fn apply_with_parents(
             st.entry(&mut entry)?;
         }
         st.finish()?;
-        implicit_dirs = st.implicit_dirs;
+        // a directory the layer carried after all keeps its own attributes
+        implicit_dirs = std::mem::take(&mut st.implicit_dirs)
+            .into_iter()
+            .filter(|d| !st.written.contains(d))
+            .collect();
     }
     // the trailer and padding belong to the digest too
     std::io::copy(&mut hashing, &mut std::io::sink())
@@ -147,6 +152,122 @@ fn rel(comps: &[OsString]) -> PathBuf {
     }
 }
 
+/// Give a directory created implicitly the attributes it has in the
+/// nearest lower layer holding it.
+fn inherit_dir_info(
+    parents: &[PathBuf],
+    pfd: &OwnedFd,
+    name: &OsStr,
+    comps: &[OsString],
+    entry: &str,
+) -> Result<()> {
+    for p in parents {
+        let Ok(proot) = rustix::fs::open(
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let found = rustix::fs::openat2(
+            &proot,
+            rel(comps),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        );
+        let Ok(fd) = found else { continue };
+        let st = rustix::fs::fstat(&fd).map_err(|e| {
+            sys(
+                e,
+                format!("apply layer: entry {entry:?}: stat lower directory"),
+            )
+        })?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Ok(()); // replaced in a lower layer: keep defaults
+        }
+        let ctx = |what: &str| format!("apply layer: entry {entry:?}: {what} of implicit parent");
+        rustix::fs::chownat(
+            pfd,
+            name,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| sys(e, ctx("chown")))?;
+        rustix::fs::chmodat(
+            pfd,
+            name,
+            Mode::from_raw_mode(st.st_mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(|e| sys(e, ctx("chmod")))?;
+        let lower = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let upper = proc_path(pfd, name);
+        let mut names = vec![0u8; 64 * 1024];
+        if let Ok(n) = rustix::fs::listxattr(&lower, &mut names[..]) {
+            let mut value = vec![0u8; 64 * 1024];
+            for x in names[..n].split(|&b| b == 0).filter(|x| !x.is_empty()) {
+                let x = OsStr::from_bytes(x);
+                // overlay's own markers (opaque, redirect) stay with their layer
+                if x.as_bytes().starts_with(b"trusted.overlay.") {
+                    continue;
+                }
+                if let Ok(len) = rustix::fs::getxattr(&lower, x, &mut value[..]) {
+                    rustix::fs::setxattr(&upper, x, &value[..len], XattrFlags::empty())
+                        .map_err(|e| sys(e, ctx(&format!("copy xattr {x:?}"))))?;
+                }
+            }
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// Give the directories `dirs` (relative to `root`, each after its own
+/// parent) that a layer applied without lower layers created implicitly
+/// the attributes they have in the nearest of `parents` (the lower layers
+/// the layer was then stacked on, nearest first): what [`apply_with_parents`]
+/// would have given them. A directory no longer there is skipped.
+pub fn inherit_implicit_dirs(root: &Path, dirs: &[PathBuf], parents: &[PathBuf]) -> Result<()> {
+    let rootfd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        sys(
+            e,
+            format!("implicit directories: open root {}", root.display()),
+        )
+    })?;
+    for dir in dirs {
+        let comps: Vec<OsString> = dir.components().map(|c| c.as_os_str().to_owned()).collect();
+        let Some((name, parent)) = comps.split_last() else {
+            continue;
+        };
+        let what = dir.display().to_string();
+        let pfd = match rustix::fs::openat2(
+            &rootfd,
+            rel(parent),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(sys(e, format!("implicit directory {what}: open parent"))),
+        };
+        match rustix::fs::statat(&pfd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            Ok(_) | Err(Errno::NOENT) => continue,
+            Err(e) => return Err(sys(e, format!("implicit directory {what}: stat"))),
+        }
+        inherit_dir_info(parents, &pfd, name, &comps, &what)?;
+    }
+    Ok(())
+}
+
 struct Applier {
     root: OwnedFd,
     mode: WhiteoutMode,
@@ -156,8 +277,8 @@ struct Applier {
     dirs: Vec<(Vec<OsString>, Timestamps)>,
     /// Lower layers (overlay), consulted for implicit parent directories.
     parents: Vec<PathBuf>,
-    /// How many directories were created implicitly.
-    implicit_dirs: u64,
+    /// Directories created implicitly, in order.
+    implicit_dirs: Vec<PathBuf>,
 }
 
 struct Meta {
@@ -206,8 +327,8 @@ impl Applier {
                 let pfd = self.open_dir_create(parent, entry)?;
                 match rustix::fs::mkdirat(&pfd, last.as_os_str(), Mode::from_raw_mode(0o755)) {
                     Ok(()) => {
-                        self.implicit_dirs += 1;
-                        self.inherit_dir_info(&pfd, last, comps, entry)?
+                        self.implicit_dirs.push(rel(comps));
+                        inherit_dir_info(&self.parents, &pfd, last, comps, entry)?
                     }
                     Err(Errno::EXIST) => {}
                     Err(e) => {
@@ -221,79 +342,6 @@ impl Applier {
             }
             r => r,
         }
-    }
-
-    /// Give a directory created implicitly the attributes it has in the
-    /// nearest lower layer holding it.
-    fn inherit_dir_info(
-        &self,
-        pfd: &OwnedFd,
-        name: &OsStr,
-        comps: &[OsString],
-        entry: &str,
-    ) -> Result<()> {
-        for p in &self.parents {
-            let Ok(proot) = rustix::fs::open(
-                p,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) else {
-                continue;
-            };
-            let found = rustix::fs::openat2(
-                &proot,
-                rel(comps),
-                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-            );
-            let Ok(fd) = found else { continue };
-            let st = rustix::fs::fstat(&fd).map_err(|e| {
-                sys(
-                    e,
-                    format!("apply layer: entry {entry:?}: stat lower directory"),
-                )
-            })?;
-            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-                return Ok(()); // replaced in a lower layer: keep defaults
-            }
-            let ctx =
-                |what: &str| format!("apply layer: entry {entry:?}: {what} of implicit parent");
-            rustix::fs::chownat(
-                pfd,
-                name,
-                Some(rustix::fs::Uid::from_raw(st.st_uid)),
-                Some(rustix::fs::Gid::from_raw(st.st_gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| sys(e, ctx("chown")))?;
-            rustix::fs::chmodat(
-                pfd,
-                name,
-                Mode::from_raw_mode(st.st_mode & 0o7777),
-                AtFlags::empty(),
-            )
-            .map_err(|e| sys(e, ctx("chmod")))?;
-            let lower = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-            let upper = proc_path(pfd, name);
-            let mut names = vec![0u8; 64 * 1024];
-            if let Ok(n) = rustix::fs::listxattr(&lower, &mut names[..]) {
-                let mut value = vec![0u8; 64 * 1024];
-                for x in names[..n].split(|&b| b == 0).filter(|x| !x.is_empty()) {
-                    let x = OsStr::from_bytes(x);
-                    // overlay's own markers (opaque, redirect) stay with their layer
-                    if x.as_bytes().starts_with(b"trusted.overlay.") {
-                        continue;
-                    }
-                    if let Ok(len) = rustix::fs::getxattr(&lower, x, &mut value[..]) {
-                        rustix::fs::setxattr(&upper, x, &value[..len], XattrFlags::empty())
-                            .map_err(|e| sys(e, ctx(&format!("copy xattr {x:?}"))))?;
-                    }
-                }
-            }
-            return Ok(());
-        }
-        Ok(())
     }
 
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<()> {

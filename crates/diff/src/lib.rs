@@ -20,7 +20,7 @@ pub mod apply;
 pub mod compare;
 pub mod mounts;
 
-pub use apply::{apply, apply_with_parents, Applied, WhiteoutMode};
+pub use apply::{apply, apply_with_parents, inherit_implicit_dirs, Applied, WhiteoutMode};
 pub use compare::{compare, compare_with, CompareOptions, Written};
 
 use sha2::{Digest as _, Sha256};

@@ -9,8 +9,8 @@
 //!   runs [`crate::compare`].
 
 use crate::{
-    apply, apply_with_parents, compare_with, decompress, Applied, CompareOptions, Compression,
-    WhiteoutMode, Written,
+    apply, apply_with_parents, compare_with, decompress, inherit_implicit_dirs, Applied,
+    CompareOptions, Compression, WhiteoutMode, Written,
 };
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -37,6 +37,20 @@ fn direct_target(mounts: &[Mount]) -> Option<(PathBuf, WhiteoutMode, Vec<PathBuf
         return Some((PathBuf::from(upper), WhiteoutMode::Overlay, lowers));
     }
     None
+}
+
+/// [`inherit_implicit_dirs`] for a layer applied without its lower layers
+/// and since stacked: `mounts` are its active snapshot's (an overlay mount
+/// names the upper directory and the lowers; a bind mount has no lowers, so
+/// the directories keep their defaults).
+pub fn inherit_implicit_dirs_in_mounts(mounts: &[Mount], dirs: &[PathBuf]) -> Result<()> {
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    let (upper, _, lowers) = direct_target(mounts).ok_or_else(|| {
+        Error::internal("implicit directories: the snapshot's mounts name no writable directory")
+    })?;
+    inherit_implicit_dirs(&upper, dirs, &lowers)
 }
 
 /// Apply a (possibly compressed) layer blob onto the mounts of an active

@@ -663,3 +663,54 @@ fn overlay_apply_gives_implicit_parents_their_lower_attributes() {
     assert_eq!((e.uid(), e.mode() & 0o7777), (1234, 0o750));
     g.release().unwrap();
 }
+
+#[test]
+fn implicit_parents_applied_without_lowers_inherit_once_stacked() {
+    let sb = Sandbox::new();
+    let (lower, upper) = (sb.root.join("lower"), sb.root.join("upper"));
+    for d in [&lower, &upper] {
+        fs::create_dir(d).unwrap();
+    }
+    for d in ["etc", "etc/deep", "carried"] {
+        fs::create_dir(lower.join(d)).unwrap();
+        std::os::unix::fs::chown(lower.join(d), Some(1234), Some(1234)).unwrap();
+        fs::set_permissions(lower.join(d), fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    // etc, etc/deep and etc/deep/new-dir are implied by the file; carried/
+    // is implied first, then carried by the layer with its own attributes
+    let tar = Tar::new()
+        .file("etc/deep/new-dir/f", "n")
+        .file("carried/g", "g")
+        .dir("carried")
+        .bytes();
+    let applied = stevedore_diff::apply(
+        &upper,
+        tar.as_slice(),
+        stevedore_diff::WhiteoutMode::Overlay,
+    )
+    .unwrap();
+    assert_eq!(
+        applied.implicit_dirs,
+        ["etc", "etc/deep", "etc/deep/new-dir"].map(std::path::PathBuf::from)
+    );
+    let attrs = |p: &str| {
+        let m = fs::metadata(upper.join(p)).unwrap();
+        (m.uid(), m.mode() & 0o7777)
+    };
+    assert_eq!(attrs("etc/deep"), (0, 0o755), "defaults before stacking");
+    let carried = attrs("carried");
+    stevedore_diff::inherit_implicit_dirs(
+        &upper,
+        &applied.implicit_dirs,
+        std::slice::from_ref(&lower),
+    )
+    .unwrap();
+    assert_eq!(attrs("etc"), (1234, 0o750));
+    assert_eq!(attrs("etc/deep"), (1234, 0o750));
+    // not in any lower layer: the defaults; carried by the layer: its own
+    assert_eq!(attrs("etc/deep/new-dir"), (0, 0o755));
+    assert_eq!(attrs("carried"), carried);
+    // a directory gone since is skipped
+    fs::remove_dir_all(upper.join("etc/deep/new-dir")).unwrap();
+    stevedore_diff::inherit_implicit_dirs(&upper, &applied.implicit_dirs, &[lower]).unwrap();
+}

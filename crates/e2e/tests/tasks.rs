@@ -217,7 +217,12 @@ impl Env {
     }
 }
 
-async fn expect_event(events: &mut tonic::Streaming<Envelope>, topic: &str, id: &str) -> Envelope {
+async fn expect_event(
+    events: &mut tonic::Streaming<Envelope>,
+    daemon: &Daemon,
+    topic: &str,
+    id: &str,
+) -> Envelope {
     let fut = async {
         loop {
             let env = events.message().await.unwrap().expect("event stream open");
@@ -233,7 +238,7 @@ async fn expect_event(events: &mut tonic::Streaming<Envelope>, topic: &str, id: 
     };
     tokio::time::timeout(Duration::from_secs(20), fut)
         .await
-        .unwrap_or_else(|_| panic!("no {topic} event for {id}"))
+        .unwrap_or_else(|_| panic!("no {topic} event for {id} within 20s\n{}", daemon.log()))
 }
 
 async fn task_prints_hi_and_exit_codes_propagate(runtime: &'static str) {
@@ -254,9 +259,9 @@ async fn task_prints_hi_and_exit_codes_propagate(runtime: &'static str) {
         "/tasks/exit",
         "/tasks/delete",
     ] {
-        expect_event(&mut events, topic, &id).await;
+        expect_event(&mut events, &e.daemon, topic, &id).await;
     }
-    expect_event(&mut events, "/containers/delete", &id).await;
+    expect_event(&mut events, &e.daemon, "/containers/delete", &id).await;
     // the payload decoded: ctr prints its fields
     ctr_events.expect_line(
         &["/tasks/exit", &id, NS, "exited_at"],
@@ -398,7 +403,7 @@ async fn running_task_supports_exec_pids_pause_metrics_and_kill(runtime: &'stati
     e.daemon
         .ctr_ok(&["-n", NS, "tasks", "kill", "-s", "SIGKILL", &id]);
     assert_eq!(e.wait(&id, "").await, 137);
-    expect_event(&mut events, "/tasks/exit", &id).await;
+    expect_event(&mut events, &e.daemon, "/tasks/exit", &id).await;
     let ls = e.daemon.ctr_ok(&["-n", NS, "tasks", "ls"]);
     assert!(ls.contains("STOPPED"), "{ls}");
     e.daemon.ctr_ok(&["-n", NS, "tasks", "rm", &id]);
@@ -454,7 +459,7 @@ async fn daemon_sigkill_keeps_running_task_and_reports_its_exit_later(runtime: &
         .unwrap();
     assert_eq!(e.wait(&id, "").await, 137);
     // the shim forwards its exit event to the restarted daemon
-    expect_event(&mut events, "/tasks/exit", &id).await;
+    expect_event(&mut events, &e.daemon, "/tasks/exit", &id).await;
     assert_eq!(e.delete(&id).await, 137);
 }
 
@@ -548,11 +553,11 @@ async fn killed_shim_is_reported_exited_and_cleaned_up(runtime: &'static str) {
     )
     .unwrap();
 
-    let exit = expect_event(&mut events, "/tasks/exit", &id).await;
+    let exit = expect_event(&mut events, &e.daemon, "/tasks/exit", &id).await;
     let exit =
         stevedore_api::events::TaskExit::decode(exit.event.unwrap().value.as_slice()).unwrap();
     assert_eq!(exit.container_id, id);
-    expect_event(&mut events, "/tasks/delete", &id).await;
+    expect_event(&mut events, &e.daemon, "/tasks/delete", &id).await;
     let err = e
         .tasks()
         .get(req(GetRequest {

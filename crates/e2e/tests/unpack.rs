@@ -1,8 +1,8 @@
 //! Unpacking a pulled image: on overlayfs the daemon extracts every layer at
 //! once, each into its own parentless snapshot, and stacks them in order
-//! (rebase + commit); a layer that needs directories it does not carry is
-//! unpacked again onto its parent, so those directories take their
-//! attributes from the layers below. The result must be the tree the
+//! (rebase + commit); directories a layer needs but does not carry take
+//! their attributes from the layers below once it is stacked (as when
+//! applied onto its parent). The result must be the tree the
 //! sequential unpack onto complete copies (native) gives, and the checks
 //! the image generator lists (whiteouts, an opaque directory, replaced and
 //! hardlinked files, an implicitly created directory's owner and mode) must

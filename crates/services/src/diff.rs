@@ -84,10 +84,11 @@ pub fn apply_layer_with(
 
 /// Apply a layer blob straight into an overlayfs upper directory `upper`
 /// with no parent layers to consult (`whiteouts`: overlay whiteouts, or
-/// deletions for a bottom layer; directories the
-/// layer does not carry are counted in [`stevedore_diff::Applied`]'s
-/// `implicit_dirs`, made 0755 root-owned). The pull's concurrent unpack
-/// (`transfer::pull`) extracts layers this way before stacking them.
+/// deletions for a bottom layer; directories the layer does not carry
+/// are made 0755 root-owned and listed in [`stevedore_diff::Applied`]'s
+/// `implicit_dirs`, for `stevedore_diff::inherit_implicit_dirs` once the
+/// layer is stacked). The pull's concurrent unpack (`transfer::pull`)
+/// extracts layers this way before stacking them.
 /// Blocking.
 pub fn apply_layer_to_upper(
     db: &Arc<Db>,

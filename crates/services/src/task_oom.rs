@@ -30,7 +30,7 @@ use stevedore_runtime::{Any, Bundle, Event};
 
 /// How long a synthesised OOM waits to swallow the shim's late one.
 const LATE_OOM: Duration = Duration::from_secs(30);
-/// Entries kept for tasks that are gone before the map is swept.
+/// Entries kept before the map is first swept of tasks that are gone.
 const SWEEP_AT: usize = 256;
 
 #[derive(Default)]
@@ -47,7 +47,13 @@ struct Entry {
 pub struct OomOrder {
     state: PathBuf,
     cgroup_root: PathBuf,
-    tasks: Mutex<HashMap<(String, String), Entry>>,
+    tasks: Mutex<Tasks>,
+}
+
+struct Tasks {
+    by_id: HashMap<(String, String), Entry>,
+    /// Sweep when the map grows past this (doubling with live tasks).
+    sweep_at: usize,
 }
 
 impl OomOrder {
@@ -60,92 +66,78 @@ impl OomOrder {
         OomOrder {
             state,
             cgroup_root,
-            tasks: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Tasks {
+                by_id: HashMap::new(),
+                sweep_at: SWEEP_AT,
+            }),
         }
     }
 
     /// The events to forward for `ev`, in order: `ev` itself, preceded by
     /// a synthesised OOM, or nothing for an OOM already reported.
     pub fn order(&self, ev: Event) -> Vec<Event> {
-        let Some(any) = ev.event.as_ref() else {
+        let Some((kind, key)) = classify(&ev) else {
             return vec![ev];
         };
-        let ns = ev.namespace.clone();
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        match ev.topic.as_str() {
-            "/tasks/create" => {
-                if let Ok(c) = TaskCreate::decode(any.value.as_slice()) {
-                    tasks.insert((ns, c.container_id), Entry::default());
+        let mut guard = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let tasks = &mut guard.by_id;
+        let mut out = vec![ev];
+        match kind {
+            Kind::Create => {
+                tasks.insert(key, Entry::default());
+            }
+            Kind::Oom => {
+                let e = tasks.entry(key).or_default();
+                e.reported = true;
+                if e.synthesized.take().is_some() {
+                    out.clear();
                 }
             }
-            "/tasks/oom" => {
-                if let Ok(o) = TaskOom::decode(any.value.as_slice()) {
-                    let e = tasks.entry((ns, o.container_id)).or_default();
+            Kind::InitExit => {
+                let reported = tasks.get(&key).is_some_and(|e| e.reported);
+                if !reported && self.oom_kills(&key.0, &key.1) > 0 {
+                    tracing::debug!(
+                        namespace = %key.0,
+                        id = %key.1,
+                        "the cgroup counted an OOM kill the shim has not reported: forwarding /tasks/oom before /tasks/exit"
+                    );
+                    let oom = Event {
+                        timestamp: out[0].timestamp,
+                        namespace: key.0.clone(),
+                        topic: "/tasks/oom".into(),
+                        event: Some(any_of(&TaskOom {
+                            container_id: key.1.clone(),
+                        })),
+                    };
+                    out.insert(0, oom);
+                    let e = tasks.entry(key).or_default();
                     e.reported = true;
-                    if e.synthesized.take().is_some() {
-                        return Vec::new();
-                    }
+                    e.synthesized = Some(Instant::now());
                 }
             }
-            "/tasks/exit" => {
-                if let Ok(x) = TaskExit::decode(any.value.as_slice()) {
-                    if x.id == x.container_id {
-                        let key = (ns, x.container_id);
-                        let reported = tasks.get(&key).is_some_and(|e| e.reported);
-                        if !reported && self.oom_kills(&key.0, &key.1) > 0 {
-                            tracing::debug!(
-                                namespace = %key.0,
-                                id = %key.1,
-                                "the cgroup counted an OOM kill the shim has not reported: forwarding /tasks/oom before /tasks/exit"
-                            );
-                            let oom = Event {
-                                timestamp: ev.timestamp,
-                                namespace: key.0.clone(),
-                                topic: "/tasks/oom".into(),
-                                event: Some(any_of(&TaskOom {
-                                    container_id: key.1.clone(),
-                                })),
-                            };
-                            let e = tasks.entry(key).or_default();
-                            e.reported = true;
-                            e.synthesized = Some(Instant::now());
-                            return vec![oom, ev];
-                        }
-                    }
+            Kind::InitDelete => match tasks.get_mut(&key) {
+                // keep it to swallow the shim's late OOM
+                Some(e) if e.synthesized.is_some() => e.deleted = true,
+                _ => {
+                    tasks.remove(&key);
                 }
-            }
-            "/tasks/delete" => {
-                if let Ok(d) = TaskDelete::decode(any.value.as_slice()) {
-                    if d.id.is_empty() || d.id == d.container_id {
-                        let key = (ns, d.container_id);
-                        let waiting = tasks.get(&key).is_some_and(|e| e.synthesized.is_some());
-                        if waiting {
-                            if let Some(e) = tasks.get_mut(&key) {
-                                e.deleted = true;
-                            }
-                        } else {
-                            tasks.remove(&key);
-                        }
-                    }
-                }
-            }
-            _ => {}
+            },
         }
-        if tasks.len() > SWEEP_AT {
-            tasks.retain(|_, e| {
-                !(e.deleted && e.synthesized.is_none_or(|t| t.elapsed() > LATE_OOM))
+        if guard.by_id.len() > guard.sweep_at {
+            // what the shims' delete events did not remove: tasks whose
+            // bundle is gone, and late OOMs that never came
+            guard.by_id.retain(|(ns, id), e| match e.synthesized {
+                Some(t) => t.elapsed() < LATE_OOM,
+                None => !e.deleted && Bundle::at(&self.state, &self.state, ns, id).path.exists(),
             });
+            guard.sweep_at = SWEEP_AT.max(2 * guard.by_id.len());
         }
-        vec![ev]
+        out
     }
 
     /// The OOM kills the task's memory cgroup counted; 0 when unknown.
+    /// `namespace` and `id` are valid (see [`classify`]).
     fn oom_kills(&self, namespace: &str, id: &str) -> u64 {
-        if stevedore_metadata::namespaces::validate_name(namespace).is_err()
-            || stevedore_runtime::bundle::validate_id("container", id).is_err()
-        {
-            return 0;
-        }
         let bundle = Bundle::at(&self.state, &self.state, namespace, id);
         let Some(cg) = cgroups_path(&bundle.path) else {
             return 0;
@@ -171,6 +163,37 @@ impl OomOrder {
             })
             .unwrap_or(0)
     }
+}
+
+enum Kind {
+    Create,
+    Oom,
+    InitExit,
+    InitDelete,
+}
+
+/// The task event `ev` is, for its container (namespace, id), if it is one
+/// this ordering follows and names a valid namespace and container id (the
+/// pair becomes a bundle path).
+fn classify(ev: &Event) -> Option<(Kind, (String, String))> {
+    let v = ev.event.as_ref()?.value.as_slice();
+    let (kind, id) = match ev.topic.as_str() {
+        "/tasks/create" => (Kind::Create, TaskCreate::decode(v).ok()?.container_id),
+        "/tasks/oom" => (Kind::Oom, TaskOom::decode(v).ok()?.container_id),
+        "/tasks/exit" => {
+            let x = TaskExit::decode(v).ok()?;
+            (x.id == x.container_id).then_some((Kind::InitExit, x.container_id))?
+        }
+        "/tasks/delete" => {
+            let d = TaskDelete::decode(v).ok()?;
+            (d.id.is_empty() || d.id == d.container_id)
+                .then_some((Kind::InitDelete, d.container_id))?
+        }
+        _ => return None,
+    };
+    stevedore_metadata::namespaces::validate_name(&ev.namespace).ok()?;
+    stevedore_runtime::bundle::validate_id("container", &id).ok()?;
+    Some((kind, (ev.namespace.clone(), id)))
 }
 
 /// The bundle's `linux.cgroupsPath` as a path relative to a hierarchy's
@@ -327,6 +350,26 @@ mod tests {
         // an exec's exit never brings an OOM
         oom_kills(&f, 3);
         assert_eq!(topics(&f.order.order(exit("exec-1"))), ["/tasks/exit"]);
+    }
+
+    #[test]
+    fn tasks_whose_delete_never_came_are_swept_once_their_bundle_is_gone() {
+        let f = fixture("/docker/c1");
+        f.order.order(create());
+        for i in 0..300 {
+            f.order.order(ev(
+                "/tasks/create",
+                &TaskCreate {
+                    container_id: format!("gone-{i}"),
+                    ..Default::default()
+                },
+            ));
+        }
+        let t = f.order.tasks.lock().unwrap();
+        assert!(t.by_id.len() < 100, "{} entries kept", t.by_id.len());
+        assert!(t
+            .by_id
+            .contains_key(&("moby".to_string(), "c1".to_string())));
     }
 
     #[test]

@@ -653,9 +653,10 @@ impl Engine {
     /// Unpack layers `first..` of `s` at once, each into its own parentless
     /// snapshot as soon as it is downloaded (bounded by the CPUs), then
     /// stack them in order: each is rebased onto the one below and
-    /// committed, so only the (cheap) commits are sequential. A layer that
-    /// needed directories it does not carry (whose attributes come from the
-    /// layers below) is unpacked again onto its parent instead.
+    /// committed, so only the (cheap) commits are sequential. Directories a
+    /// layer needed but did not carry get the attributes they have in the
+    /// layers below once it is stacked (what applying onto its parent
+    /// gives them).
     #[allow(clippy::too_many_arguments)]
     async fn unpack_concurrently(
         &self,
@@ -732,13 +733,6 @@ impl Engine {
                     .await
                     .map_err(|e| Error::internal(format!("unpack task: {e}")))??;
                 let (sn2, ns) = (sn.clone(), pull.ns.clone());
-                if applied.implicit_dirs > 0 && !parent.is_empty() {
-                    // their owners and modes come from the layers below
-                    blocking(move || sn2.remove(&ns, &key)).await?;
-                    return self
-                        .unpack_on_parent(pull, sn, snapshotter, s, i, &chain, &parent)
-                        .await;
-                }
                 pull.db_lease_snapshot(snapshotter, &chain.to_string())
                     .await?;
                 let (diff_id, parent2, layer2, chain2) = (
@@ -748,8 +742,17 @@ impl Engine {
                     chain.clone(),
                 );
                 blocking(move || {
+                    // directories the layer needed but did not carry take
+                    // their owner, mode and xattrs from the layers below,
+                    // as when applied onto its parent
                     let stacked = check_diff_id(&layer2, &applied.diff_id, &diff_id)
-                        .and_then(|()| sn2.rebase(&ns, &key, &parent2).map(drop));
+                        .and_then(|()| sn2.rebase(&ns, &key, &parent2))
+                        .and_then(|mounts| {
+                            stevedore_diff::mounts::inherit_implicit_dirs_in_mounts(
+                                &mounts,
+                                &applied.implicit_dirs,
+                            )
+                        });
                     commit_layer(&sn2, &ns, &chain2, &key, stacked)
                 })
                 .await?;
