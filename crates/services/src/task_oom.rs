@@ -17,7 +17,10 @@
 //! cgroup v1, `memory.events` on v2; the cgroup lives until the task is
 //! deleted) and, if the kernel killed something, forwards a `/tasks/oom`
 //! just before the exit. The shim's own OOM event arriving later for the
-//! same task is then dropped, so consumers see one OOM per task, first.
+//! same task is then dropped, so consumers see the OOM first. (What was
+//! forwarded before a daemon restart is not known after it: an exit then
+//! may bring one OOM event more.) The check reads two small files, only
+//! when an init exits without an OOM reported.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -142,23 +145,21 @@ impl OomOrder {
         let Some(cg) = cgroups_path(&bundle.path) else {
             return 0;
         };
-        let (file, key) = if self.cgroup_root.join("cgroup.controllers").exists() {
-            (self.cgroup_root.join(&cg).join("memory.events"), "oom_kill")
+        // both files have an `oom_kill N` line
+        let file = if self.cgroup_root.join("cgroup.controllers").exists() {
+            self.cgroup_root.join(&cg).join("memory.events")
         } else {
-            (
-                self.cgroup_root
-                    .join("memory")
-                    .join(&cg)
-                    .join("memory.oom_control"),
-                "oom_kill",
-            )
+            self.cgroup_root
+                .join("memory")
+                .join(&cg)
+                .join("memory.oom_control")
         };
         std::fs::read_to_string(file)
             .ok()
             .and_then(|s| {
                 s.lines().find_map(|l| {
                     let (k, v) = l.split_once(' ')?;
-                    (k == key).then(|| v.trim().parse().ok()).flatten()
+                    (k == "oom_kill").then(|| v.trim().parse().ok()).flatten()
                 })
             })
             .unwrap_or(0)
