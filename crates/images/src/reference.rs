@@ -61,7 +61,9 @@ pub fn oci_reference_name(name: &str) -> String {
 
 const DOMAIN: &str = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))+)?(?::[0-9]+)?";
 const COMPONENT: &str = r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*";
-const TAG: &str = r"[\w][\w.-]{0,127}";
+/// Go's `\w` is ASCII; Rust's is Unicode (and 128 repetitions of the
+/// Unicode class made a 7 MB automaton).
+const TAG: &str = r"[0-9A-Za-z_][0-9A-Za-z_.-]{0,127}";
 const DIGEST: &str = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*[:][0-9a-fA-F]{32,}";
 
 fn reference_re() -> &'static Regex {
@@ -243,6 +245,14 @@ mod tests {
             format!("docker.io/library/busybox@{d}")
         );
         assert!(normalize_docker_ref("Busybox").is_err());
+        // tags are ASCII word characters, as in Go's regexp
+        assert_eq!(
+            normalize_docker_ref("busybox:v1_2.3-x").unwrap(),
+            "docker.io/library/busybox:v1_2.3-x"
+        );
+        assert!(normalize_docker_ref("busybox:café").is_err());
+        assert!(normalize_docker_ref("busybox:١٢").is_err());
+        assert!(normalize_docker_ref(&format!("busybox:{}", "a".repeat(129))).is_err());
         assert!(normalize_docker_ref(&"a".repeat(64)).is_err());
         assert_eq!(
             familiarize("docker.io/library/busybox:latest").unwrap(),

@@ -148,12 +148,16 @@ impl Engine {
             progress: None,
         };
         let content = self.db.content(ns, None);
-        blocking(move || {
+        let r = blocking(move || {
             let adapter = crate::archive::ContentAdapter(content);
             exporter.export(&adapter, &images, &mut out)?;
             out.flush().map_err(Error::from)
         })
-        .await
+        .await;
+        // the end of an export: its stream's buffers are free now (an
+        // export takes no lease, so `delete_lease` does not say it)
+        crate::memory::work_done();
+        r
     }
 }
 
