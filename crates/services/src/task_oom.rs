@@ -218,11 +218,7 @@ fn cgroups_path(bundle: &Path) -> Option<PathBuf> {
 }
 
 fn any_of<M: prost::Message + prost::Name>(m: &M) -> Any {
-    let a = stevedore_api::typeurl::to_any(m);
-    Any {
-        type_url: a.type_url,
-        value: a.value,
-    }
+    crate::tasks::to_rt_any(stevedore_api::typeurl::to_any(m))
 }
 
 #[cfg(test)]

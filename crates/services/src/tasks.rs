@@ -97,7 +97,7 @@ impl crate::introspection::PluginInfoProvider for RuntimeV2 {
     }
 }
 
-fn to_rt_any(a: prost_types::Any) -> Any {
+pub(crate) fn to_rt_any(a: prost_types::Any) -> Any {
     Any {
         type_url: a.type_url,
         value: a.value,
