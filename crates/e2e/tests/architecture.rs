@@ -11,6 +11,7 @@ fn layers() -> BTreeMap<&'static str, u32> {
         ("stevedore-api", 1),
         ("stevedore-sys", 1),
         ("stevedore-profile", 1),
+        ("stevedore-ttrpc", 1),
         ("stevedore-snapshots", 2),
         ("stevedore-diff", 2),
         ("stevedore-content", 2),

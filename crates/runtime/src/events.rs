@@ -93,10 +93,11 @@ impl EventsServer {
             }
         }
         let svc = create_events(Arc::new(Forwarder { sink }));
-        let mut server = Server::new()
-            .bind(&format!("unix://{}", path.display()))
-            .map_err(|e| Error::unavailable(format!("listen on {}: {e}", path.display())))?
-            .register_service(svc);
+        // each reply leaves in one write: a Go shim whose publisher read a
+        // truncated frame from a daemon killed mid-reply never reconnects
+        let listener = stevedore_ttrpc::bind(path)
+            .map_err(|e| Error::unavailable(format!("listen on {}: {e}", path.display())))?;
+        let mut server = Server::new().add_listener(listener).register_service(svc);
         server
             .start()
             .await

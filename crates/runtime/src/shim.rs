@@ -13,7 +13,7 @@ use crate::bundle::Bundle;
 use crate::{Any, Exit, ProcessInfo, ProcessState, Status};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::{self, Message, MessageField};
-use containerd_shim_protos::shim_async::{Client, TaskClient};
+use containerd_shim_protos::shim_async::TaskClient;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -342,7 +342,7 @@ impl Shim {
         } else {
             format!("unix://{address}")
         };
-        let client = tokio::time::timeout(Duration::from_secs(5), Client::connect(&addr))
+        let client = tokio::time::timeout(Duration::from_secs(5), stevedore_ttrpc::connect(&addr))
             .await
             .map_err(|_| Error::unavailable(format!("connect to shim {address}: timed out")))?
             .map_err(|e| Error::unavailable(format!("connect to shim {address}: {e}")))?;

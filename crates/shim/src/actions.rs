@@ -154,19 +154,22 @@ pub fn serve(f: Flags) -> Result<()> {
         .map_err(|e| Error::io("build runtime", e))?;
     rt.block_on(async move {
         let shim = Arc::new(Shim::new(&f.namespace, &f.id, Path::new(&f.bundle)));
-        let server = match f.listen_fd {
+        let listener = match f.listen_fd {
             // SAFETY: `start` passed this fd: a listening unix socket, ours alone
             Some(fd) => unsafe {
                 // not to be inherited by runc and the containers
                 let b = std::os::fd::BorrowedFd::borrow_raw(fd);
                 rustix::io::fcntl_setfd(b, rustix::io::FdFlags::CLOEXEC)
                     .map_err(|e| Error::io(format!("listen fd {fd}"), e))?;
-                Server::new().add_unix_listener(fd)
+                use std::os::fd::FromRawFd;
+                stevedore_ttrpc::listener(std::os::unix::net::UnixListener::from_raw_fd(fd))
             },
-            None => Server::new().bind(&format!("unix://{}", f.socket)),
+            None => stevedore_ttrpc::bind(Path::new(&f.socket)),
         };
-        let mut server = server
-            .map_err(|e| Error::Internal(format!("ttrpc server: {e}")))?
+        // each reply leaves in one write (stevedore_ttrpc)
+        let listener = listener.map_err(|e| Error::Internal(format!("ttrpc server: {e}")))?;
+        let mut server = Server::new()
+            .add_listener(listener)
             .register_service(create_task(Arc::new(Service(shim.clone()))));
         server
             .start()

@@ -10,7 +10,7 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::events::ForwardRequest;
-use containerd_shim_protos::shim_async::{Client, EventsClient};
+use containerd_shim_protos::shim_async::EventsClient;
 use containerd_shim_protos::ttrpc;
 use std::time::SystemTime;
 
@@ -155,7 +155,7 @@ async fn forward(
                 tokio::time::sleep(std::time::Duration::from_secs(attempt)).await;
             }
             if client.is_none() {
-                match Client::connect(&addr).await {
+                match stevedore_ttrpc::connect(&addr).await {
                     Ok(c) => client = Some(EventsClient::new(c)),
                     Err(e) => {
                         last = format!("connect to {addr}: {e}");
