@@ -963,3 +963,49 @@ fn shim_refuses_a_task_id_that_is_not_one_path_component() {
         "nothing written"
     );
 }
+
+/// stevedore's shim starts a created container by releasing runc's
+/// `exec.fifo` itself (what `runc start` does) instead of running `runc
+/// start`; runc then sees the container running as after its own start.
+#[tokio::test(flavor = "multi_thread")]
+async fn stevedore_shim_starts_a_container_without_running_runc_start() {
+    let e = setup(Shim::Stevedore).await;
+    let runc = require_tool("runc", "runc");
+    // a runc that notes each command line, as `--runc-binary`
+    let dir = e.d.dir.path().join("wrapped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let calls = dir.join("calls");
+    let wrapper = dir.join("runc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec {} \"$@\"\n",
+            calls.display(),
+            runc.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let id = e.id("fifostart");
+    let pid = e.run_sleeper(&id, &["--runc-binary", wrapper.to_str().unwrap()]);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.starts_with(b"sleep\0"), "{cmdline:?}");
+    let state = std::process::Command::new(&runc)
+        .args(["--root", &e.shim.runc_root(), "state", &id])
+        .output()
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout)
+        .unwrap_or_else(|err| panic!("runc state: {err}: {}", stderr(&state)));
+    assert_eq!(state["status"], "running", "{state}");
+    let noted = std::fs::read_to_string(&calls).unwrap();
+    let subcommands: Vec<&str> = noted
+        .lines()
+        .filter_map(|l| l.split(" --log-format json ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert!(subcommands.contains(&"create"), "{noted}");
+    assert!(!subcommands.contains(&"start"), "{noted}");
+    e.remove(&id);
+    e.d.expect_no_shims(Duration::from_secs(10));
+}

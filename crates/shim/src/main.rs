@@ -17,6 +17,7 @@ mod cgroups;
 mod console;
 mod error;
 mod events;
+mod execfifo;
 mod flags;
 mod info;
 mod log;

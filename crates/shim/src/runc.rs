@@ -101,6 +101,12 @@ impl Runc {
         Ok(Self::recorded(namespace, bundle))
     }
 
+    /// Whether the runtime is runc (by name: `runc` or a path ending in
+    /// `/runc`), whose state layout the shim may rely on.
+    pub fn is_runc(&self) -> bool {
+        Path::new(&self.binary).file_name() == Some(std::ffi::OsStr::new("runc"))
+    }
+
     /// The binary's path, as Go's `exec.LookPath` finds it.
     pub fn look_path(&self) -> Result<PathBuf, Failure> {
         look_path(&self.binary)

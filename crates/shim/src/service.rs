@@ -237,8 +237,26 @@ impl Shim {
         let runc = self.runc();
         let id = self.id.clone();
         if r.exec_id.is_empty() {
+            let init = p.clone();
             tokio::task::spawn_blocking(move || {
+                // runc's `start` is a read of the FIFO its init waits on:
+                // done here, one runc start-up is saved (execfifo.rs)
+                if runc.is_runc() {
+                    let t0 = std::time::Instant::now();
+                    let gone = || init.state().status == Status::Stopped;
+                    match crate::execfifo::start(&runc.root, &id, gone) {
+                        Ok(true) => {
+                            crate::log::timed(|| format!("start {id} through exec.fifo"), t0);
+                            return Ok(());
+                        }
+                        Ok(false) => {}
+                        Err(e) => crate::log::warn(&format!(
+                            "start {id} through exec.fifo: {e}; running runc start"
+                        )),
+                    }
+                }
                 runc.run(&["start", &id], None)
+                    .map(|_| ())
                     .map_err(|f| runc.runtime_error(f, "OCI runtime start failed"))
             })
             .await
