@@ -385,6 +385,10 @@ async fn kill_of_a_container_deleted_behind_the_shims_back_is_not_found(shim: Sh
     .unwrap();
     e.remove(&k2);
     e.d.expect_no_shims(Duration::from_secs(10));
+    // with runc's state gone nobody knows k2's cgroups: the test removes them
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(h.path().join(NS).join(&k2));
+    }
 }
 
 on_both_shims!(kill_of_a_container_deleted_behind_the_shims_back_is_not_found:
@@ -966,9 +970,11 @@ fn shim_refuses_a_task_id_that_is_not_one_path_component() {
 
 /// stevedore's shim starts a created container by releasing runc's
 /// `exec.fifo` itself (what `runc start` does) instead of running `runc
-/// start`; runc then sees the container running as after its own start.
+/// start`, and deletes a stopped one by removing its cgroups and runc state
+/// (what `runc delete` does); runc sees the container running after the
+/// start and gone after the delete, as after its own commands.
 #[tokio::test(flavor = "multi_thread")]
-async fn stevedore_shim_starts_a_container_without_running_runc_start() {
+async fn stevedore_shim_starts_and_deletes_a_container_without_runc_start_or_delete() {
     let e = setup(Shim::Stevedore).await;
     let runc = require_tool("runc", "runc");
     // a runc that notes each command line, as `--runc-binary`
@@ -998,6 +1004,29 @@ async fn stevedore_shim_starts_a_container_without_running_runc_start() {
     let state: serde_json::Value = serde_json::from_slice(&state.stdout)
         .unwrap_or_else(|err| panic!("runc state: {err}: {}", stderr(&state)));
     assert_eq!(state["status"], "running", "{state}");
+    let saved = std::fs::read(Path::new(&e.shim.runc_root()).join(&id).join("state.json")).unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    let cgroups: Vec<PathBuf> = saved["cgroup_paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| PathBuf::from(p.as_str().unwrap()))
+        .collect();
+    assert!(cgroups.iter().any(|p| p.exists()), "{cgroups:?}");
+    e.remove(&id);
+    e.d.expect_no_shims(Duration::from_secs(10));
+    let gone = std::process::Command::new(&runc)
+        .args(["--root", &e.shim.runc_root(), "state", &id])
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success() && stderr(&gone).contains("does not exist"),
+        "{}",
+        stderr(&gone)
+    );
+    for p in &cgroups {
+        assert!(!p.exists(), "cgroup {} left behind", p.display());
+    }
     let noted = std::fs::read_to_string(&calls).unwrap();
     let subcommands: Vec<&str> = noted
         .lines()
@@ -1006,6 +1035,5 @@ async fn stevedore_shim_starts_a_container_without_running_runc_start() {
         .collect();
     assert!(subcommands.contains(&"create"), "{noted}");
     assert!(!subcommands.contains(&"start"), "{noted}");
-    e.remove(&id);
-    e.d.expect_no_shims(Duration::from_secs(10));
+    assert!(!subcommands.contains(&"delete"), "{noted}");
 }

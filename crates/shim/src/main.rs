@@ -15,6 +15,7 @@
 mod actions;
 mod cgroups;
 mod console;
+mod destroy;
 mod error;
 mod events;
 mod execfifo;

@@ -350,7 +350,24 @@ impl Shim {
         }
         if r.exec_id.is_empty() {
             let (runc, id, rootfs) = (self.runc(), self.id.clone(), self.rootfs());
+            let stopped = status == Status::Stopped;
             tokio::task::spawn_blocking(move || {
+                // what runc delete does for a stopped container, done here
+                // when that is all it takes (destroy.rs)
+                if stopped && runc.is_runc() {
+                    let t0 = std::time::Instant::now();
+                    match crate::destroy::delete_stopped(&runc.root, &id) {
+                        Ok(true) => {
+                            crate::log::timed(|| format!("delete {id} without runc"), t0);
+                            let _ = stevedore_sys::mount::unmount_all(&rootfs);
+                            return Ok(());
+                        }
+                        Ok(false) => {}
+                        Err(e) => crate::log::warn(&format!(
+                            "delete {id} without runc: {e}; running runc delete"
+                        )),
+                    }
+                }
                 let r = match runc.run(&["delete", &id], None) {
                     // runc already forgot it (deleted behind our back): fine
                     Err(f) if !f.to_string().contains("does not exist") => {
