@@ -28,6 +28,94 @@ impl<F: Fn(&[String]) -> Option<String>> Adaptor for F {
     }
 }
 
+/// The compiled size a client's `~=` value may reach.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A `~=` value compiled as containerd compiles it (Go's `regexp`, RE2
+/// syntax): Perl classes (`\d \w \s \b` and their negations) match ASCII
+/// only, and `[` inside a bracket class is a literal (Rust's regex reads
+/// it as a nested class) unless it opens `[:name:]`. What Go refuses may
+/// still compile here; the compiled size is bounded.
+fn go_regexp(pattern: &str) -> Result<Regex, regex::Error> {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut chars = pattern.chars().peekable();
+    let mut in_class = false;
+    // a `]` right after `[` or `[^` is a literal
+    let mut class_start = false;
+    while let Some(c) = chars.next() {
+        let at_start = std::mem::take(&mut class_start);
+        match c {
+            '\\' => {
+                let Some(e) = chars.next() else {
+                    out.push('\\');
+                    break;
+                };
+                let ascii = match (e, in_class) {
+                    ('d', false) => "[0-9]",
+                    ('D', false) => "[^0-9]",
+                    ('w', false) => "[0-9A-Za-z_]",
+                    ('W', false) => "[^0-9A-Za-z_]",
+                    ('s', false) => "[\\t\\n\\f\\r ]",
+                    ('S', false) => "[^\\t\\n\\f\\r ]",
+                    ('b', false) => "(?-u:\\b)",
+                    ('B', false) => "(?-u:\\B)",
+                    ('d', true) => "0-9",
+                    ('D', true) => "[^0-9]",
+                    ('w', true) => "0-9A-Za-z_",
+                    ('W', true) => "[^0-9A-Za-z_]",
+                    ('s', true) => "\\t\\n\\f\\r ",
+                    ('S', true) => "[^\\t\\n\\f\\r ]",
+                    _ => "",
+                };
+                if ascii.is_empty() {
+                    out.push('\\');
+                    out.push(e);
+                } else {
+                    out.push_str(ascii);
+                }
+            }
+            '[' if !in_class => {
+                out.push('[');
+                in_class = true;
+                class_start = true;
+                if chars.peek() == Some(&'^') {
+                    out.push('^');
+                    chars.next();
+                }
+            }
+            '[' => {
+                if chars.peek() == Some(&':') {
+                    // `[:alpha:]` and friends, copied whole
+                    out.push('[');
+                    for d in chars.by_ref() {
+                        out.push(d);
+                        if d == ']' {
+                            break;
+                        }
+                    }
+                } else {
+                    out.push_str("\\[");
+                }
+            }
+            ']' if in_class && !at_start => {
+                out.push(']');
+                in_class = false;
+            }
+            ']' if in_class => out.push_str("\\]"),
+            // Rust's class set operators are literals in Go
+            '&' | '~' | '-' if in_class && chars.peek() == Some(&c) => {
+                out.push(c);
+                out.push('\\');
+                out.push(chars.next().unwrap_or(c));
+            }
+            _ => out.push(c),
+        }
+    }
+    regex::RegexBuilder::new(&out)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Present,
@@ -339,7 +427,7 @@ impl<'a> Parser<'a> {
         let op = match op.as_str() {
             "==" => Op::Equal(value),
             "!=" => Op::NotEqual(value),
-            _ => Op::Matches(Regex::new(&value).map_err(|e| {
+            _ => Op::Matches(go_regexp(&value).map_err(|e| {
                 self.err(vpos, format!("invalid regular expression {value:?}: {e}"))
             })?),
         };
@@ -438,6 +526,27 @@ mod tests {
         assert!(m(&[r#"labels."foo.bar/baz"=="x y""#], &o));
         assert!(m(&[], &o));
         assert!(m(&[""], &o));
+    }
+
+    #[test]
+    fn regexps_read_as_go_reads_them() {
+        let ascii = obj("abc_1", &[("u", "café"), ("sp", "a\u{a0}b"), ("br", "[x]")]);
+        assert!(m(&[r"name~=^\w+$"], &ascii));
+        assert!(m(&[r"name~=^[\w]+\d$"], &ascii));
+        // Go's \w, \s and \d are ASCII
+        assert!(!m(&[r"labels.u~=^\w+$"], &ascii));
+        assert!(m(&[r"labels.u~=^\w+\W$"], &ascii));
+        assert!(!m(&[r"labels.sp~=a\sb"], &ascii));
+        assert!(m(&[r"labels.sp~=a\Sb"], &ascii));
+        assert!(!m(&["labels.u~=\\d"], &obj("x", &[("u", "٣")])));
+        // `[` in a class is a literal; `]` first in a class too; POSIX classes stay
+        assert!(m(&[r"labels.br~=^[[]x[]]$"], &ascii));
+        assert!(m(&[r"labels.br~=^\[[[:alpha:]]\]$"], &ascii));
+        assert!(m(&[r"labels.br~=^[^]a]"], &ascii));
+        assert!(m(&[r"name~=^[a&&b_]+"], &obj("a&b", &[])));
+        // a pattern too large to compile is refused, not built
+        let e = Filter::parse(r"name~=(\w{1000}){1000}").unwrap_err();
+        assert_eq!(e.kind, crate::ErrorKind::InvalidArgument);
     }
 
     #[test]
