@@ -87,30 +87,37 @@ impl Network {
         self.cni.status().map_err(|e| e.to_string())
     }
 
-    /// Make the pod's network namespace and run CNI ADD; the namespace's
-    /// path and the pod's IPs (primary first).
-    pub async fn setup(
-        &self,
-        id: &str,
-        config: &cri::PodSandboxConfig,
-    ) -> Result<(String, Vec<String>), Status> {
+    /// Make a pod's network namespace (once CNI is ready); its path.
+    pub async fn create_netns(&self) -> Result<String, Status> {
         let cni = self.cni.clone();
         let dir = self.netns_dir.clone();
-        let id = id.to_string();
-        let config = config.clone();
         tokio::task::spawn_blocking(move || {
             cni.status().map_err(status_of)?;
             let ns = NetNs::create(&dir).map_err(|e| {
                 Status::internal(format!("failed to create network namespace: {e}"))
             })?;
-            let path = ns.path().display().to_string();
-            match cni.setup(&id, &path, &pod_args(&id, &config), &capabilities(&config)) {
-                Ok(r) => Ok((path, r.pod_ips().iter().map(|ip| ip.to_string()).collect())),
-                Err(e) => {
-                    let _ = ns.remove();
-                    Err(status_of(e))
-                }
-            }
+            Ok(ns.path().display().to_string())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
+    /// CNI ADD of pod `id` in the namespace at `path`; the pod's IPs
+    /// (primary first). After a failure, [`Network::teardown`] undoes what
+    /// the plugins did and removes the namespace.
+    pub async fn attach(
+        &self,
+        id: &str,
+        path: &str,
+        config: &cri::PodSandboxConfig,
+    ) -> Result<Vec<String>, Status> {
+        let cni = self.cni.clone();
+        let (id, path, config) = (id.to_string(), path.to_string(), config.clone());
+        tokio::task::spawn_blocking(move || {
+            let r = cni
+                .setup(&id, &path, &pod_args(&id, &config), &capabilities(&config))
+                .map_err(status_of)?;
+            Ok(r.pod_ips().iter().map(|ip| ip.to_string()).collect())
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -134,5 +141,17 @@ impl Network {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
+    }
+
+    /// Remove the namespace at `path` whatever CNI says (a pod that never
+    /// ran: its plugins' DEL failed, and nobody else would remove it).
+    pub async fn remove_netns(&self, path: &str) -> Result<(), Status> {
+        if path.is_empty() || !std::path::Path::new(path).exists() {
+            return Ok(());
+        }
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || NetNs::load(&path).remove().map_err(status_of))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
     }
 }

@@ -129,25 +129,56 @@ impl Cri {
             mount_shm(&files.shm)?;
             made.shm = Some(files.shm.clone());
         }
-        // the network
-        if ns.network != cri::NamespaceMode::Node {
+        // the network namespace now; CNI ADD runs while the pause container
+        // is created and started in it (the pod is reported once both are
+        // done: neither needs the other)
+        let network = ns.network != cri::NamespaceMode::Node;
+        if network {
             made.network = true;
-            let (path, ips) =
-                self.network.setup(&id, config).await.map_err(|e| {
+            meta.netns_path =
+                self.network.create_netns().await.map_err(|e| {
                     context(e, &format!("failed to setup network for sandbox {id:?}"))
                 })?;
-            meta.netns_path = path;
-            if let Some((first, rest)) = ips.split_first() {
-                meta.ip = first.clone();
-                meta.additional_ips = rest.to_vec();
-            }
         }
+        let attach = async {
+            if !network {
+                return Ok(Vec::new());
+            }
+            self.network
+                .attach(&id, &meta.netns_path, config)
+                .await
+                .map_err(|e| context(e, &format!("failed to setup network for sandbox {id:?}")))
+        };
+        let pause = self.start_pause(meta, config, &image, &files, runtime, made);
+        let (ips, pid) = tokio::join!(attach, pause);
+        let ips = ips?;
+        let pid = pid?;
+        if let Some((first, rest)) = ips.split_first() {
+            meta.ip = first.clone();
+            meta.additional_ips = rest.to_vec();
+            self.save_sandbox_meta(meta).await?;
+        }
+        Ok(pid)
+    }
+
+    /// Create and start the pause container of sandbox `meta` (its record
+    /// carrying `meta`); its pid.
+    async fn start_pause(
+        &self,
+        meta: &SandboxMeta,
+        config: &cri::PodSandboxConfig,
+        image: &crate::core::Resolved,
+        files: &SandboxFiles,
+        runtime: (&str, &crate::config::RuntimeEntry),
+        made: &mut Made,
+    ) -> Result<u32, Status> {
+        let id = meta.id.clone();
         let spec = spec::sandbox_spec(
             &id,
             config,
             &image.config,
             &meta.netns_path,
-            &files,
+            files,
             &self.config,
         )?;
         let mut labels: HashMap<String, String> = config.labels.clone().into_iter().collect();
@@ -155,7 +186,7 @@ impl Cri {
         let snapshotter = self.config.snapshotter_for(runtime.1);
         self.create_container_record(
             &id,
-            &image,
+            image,
             &self.config.sandbox_image,
             &spec,
             &snapshotter,
@@ -200,6 +231,31 @@ impl Cri {
         Ok(pid)
     }
 
+    /// Rewrite the sandbox metadata in its container record (the pod's IPs,
+    /// known once CNI answered), for a restarted daemon to find.
+    async fn save_sandbox_meta(&self, meta: &SandboxMeta) -> Result<(), Status> {
+        use stevedore_api::services::containers::{Container, UpdateContainerRequest};
+        let ext = prost_types::Any {
+            type_url: store::SANDBOX_META_TYPE.into(),
+            value: meta.encode_to_vec(),
+        };
+        self.ctrd
+            .containers()
+            .update(UpdateContainerRequest {
+                container: Some(Container {
+                    id: meta.id.clone(),
+                    extensions: [(store::SANDBOX_EXT.to_string(), ext)].into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec![format!("extensions.{}", store::SANDBOX_EXT)],
+                }),
+            })
+            .await
+            .map_err(|s| context(s, &format!("failed to save sandbox {:?} metadata", meta.id)))?;
+        Ok(())
+    }
+
     async fn undo_sandbox(&self, meta: &SandboxMeta, made: &Made) {
         if made.task {
             self.kill_and_delete(&meta.id).await;
@@ -212,6 +268,9 @@ impl Cri {
         if made.network {
             if let Err(e) = self.network.teardown(meta).await {
                 tracing::warn!("network teardown of sandbox {}: {}", meta.id, e.message());
+                if let Err(e) = self.network.remove_netns(&meta.netns_path).await {
+                    tracing::warn!("netns of sandbox {}: {}", meta.id, e.message());
+                }
             }
         }
         if let Some(shm) = &made.shm {

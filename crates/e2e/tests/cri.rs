@@ -1308,3 +1308,60 @@ async fn cri_reports_oom_killed_containers_and_events() {
     }
     e.assert_no_mounts();
 }
+
+/// A pod whose CNI ADD fails (here the bridge's IPAM range is impossible)
+/// fails with the plugin's reason while its pause container is being
+/// started alongside, and leaves nothing: no pod, no container record, no
+/// shim, no network namespace, no veth.
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_pod_whose_network_setup_fails_leaves_nothing_behind() {
+    let mut e = Env::start(true).await;
+    let conf = e.dir.path().join("net.d").join("10-test.conflist");
+    let text = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("198.19.0.0/24", "198.19.0.0/33");
+    std::fs::write(&conf, text).unwrap();
+    let err =
+        e.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(e.pod_config("badnet", false)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("failed to setup network for sandbox"),
+        "{err}"
+    );
+    let pods =
+        e.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    e.d.expect_no_shims(Duration::from_secs(10));
+    let records = e.d.ctr_ok(&["-n", "k8s.io", "containers", "ls", "-q"]);
+    assert!(
+        records.trim().is_empty(),
+        "container records left: {records}"
+    );
+    let netns_dir = e.d.state.join("io.containerd.grpc.v1.cri").join("netns");
+    let left: Vec<_> = std::fs::read_dir(&netns_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "netns left: {left:?}");
+    let bridge = std::fs::read_to_string(e.dir.path().join("bridge-name")).unwrap();
+    let o = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", &bridge])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).trim().is_empty(),
+        "veths left: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &bridge])
+        .status();
+}
