@@ -18,8 +18,8 @@
 //! deleted) and, if the kernel killed something, forwards a `/tasks/oom`
 //! just before the exit. The shim's own OOM event arriving later for the
 //! same task is then dropped, so consumers see the OOM first. (What was
-//! forwarded before a daemon restart is not known after it: an exit then
-//! may bring one OOM event more.) The check reads two small files, only
+//! forwarded is marked in the task's bundle, so a daemon restarted between
+//! the OOM and the exit does not forward a second one.) The check reads two small files, only
 //! when an init exits without an OOM reported.
 
 use std::collections::HashMap;
@@ -33,6 +33,9 @@ use stevedore_runtime::{Any, Bundle, Event};
 
 /// How long a synthesised OOM waits to swallow the shim's late one.
 const LATE_OOM: Duration = Duration::from_secs(30);
+/// The file in a task's bundle saying an OOM was forwarded for it (the
+/// bundle, and so the mark, goes with the task).
+const OOM_MARK: &str = "oom-reported";
 /// Entries kept before the map is first swept of tasks that are gone.
 const SWEEP_AT: usize = 256;
 
@@ -87,9 +90,12 @@ impl OomOrder {
         let mut out = vec![ev];
         match kind {
             Kind::Create => {
+                let bundle = Bundle::at(&self.state, &self.state, &key.0, &key.1);
+                let _ = std::fs::remove_file(bundle.path.join(OOM_MARK));
                 tasks.insert(key, Entry::default());
             }
             Kind::Oom => {
+                self.mark_reported(&key);
                 let e = tasks.entry(key).or_default();
                 e.reported = true;
                 if e.synthesized.take().is_some() {
@@ -97,7 +103,8 @@ impl OomOrder {
                 }
             }
             Kind::InitExit => {
-                let reported = tasks.get(&key).is_some_and(|e| e.reported);
+                let reported =
+                    tasks.get(&key).is_some_and(|e| e.reported) || self.was_reported(&key);
                 if !reported && self.oom_kills(&key.0, &key.1) > 0 {
                     tracing::debug!(
                         namespace = %key.0,
@@ -113,6 +120,7 @@ impl OomOrder {
                         })),
                     };
                     out.insert(0, oom);
+                    self.mark_reported(&key);
                     let e = tasks.entry(key).or_default();
                     e.reported = true;
                     e.synthesized = Some(Instant::now());
@@ -136,6 +144,22 @@ impl OomOrder {
             guard.sweep_at = SWEEP_AT.max(2 * guard.by_id.len());
         }
         out
+    }
+
+    /// Note in the task's bundle that an OOM was forwarded, so a daemon
+    /// restarted before the exit does not forward another.
+    fn mark_reported(&self, (namespace, id): &(String, String)) {
+        let bundle = Bundle::at(&self.state, &self.state, namespace, id);
+        if bundle.path.is_dir() {
+            let _ = std::fs::write(bundle.path.join(OOM_MARK), b"");
+        }
+    }
+
+    fn was_reported(&self, (namespace, id): &(String, String)) -> bool {
+        Bundle::at(&self.state, &self.state, namespace, id)
+            .path
+            .join(OOM_MARK)
+            .exists()
     }
 
     /// The OOM kills the task's memory cgroup counted; 0 when unknown.
@@ -330,6 +354,24 @@ mod tests {
         assert_eq!(topics(&f.order.order(delete())), ["/tasks/delete"]);
         f.order.order(create());
         assert_eq!(topics(&f.order.order(oom())), ["/tasks/oom"]);
+    }
+
+    #[test]
+    fn an_oom_forwarded_before_a_daemon_restart_is_not_forwarded_again() {
+        let f = fixture("/docker/c1");
+        f.order.order(create());
+        oom_kills(&f, 1);
+        assert_eq!(topics(&f.order.order(oom())), ["/tasks/oom"]);
+        // the restarted daemon knows nothing but the state directory
+        let again = OomOrder::with_cgroup_root(f.order.state.clone(), f.order.cgroup_root.clone());
+        assert_eq!(topics(&again.order(exit("c1"))), ["/tasks/exit"]);
+        // a synthesised one is remembered too, and a new task starts afresh
+        again.order(delete());
+        again.order(create());
+        let out = again.order(exit("c1"));
+        assert_eq!(topics(&out), ["/tasks/oom", "/tasks/exit"]);
+        let third = OomOrder::with_cgroup_root(f.order.state.clone(), f.order.cgroup_root.clone());
+        assert_eq!(topics(&third.order(exit("c1"))), ["/tasks/exit"]);
     }
 
     #[test]
