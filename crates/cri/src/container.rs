@@ -354,7 +354,15 @@ impl Cri {
         &self,
         req: cri::StopContainerRequest,
     ) -> Result<cri::StopContainerResponse, Status> {
-        let c = self.store.container(&req.container_id)?;
+        let c = match self.store.container(&req.container_id) {
+            Ok(c) => c,
+            // the CRI's StopContainer is idempotent: a container already
+            // gone is stopped (containerd 2.x)
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Ok(cri::StopContainerResponse {})
+            }
+            Err(s) => return Err(s),
+        };
         self.stop_container_inner(&c, req.timeout).await?;
         Ok(cri::StopContainerResponse {})
     }

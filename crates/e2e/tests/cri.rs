@@ -722,6 +722,19 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    // stopping what is gone is done (the CRI's stops are idempotent;
+    // critest's Idempotence specs)
+    e.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: "nope".into(),
+    })
+    .await
+    .expect("StopPodSandbox of an unknown id");
+    e.rt.stop_container(cri::StopContainerRequest {
+        container_id: "nope".into(),
+        timeout: 0,
+    })
+    .await
+    .expect("StopContainer of an unknown id");
     // an image that is not there
     let mut cfg = e.container_config("x", &["true"]);
     cfg.image = Some(cri::ImageSpec {
