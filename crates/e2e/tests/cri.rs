@@ -441,6 +441,19 @@ async fn cri_runs_a_pod_whose_containers_share_the_pod_network() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
     assert!(t0.elapsed() < Duration::from_secs(10));
+    // ... and the process is gone when the answer comes (critest's
+    // "execSync with timeout" looks for it right after)
+    let r = e
+        .exec(
+            &client,
+            &["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+        )
+        .await;
+    let procs = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        !procs.contains("sleep 30"),
+        "the timed-out exec still runs: {procs}"
+    );
 
     // logs in the CRI format at the path kubelet gave
     let log = e.logs().join("web").join("server.log");
