@@ -377,7 +377,10 @@ fn capabilities(s: &mut Spec, caps: Option<&cri::Capability>) {
         .iter()
         .any(|c| c.eq_ignore_ascii_case("ALL"))
     {
-        set = spec::all_capabilities();
+        // what this process holds, as containerd's
+        // WithAllCurrentCapabilities: runc cannot grant a capability
+        // outside the daemon's bounding set
+        set = spec::current_capabilities();
     }
     if caps
         .drop_capabilities
@@ -894,6 +897,26 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn adding_all_capabilities_grants_those_the_daemon_holds() {
+        let mut s = Spec {
+            process: Some(Default::default()),
+            ..Default::default()
+        };
+        let caps = cri::Capability {
+            add_capabilities: vec!["ALL".into()],
+            drop_capabilities: vec!["CHOWN".into()],
+            ..Default::default()
+        };
+        capabilities(&mut s, Some(&caps));
+        let mut want = spec::current_capabilities();
+        want.retain(|c| c != "CAP_CHOWN");
+        let got = s.process.unwrap().capabilities.unwrap();
+        assert_eq!(got.bounding, want);
+        assert_eq!(got.effective, want);
+        assert_eq!(got.permitted, want);
     }
 
     #[test]
