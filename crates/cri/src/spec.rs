@@ -350,6 +350,34 @@ pub fn sandbox_spec(
     Ok(s)
 }
 
+/// containerd 2.x's rules for a recursive read-only mount (runc's `rro`):
+/// read-only, private propagation, and a runtime that can.
+fn check_recursive_read_only(
+    m: &cri::Mount,
+    propagation: cri::MountPropagation,
+) -> Result<(), Status> {
+    if !m.readonly {
+        return Err(bad(format!(
+            "mount {:?}: recursive read-only mount needs to be read-only",
+            m.container_path
+        )));
+    }
+    if propagation != cri::MountPropagation::PropagationPrivate {
+        return Err(bad(format!(
+            "mount {:?}: recursive read-only mount requires private propagation, got {}",
+            m.container_path,
+            propagation.as_str_name()
+        )));
+    }
+    if !crate::features::recursive_read_only_mounts() {
+        return Err(bad(format!(
+            "mount {:?}: recursive read-only mounts are not supported (runc's rro and Linux 5.12 are needed)",
+            m.container_path
+        )));
+    }
+    Ok(())
+}
+
 /// What a container spec needs to know of its pod.
 pub struct PodContext<'a> {
     pub sandbox_id: &'a str,
@@ -583,10 +611,13 @@ pub fn container_spec(
         }
         let src = std::fs::canonicalize(src)
             .map_err(|e| Status::internal(format!("resolve {:?}: {e}", m.host_path)))?;
+        let propagation = cri::MountPropagation::try_from(m.propagation)
+            .unwrap_or(cri::MountPropagation::PropagationPrivate);
+        if m.recursive_read_only {
+            check_recursive_read_only(m, propagation)?;
+        }
         let mut opts = vec!["rbind".to_string()];
-        match cri::MountPropagation::try_from(m.propagation)
-            .unwrap_or(cri::MountPropagation::PropagationPrivate)
-        {
+        match propagation {
             cri::MountPropagation::PropagationPrivate => opts.push("rprivate".into()),
             cri::MountPropagation::PropagationBidirectional => {
                 opts.push("rshared".into());
@@ -600,6 +631,9 @@ pub fn container_spec(
             }
         }
         opts.push(if m.readonly { "ro" } else { "rw" }.into());
+        if m.recursive_read_only {
+            opts.push("rro".into());
+        }
         s.mounts.push(Mount {
             destination: m.container_path.clone(),
             kind: "bind".into(),
@@ -897,6 +931,61 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn recursive_read_only_mounts_follow_containerds_rules() {
+        let pod = cri::PodSandboxConfig::default();
+        let ctx = PodContext {
+            sandbox_id: "sb",
+            sandbox_pid: 42,
+            target_pid: None,
+            config: &pod,
+            files: &files(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let spec_with = |m: cri::Mount| {
+            let cfg = cri::ContainerConfig {
+                args: vec!["true".into()],
+                mounts: vec![m],
+                ..Default::default()
+            };
+            container_spec(
+                "c1",
+                &cfg,
+                &image(),
+                "img",
+                &ctx,
+                &CriConfig::default(),
+                &Default::default(),
+            )
+        };
+        let rro = |readonly, propagation: cri::MountPropagation| cri::Mount {
+            container_path: "/mnt".into(),
+            host_path: dir.path().display().to_string(),
+            readonly,
+            recursive_read_only: true,
+            propagation: propagation as i32,
+            ..Default::default()
+        };
+        let private = cri::MountPropagation::PropagationPrivate;
+        for bad in [
+            rro(false, private),
+            rro(true, cri::MountPropagation::PropagationHostToContainer),
+            rro(true, cri::MountPropagation::PropagationBidirectional),
+        ] {
+            let err = spec_with(bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        }
+        let r = spec_with(rro(true, private));
+        if crate::features::recursive_read_only_mounts() {
+            let s = r.unwrap();
+            let m = s.mounts.iter().find(|m| m.destination == "/mnt").unwrap();
+            assert!(m.options.iter().any(|o| o == "rro"), "{:?}", m.options);
+            assert!(m.options.iter().any(|o| o == "ro"), "{:?}", m.options);
+        } else {
+            assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
+        }
     }
 
     #[test]
