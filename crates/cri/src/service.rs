@@ -340,7 +340,7 @@ impl Cri {
             info,
             runtime_handlers,
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         })
     }

@@ -725,13 +725,16 @@ pub fn container_spec(
         sc.privileged,
         &c.unset_seccomp_profile,
     )?;
-    // the user as resolved against the image's passwd and group files
+    // the user as resolved against the image's passwd and group files;
+    // the primary group first among the additional ones (containerd's
+    // ensureAdditionalGids, 1.6.18's fix of CVE-2023-25173), then the
+    // image's groups of the user, then the request's
     let p = s.process.get_or_insert_with(Default::default);
     p.user.uid = ids.uid;
     p.user.gid = ids.gid;
-    p.user.additional_gids = ids.additional_gids.clone();
-    for g in &sc.supplemental_groups {
-        let g = *g as u32;
+    p.user.additional_gids = vec![ids.gid];
+    let requested = sc.supplemental_groups.iter().map(|g| *g as u32);
+    for g in ids.additional_gids.iter().copied().chain(requested) {
         if !p.user.additional_gids.contains(&g) {
             p.user.additional_gids.push(g);
         }
@@ -986,6 +989,48 @@ mod tests {
         } else {
             assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
         }
+    }
+
+    #[test]
+    fn the_primary_group_leads_the_additional_groups() {
+        let pod = cri::PodSandboxConfig::default();
+        let ctx = PodContext {
+            sandbox_id: "sb",
+            sandbox_pid: 42,
+            target_pid: None,
+            config: &pod,
+            files: &files(),
+        };
+        let cfg = cri::ContainerConfig {
+            args: vec!["id".into()],
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    supplemental_groups: vec![1234, 1000],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ids = crate::user::Ids {
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![50000],
+        };
+        let s = container_spec(
+            "c1",
+            &cfg,
+            &image(),
+            "img",
+            &ctx,
+            &CriConfig::default(),
+            &ids,
+        )
+        .unwrap();
+        let u = s.process.unwrap().user;
+        assert_eq!((u.uid, u.gid), (1000, 1000));
+        // CVE-2023-25173: the primary group is a supplementary one too
+        assert_eq!(u.additional_gids, vec![1000, 50000, 1234]);
     }
 
     #[test]

@@ -868,7 +868,8 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(s.reason, "StartError");
     // users by name from the image's /etc/passwd, and containerd's
-    // additional groups (root is in wheel in the test image)
+    // additional groups (root is in wheel in the test image), the primary
+    // group among them (containerd 1.6.18+, CVE-2023-25173)
     let mut cfg = e.container_config("www", &["sleep", "3600"]);
     cfg.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -881,8 +882,14 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
     let r = e.exec(&www, &["id"]).await;
     assert_eq!(
         String::from_utf8_lossy(&r.stdout).trim(),
-        "uid=33(www-data) gid=33(www-data)",
+        "uid=33(www-data) gid=33(www-data) groups=33(www-data)",
         "{r:?}"
+    );
+    // ContainerStatus.user: the identity the process started with
+    let user = e.status(&www).await.user.and_then(|u| u.linux).unwrap();
+    assert_eq!(
+        (user.uid, user.gid, user.supplemental_groups),
+        (33, 33, vec![33])
     );
     let root = e
         .start_container(
