@@ -62,15 +62,28 @@ if [[ ! -x $TOOLS/critest || "$(cat "$TOOLS/critest.version" 2>/dev/null)" != "$
 fi
 
 daemon_pid='' registry_pid='' bridge="crit$(printf %04x $$)"
+sock=$work/stevedored.sock
 cleanup() {
   set +e
+  trap '' INT TERM # a second interrupt must not cut the clean-up short
+  # pods a failed spec left behind (its clean-up is skipped): stopped and
+  # removed through the CRI while the daemon still runs
+  if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
+    "$TOOLS/crictl" --runtime-endpoint "unix://$sock" --image-endpoint "unix://$sock" \
+      rmp --all --force >/dev/null 2>&1
+  fi
   if [[ -n $daemon_pid ]]; then
     kill "$daemon_pid" 2>/dev/null
     for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$daemon_pid" 2>/dev/null
     cp "$work/daemon.log" "$OUT/" 2>/dev/null
   fi
-  # shims of pods critest left behind: their processes run from our state dir
+  # containers that outlived the daemon (runc keeps them without a shim):
+  # those whose bundle is in our state dir
+  for id in $(runc --root /run/stevedore/runc/k8s.io list --format json 2>/dev/null |
+    python3 -c 'import json,sys; w=sys.argv[1]; [print(c["id"]) for c in json.load(sys.stdin) or [] if c["bundle"].startswith(w)]' "$work/"); do
+    runc --root /run/stevedore/runc/k8s.io delete --force "$id"
+  done
   for p in $(pgrep -f "containerd-shim-stevedore-v1 .*$work" 2>/dev/null); do kill -9 "$p"; done
   [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null
   # mounts (rootfs, netns, shm) under the work dir, deepest first
@@ -140,7 +153,6 @@ conf_dir = "$work/net.d"
 [plugins."io.containerd.grpc.v1.cri".registry]
 config_path = "$work/hosts"
 CFG
-sock=$work/stevedored.sock
 "$STEVEDORED" --root "$work/root" --state "$work/state" --address "$sock" \
   --config "$work/config.toml" --log-level debug >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
