@@ -5,6 +5,8 @@
 #
 #   scripts/critest.sh [critest flags, e.g. -ginkgo.focus=Container]
 #   CRITEST_HOLD=1 scripts/critest.sh   # only the daemon, for crictl by hand
+#   CRITEST_CONTAINERD=/opt/stevedore-tools/containerd/usr/bin/containerd \
+#     scripts/critest.sh                 # the same run against containerd
 #
 # 1. Go 1.26 as scripts/build-crictl.sh fetches it (that script is run
 #    first), then critest from the vendored sources (cri-tools' Makefile:
@@ -80,11 +82,13 @@ cleanup() {
   fi
   # containers that outlived the daemon (runc keeps them without a shim):
   # those whose bundle is in our state dir
-  for id in $(runc --root /run/stevedore/runc/k8s.io list --format json 2>/dev/null |
-    python3 -c 'import json,sys; w=sys.argv[1]; [print(c["id"]) for c in json.load(sys.stdin) or [] if c["bundle"].startswith(w)]' "$work/"); do
-    runc --root /run/stevedore/runc/k8s.io delete --force "$id"
+  for runc_root in /run/stevedore/runc/k8s.io /run/containerd/runc/k8s.io; do
+    for id in $(runc --root "$runc_root" list --format json 2>/dev/null |
+      python3 -c 'import json,sys; w=sys.argv[1]; [print(c["id"]) for c in json.load(sys.stdin) or [] if c["bundle"].startswith(w)]' "$work/"); do
+      runc --root "$runc_root" delete --force "$id"
+    done
   done
-  for p in $(pgrep -f "containerd-shim-stevedore-v1 .*$work" 2>/dev/null); do kill -9 "$p"; done
+  for p in $(pgrep -f "containerd-shim-(stevedore-v1|runc-v2) .*$work" 2>/dev/null); do kill -9 "$p"; done
   [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null
   # mounts (rootfs, netns, shm) under the work dir, deepest first
   awk -v w="$work" '$5 ~ "^"w {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
@@ -153,11 +157,20 @@ conf_dir = "$work/net.d"
 [plugins."io.containerd.grpc.v1.cri".registry]
 config_path = "$work/hosts"
 CFG
-"$STEVEDORED" --root "$work/root" --state "$work/state" --address "$sock" \
-  --config "$work/config.toml" --log-level debug >"$work/daemon.log" 2>&1 &
+if [[ -n ${CRITEST_CONTAINERD:-} ]]; then
+  # the reference: a containerd (2.x, with containerd-shim-runc-v2 next to
+  # it) in stevedored's place, same CRI settings
+  { printf 'version = 2\nroot = "%s"\nstate = "%s"\n[grpc]\naddress = "%s"\n' \
+      "$work/root" "$work/state" "$sock"; cat "$work/config.toml"; } >"$work/containerd.toml"
+  PATH=$(dirname "$CRITEST_CONTAINERD"):$PATH "$CRITEST_CONTAINERD" \
+    --config "$work/containerd.toml" --log-level debug >"$work/daemon.log" 2>&1 &
+else
+  "$STEVEDORED" --root "$work/root" --state "$work/state" --address "$sock" \
+    --config "$work/config.toml" --log-level debug >"$work/daemon.log" 2>&1 &
+fi
 daemon_pid=$!
 for _ in $(seq 200); do [[ -S $sock ]] && break; sleep 0.1; done
-[[ -S $sock ]] || { echo "critest.sh: stevedored did not start" >&2; tail "$work/daemon.log" >&2; exit 1; }
+[[ -S $sock ]] || { echo "critest.sh: the daemon did not start" >&2; tail "$work/daemon.log" >&2; exit 1; }
 
 # CRITEST_HOLD=1: keep the daemon for crictl or critest by hand until
 # interrupted (its socket is written to $OUT/socket).
