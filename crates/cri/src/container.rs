@@ -181,10 +181,16 @@ impl Cri {
         } else {
             db.resolve(&userstr)?
         };
+        // SupplementalGroupsPolicy Strict: none of the image's groups
+        let strict = sc.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32;
         let ids = crate::user::Ids {
             uid,
             gid,
-            additional_gids: db.additional_gids(&gids_of),
+            additional_gids: if strict {
+                Vec::new()
+            } else {
+                db.additional_gids(&gids_of)
+            },
         };
         let spec = spec::container_spec(
             id,
@@ -208,6 +214,18 @@ impl Cri {
             stderr: fifos.stderr.clone(),
             created_at: store::now_nanos(),
             snapshotter: self.config.snapshotter_for(&rt),
+            user: spec.process.as_ref().map(|p| cri::ContainerUser {
+                linux: Some(cri::LinuxContainerUser {
+                    uid: p.user.uid.into(),
+                    gid: p.user.gid.into(),
+                    supplemental_groups: p
+                        .user
+                        .additional_gids
+                        .iter()
+                        .map(|g| (*g).into())
+                        .collect(),
+                }),
+            }),
         };
         let mut labels: HashMap<String, String> = config.labels.clone().into_iter().collect();
         labels.insert(store::KIND_LABEL.into(), store::KIND_CONTAINER.into());
@@ -354,7 +372,15 @@ impl Cri {
         &self,
         req: cri::StopContainerRequest,
     ) -> Result<cri::StopContainerResponse, Status> {
-        let c = self.store.container(&req.container_id)?;
+        let c = match self.store.container(&req.container_id) {
+            Ok(c) => c,
+            // the CRI's StopContainer is idempotent: a container already
+            // gone is stopped (containerd 2.x)
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Ok(cri::StopContainerResponse {})
+            }
+            Err(s) => return Err(s),
+        };
         self.stop_container_inner(&c, req.timeout).await?;
         Ok(cri::StopContainerResponse {})
     }
@@ -555,7 +581,7 @@ impl Cri {
                 })
             }),
             image_id: c.meta.image_ref.clone(),
-            ..Default::default()
+            user: c.meta.user.clone(),
         }
     }
 

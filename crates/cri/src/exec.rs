@@ -124,7 +124,7 @@ impl Cri {
     /// DeadlineExceeded); its exit code. The process is deleted after.
     pub async fn run_exec(&self, e: &Exec, timeout: Option<Duration>) -> Result<u32, Status> {
         let mut tasks = self.ctrd.tasks();
-        let wait = {
+        let mut wait = {
             let mut t = tasks.clone();
             let (cid, eid) = (e.container_id.clone(), e.exec_id.clone());
             tokio::spawn(async move {
@@ -148,10 +148,10 @@ impl Cri {
         }
         e.started.send_replace(true);
         let r = match timeout {
-            Some(t) => match tokio::time::timeout(t, wait).await {
+            Some(t) => match tokio::time::timeout(t, &mut wait).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let _ = tasks
+                    let killed = tasks
                         .kill(KillRequest {
                             container_id: e.container_id.clone(),
                             exec_id: e.exec_id.clone(),
@@ -159,6 +159,12 @@ impl Cri {
                             all: false,
                         })
                         .await;
+                    // the process is gone when the caller hears of the
+                    // timeout (containerd waits for the exit too)
+                    if killed.is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), &mut wait).await;
+                    }
+                    wait.abort();
                     self.delete_exec(e).await;
                     return Err(Status::deadline_exceeded(format!(
                         "timeout {}s exceeded: context deadline exceeded",

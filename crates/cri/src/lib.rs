@@ -15,6 +15,7 @@ pub mod config;
 pub mod container;
 pub mod core;
 pub mod exec;
+pub mod features;
 pub mod image;
 pub mod io;
 pub mod monitor;
@@ -69,6 +70,7 @@ pub fn register(r: &mut Registry) {
                 stevedore_types::Error::internal(format!("cri: no async runtime: {e}"))
             })?;
             handle.spawn(cri.clone().start_background());
+            handle.spawn_blocking(features::recursive_read_only_mounts);
             let svc = service::CriService(cri);
             Ok(Arc::new(
                 GrpcService::new(with_message_limits!(

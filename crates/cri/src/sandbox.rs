@@ -311,7 +311,15 @@ impl Cri {
         &self,
         req: cri::StopPodSandboxRequest,
     ) -> Result<cri::StopPodSandboxResponse, Status> {
-        let sb = self.store.sandbox(&req.pod_sandbox_id)?;
+        let sb = match self.store.sandbox(&req.pod_sandbox_id) {
+            Ok(s) => s,
+            // the CRI's StopPodSandbox is idempotent: a sandbox already
+            // gone is stopped (containerd 2.x)
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Ok(cri::StopPodSandboxResponse {})
+            }
+            Err(s) => return Err(s),
+        };
         let _op = sb.op.lock().await;
         let id = sb.id();
         for c in self.store.containers_of(&id) {

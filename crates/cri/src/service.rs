@@ -328,11 +328,11 @@ impl Cri {
             .keys()
             .map(|name| cri::RuntimeHandler {
                 name: name.clone(),
-                features: Some(cri::RuntimeHandlerFeatures::default()),
+                features: Some(handler_features()),
             })
             .chain(std::iter::once(cri::RuntimeHandler {
                 name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures::default()),
+                features: Some(handler_features()),
             }))
             .collect();
         Ok(cri::StatusResponse {
@@ -340,8 +340,16 @@ impl Cri {
             info,
             runtime_handlers,
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         })
+    }
+}
+
+/// What every handler (all run runc through the shim) can do.
+fn handler_features() -> cri::RuntimeHandlerFeatures {
+    cri::RuntimeHandlerFeatures {
+        recursive_read_only_mounts: crate::features::recursive_read_only_mounts(),
+        user_namespaces: false,
     }
 }

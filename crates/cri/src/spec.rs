@@ -350,6 +350,34 @@ pub fn sandbox_spec(
     Ok(s)
 }
 
+/// containerd 2.x's rules for a recursive read-only mount (runc's `rro`):
+/// read-only, private propagation, and a runtime that can.
+fn check_recursive_read_only(
+    m: &cri::Mount,
+    propagation: cri::MountPropagation,
+) -> Result<(), Status> {
+    if !m.readonly {
+        return Err(bad(format!(
+            "mount {:?}: recursive read-only mount needs to be read-only",
+            m.container_path
+        )));
+    }
+    if propagation != cri::MountPropagation::PropagationPrivate {
+        return Err(bad(format!(
+            "mount {:?}: recursive read-only mount requires private propagation, got {}",
+            m.container_path,
+            propagation.as_str_name()
+        )));
+    }
+    if !crate::features::recursive_read_only_mounts() {
+        return Err(bad(format!(
+            "mount {:?}: recursive read-only mounts are not supported (runc's rro and Linux 5.12 are needed)",
+            m.container_path
+        )));
+    }
+    Ok(())
+}
+
 /// What a container spec needs to know of its pod.
 pub struct PodContext<'a> {
     pub sandbox_id: &'a str,
@@ -377,7 +405,10 @@ fn capabilities(s: &mut Spec, caps: Option<&cri::Capability>) {
         .iter()
         .any(|c| c.eq_ignore_ascii_case("ALL"))
     {
-        set = spec::all_capabilities();
+        // what this process holds, as containerd's
+        // WithAllCurrentCapabilities: runc cannot grant a capability
+        // outside the daemon's bounding set
+        set = spec::current_capabilities();
     }
     if caps
         .drop_capabilities
@@ -580,10 +611,13 @@ pub fn container_spec(
         }
         let src = std::fs::canonicalize(src)
             .map_err(|e| Status::internal(format!("resolve {:?}: {e}", m.host_path)))?;
+        let propagation = cri::MountPropagation::try_from(m.propagation)
+            .unwrap_or(cri::MountPropagation::PropagationPrivate);
+        if m.recursive_read_only {
+            check_recursive_read_only(m, propagation)?;
+        }
         let mut opts = vec!["rbind".to_string()];
-        match cri::MountPropagation::try_from(m.propagation)
-            .unwrap_or(cri::MountPropagation::PropagationPrivate)
-        {
+        match propagation {
             cri::MountPropagation::PropagationPrivate => opts.push("rprivate".into()),
             cri::MountPropagation::PropagationBidirectional => {
                 opts.push("rshared".into());
@@ -597,6 +631,9 @@ pub fn container_spec(
             }
         }
         opts.push(if m.readonly { "ro" } else { "rw" }.into());
+        if m.recursive_read_only {
+            opts.push("rro".into());
+        }
         s.mounts.push(Mount {
             destination: m.container_path.clone(),
             kind: "bind".into(),
@@ -688,13 +725,16 @@ pub fn container_spec(
         sc.privileged,
         &c.unset_seccomp_profile,
     )?;
-    // the user as resolved against the image's passwd and group files
+    // the user as resolved against the image's passwd and group files;
+    // the primary group first among the additional ones (containerd's
+    // ensureAdditionalGids, 1.6.18's fix of CVE-2023-25173), then the
+    // image's groups of the user, then the request's
     let p = s.process.get_or_insert_with(Default::default);
     p.user.uid = ids.uid;
     p.user.gid = ids.gid;
-    p.user.additional_gids = ids.additional_gids.clone();
-    for g in &sc.supplemental_groups {
-        let g = *g as u32;
+    p.user.additional_gids = vec![ids.gid];
+    let requested = sc.supplemental_groups.iter().map(|g| *g as u32);
+    for g in ids.additional_gids.iter().copied().chain(requested) {
         if !p.user.additional_gids.contains(&g) {
             p.user.additional_gids.push(g);
         }
@@ -894,6 +934,123 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn recursive_read_only_mounts_follow_containerds_rules() {
+        let pod = cri::PodSandboxConfig::default();
+        let ctx = PodContext {
+            sandbox_id: "sb",
+            sandbox_pid: 42,
+            target_pid: None,
+            config: &pod,
+            files: &files(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let spec_with = |m: cri::Mount| {
+            let cfg = cri::ContainerConfig {
+                args: vec!["true".into()],
+                mounts: vec![m],
+                ..Default::default()
+            };
+            container_spec(
+                "c1",
+                &cfg,
+                &image(),
+                "img",
+                &ctx,
+                &CriConfig::default(),
+                &Default::default(),
+            )
+        };
+        let rro = |readonly, propagation: cri::MountPropagation| cri::Mount {
+            container_path: "/mnt".into(),
+            host_path: dir.path().display().to_string(),
+            readonly,
+            recursive_read_only: true,
+            propagation: propagation as i32,
+            ..Default::default()
+        };
+        let private = cri::MountPropagation::PropagationPrivate;
+        for bad in [
+            rro(false, private),
+            rro(true, cri::MountPropagation::PropagationHostToContainer),
+            rro(true, cri::MountPropagation::PropagationBidirectional),
+        ] {
+            let err = spec_with(bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        }
+        let r = spec_with(rro(true, private));
+        if crate::features::recursive_read_only_mounts() {
+            let s = r.unwrap();
+            let m = s.mounts.iter().find(|m| m.destination == "/mnt").unwrap();
+            assert!(m.options.iter().any(|o| o == "rro"), "{:?}", m.options);
+            assert!(m.options.iter().any(|o| o == "ro"), "{:?}", m.options);
+        } else {
+            assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
+        }
+    }
+
+    #[test]
+    fn the_primary_group_leads_the_additional_groups() {
+        let pod = cri::PodSandboxConfig::default();
+        let ctx = PodContext {
+            sandbox_id: "sb",
+            sandbox_pid: 42,
+            target_pid: None,
+            config: &pod,
+            files: &files(),
+        };
+        let cfg = cri::ContainerConfig {
+            args: vec!["id".into()],
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    supplemental_groups: vec![1234, 1000],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ids = crate::user::Ids {
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![50000],
+        };
+        let s = container_spec(
+            "c1",
+            &cfg,
+            &image(),
+            "img",
+            &ctx,
+            &CriConfig::default(),
+            &ids,
+        )
+        .unwrap();
+        let u = s.process.unwrap().user;
+        assert_eq!((u.uid, u.gid), (1000, 1000));
+        // CVE-2023-25173: the primary group is a supplementary one too
+        assert_eq!(u.additional_gids, vec![1000, 50000, 1234]);
+    }
+
+    #[test]
+    fn adding_all_capabilities_grants_those_the_daemon_holds() {
+        let mut s = Spec {
+            process: Some(Default::default()),
+            ..Default::default()
+        };
+        let caps = cri::Capability {
+            add_capabilities: vec!["ALL".into()],
+            drop_capabilities: vec!["CHOWN".into()],
+            ..Default::default()
+        };
+        capabilities(&mut s, Some(&caps));
+        let mut want = spec::current_capabilities();
+        want.retain(|c| c != "CAP_CHOWN");
+        let got = s.process.unwrap().capabilities.unwrap();
+        assert_eq!(got.bounding, want);
+        assert_eq!(got.effective, want);
+        assert_eq!(got.permitted, want);
     }
 
     #[test]

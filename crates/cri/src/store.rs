@@ -75,6 +75,10 @@ pub struct ContainerMeta {
     pub created_at: i64,
     #[prost(string, tag = "12")]
     pub snapshotter: String,
+    /// The identity of the container's process as its spec sets it
+    /// (ContainerStatus.user); none in records made before it was kept.
+    #[prost(message, optional, tag = "13")]
+    pub user: Option<cri::ContainerUser>,
 }
 
 /// A container's changing status, checkpointed to `<dir>/status`.

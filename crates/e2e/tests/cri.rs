@@ -441,6 +441,19 @@ async fn cri_runs_a_pod_whose_containers_share_the_pod_network() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
     assert!(t0.elapsed() < Duration::from_secs(10));
+    // ... and the process is gone when the answer comes (critest's
+    // "execSync with timeout" looks for it right after)
+    let r = e
+        .exec(
+            &client,
+            &["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+        )
+        .await;
+    let procs = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        !procs.contains("sleep 30"),
+        "the timed-out exec still runs: {procs}"
+    );
 
     // logs in the CRI format at the path kubelet gave
     let log = e.logs().join("web").join("server.log");
@@ -722,6 +735,19 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    // stopping what is gone is done (the CRI's stops are idempotent;
+    // critest's Idempotence specs)
+    e.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: "nope".into(),
+    })
+    .await
+    .expect("StopPodSandbox of an unknown id");
+    e.rt.stop_container(cri::StopContainerRequest {
+        container_id: "nope".into(),
+        timeout: 0,
+    })
+    .await
+    .expect("StopContainer of an unknown id");
     // an image that is not there
     let mut cfg = e.container_config("x", &["true"]);
     cfg.image = Some(cri::ImageSpec {
@@ -842,7 +868,8 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(s.reason, "StartError");
     // users by name from the image's /etc/passwd, and containerd's
-    // additional groups (root is in wheel in the test image)
+    // additional groups (root is in wheel in the test image), the primary
+    // group among them (containerd 1.6.18+, CVE-2023-25173)
     let mut cfg = e.container_config("www", &["sleep", "3600"]);
     cfg.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -855,8 +882,14 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
     let r = e.exec(&www, &["id"]).await;
     assert_eq!(
         String::from_utf8_lossy(&r.stdout).trim(),
-        "uid=33(www-data) gid=33(www-data)",
+        "uid=33(www-data) gid=33(www-data) groups=33(www-data)",
         "{r:?}"
+    );
+    // ContainerStatus.user: the identity the process started with
+    let user = e.status(&www).await.user.and_then(|u| u.linux).unwrap();
+    assert_eq!(
+        (user.uid, user.gid, user.supplemental_groups),
+        (33, 33, vec![33])
     );
     let root = e
         .start_container(

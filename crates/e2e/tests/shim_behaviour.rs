@@ -922,6 +922,11 @@ async fn shim_refuses_exec_ids_that_are_not_one_path_component() {
     s.kill("", 9, false).await.unwrap();
     s.wait("").await.unwrap();
     s.delete_process("").await.unwrap();
+    // with its init deleted the container is gone, as containerd's shim
+    // drops it: a late kill (the CRI stopping a container whose exit it is
+    // handling) is NotFound, not FailedPrecondition
+    let err = s.kill("", 9, false).await.unwrap_err();
+    assert_eq!(err.kind, stevedore_types::ErrorKind::NotFound, "{err}");
     s.shutdown().await.unwrap();
     let needle = bundle.path.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -110,10 +110,10 @@ impl Shim {
             return Ok(p.clone());
         }
         Err(if exec_id.is_empty() {
-            Error::FailedPrecondition(format!(
-                "container {:?} must be created: failed precondition",
-                self.id
-            ))
+            // containerd's shim has no container before Create or after the
+            // init's Delete (it drops it from its map): NotFound, which
+            // callers racing an exit (the CRI's StopContainer) ignore
+            Error::NotFound(format!("container {:?} not created: not found", self.id))
         } else {
             Error::NotFound(format!("process does not exist {exec_id}: not found"))
         })
