@@ -164,3 +164,74 @@ fn concurrent_overlay_unpack_gives_the_tree_of_the_sequential_native_unpack() {
     let out = d.ctr_ok(&["images", "check"]);
     assert!(out.contains("complete"), "{out}");
 }
+
+/// The bottom layer is extracted while it downloads; the registry serves
+/// its blob with the gzip header's timestamp changed (same length, still a
+/// gzip stream that extracts to the right diff ID, so only the digest
+/// check can tell). The pull fails on that digest, and neither a layer
+/// snapshot (committed or left active) nor an image remains: on overlayfs
+/// (every layer extracted at once) and on native (one after another).
+#[test]
+fn pull_of_a_layer_served_corrupted_fails_on_its_digest_and_leaves_no_snapshot() {
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = big_image(&dir.path().join("img"), "gzip", 0.02);
+    let remote = stevedore_e2e::skopeo_push(&img, &reg.host(), "stevedore/big:corrupt", &[]);
+    let bottom = img.info["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hex = bottom.strip_prefix("sha256:").unwrap();
+    let blob = reg
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut data = std::fs::read(&blob).unwrap_or_else(|e| panic!("{}: {e}", blob.display()));
+    assert_eq!(&data[..3], &[0x1f, 0x8b, 8], "a gzip member");
+    assert_eq!(
+        data[3] & 0x02,
+        0,
+        "no header CRC that would catch the change"
+    );
+    data[4] ^= 0x5a;
+    std::fs::write(&blob, &data).unwrap();
+
+    for snapshotter in ["overlayfs", "native"] {
+        let d = Daemon::start();
+        let o = d.cli(&["pull", "--snapshotter", snapshotter, &remote]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "{snapshotter}: the pull succeeded:\n{err}"
+        );
+        assert!(
+            err.contains("digest mismatch") && err.contains(&bottom),
+            "{snapshotter}: the error names the layer and its digest check:\n{err}"
+        );
+        let ls = d.ctr_ok(&["snapshots", "--snapshotter", snapshotter, "ls"]);
+        assert!(
+            !ls.contains("Committed") && !ls.contains("Active"),
+            "{snapshotter}: snapshots left:\n{ls}"
+        );
+        assert_eq!(
+            d.ctr_ok(&["images", "ls", "-q"]).trim(),
+            "",
+            "{snapshotter}: an image was created"
+        );
+        // the bad bytes are not kept as an ingest a retry would resume at
+        // its end (and fail on again): the retry downloads afresh
+        let active = d.ctr_ok(&["content", "active"]);
+        assert!(
+            !active.contains(hex),
+            "{snapshotter}: ingest kept:\n{active}"
+        );
+        let again = d.cli(&["pull", "--snapshotter", snapshotter, &remote]);
+        let err2 = String::from_utf8_lossy(&again.stderr);
+        assert!(
+            !again.status.success() && err2.contains("digest mismatch"),
+            "{snapshotter}: the retry:\n{err2}"
+        );
+    }
+}

@@ -197,6 +197,16 @@ impl Pull {
         let written = sink
             .await
             .map_err(|e| Error::internal(format!("content writer task: {e}")))?;
+        if pos >= desc.size && matches!(&written, Err(e) if e.kind == ErrorKind::FailedPrecondition)
+        {
+            // a whole blob that failed the commit's digest check is not
+            // kept for a retry to resume at its end (a short one is: the
+            // retry resumes it)
+            let (content, r) = (self.content(), format!("pull-{}", desc.digest));
+            if let Err(a) = blocking(move || content.abort(&r)).await {
+                tracing::warn!("pull: drop the ingest of {}: {a}", desc.digest);
+            }
+        }
         fed?;
         let created = written.map_err(|e| e.context(format!("store {}", desc.digest)))?;
         if created {
