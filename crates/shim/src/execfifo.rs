@@ -57,7 +57,16 @@ pub fn start(root: &Path, id: &str, gone: impl Fn() -> bool) -> std::io::Result<
             let mut byte = [0u8; 16];
             match rustix::io::read(fd.as_fd(), &mut byte) {
                 Ok(n) if n > 0 => {
-                    std::fs::remove_file(&path)?;
+                    // init has its go whatever follows: never run `runc
+                    // start` after this (it would call the container
+                    // running and fail)
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            crate::log::warn(&format!("started {id}, but its exec.fifo stays: {e}"))
+                        }
+                    }
                     return Ok(true);
                 }
                 // EOF: a writer came and went without a byte
