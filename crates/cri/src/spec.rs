@@ -813,6 +813,32 @@ mod tests {
         }
     }
 
+    /// A pod with the default config and [`files`], for the context of
+    /// its containers (sandbox "sb", pause pid 42).
+    struct DefaultPod {
+        config: cri::PodSandboxConfig,
+        files: SandboxFiles,
+    }
+
+    impl DefaultPod {
+        fn new() -> DefaultPod {
+            DefaultPod {
+                config: cri::PodSandboxConfig::default(),
+                files: files(),
+            }
+        }
+
+        fn ctx(&self) -> PodContext<'_> {
+            PodContext {
+                sandbox_id: "sb",
+                sandbox_pid: 42,
+                target_pid: None,
+                config: &self.config,
+                files: &self.files,
+            }
+        }
+    }
+
     fn image() -> ImageConfig {
         ImageConfig {
             entrypoint: vec!["/pause".into()],
@@ -856,14 +882,8 @@ mod tests {
 
     #[test]
     fn container_spec_joins_the_pause_namespaces() {
-        let pod = cri::PodSandboxConfig::default();
-        let ctx = PodContext {
-            sandbox_id: "sb",
-            sandbox_pid: 42,
-            target_pid: None,
-            config: &pod,
-            files: &files(),
-        };
+        let pod = DefaultPod::new();
+        let ctx = pod.ctx();
         let cfg = cri::ContainerConfig {
             args: vec!["echo".into(), "hi".into()],
             envs: vec![cri::KeyValue {
@@ -938,14 +958,8 @@ mod tests {
 
     #[test]
     fn recursive_read_only_mounts_follow_containerds_rules() {
-        let pod = cri::PodSandboxConfig::default();
-        let ctx = PodContext {
-            sandbox_id: "sb",
-            sandbox_pid: 42,
-            target_pid: None,
-            config: &pod,
-            files: &files(),
-        };
+        let pod = DefaultPod::new();
+        let ctx = pod.ctx();
         let dir = tempfile::tempdir().unwrap();
         let spec_with = |m: cri::Mount| {
             let cfg = cri::ContainerConfig {
@@ -993,14 +1007,8 @@ mod tests {
 
     #[test]
     fn the_primary_group_leads_the_additional_groups() {
-        let pod = cri::PodSandboxConfig::default();
-        let ctx = PodContext {
-            sandbox_id: "sb",
-            sandbox_pid: 42,
-            target_pid: None,
-            config: &pod,
-            files: &files(),
-        };
+        let pod = DefaultPod::new();
+        let ctx = pod.ctx();
         let cfg = cri::ContainerConfig {
             args: vec!["id".into()],
             linux: Some(cri::LinuxContainerConfig {
@@ -1055,14 +1063,8 @@ mod tests {
 
     #[test]
     fn a_tty_container_gets_term_xterm_as_containerd_gives_it() {
-        let pod = cri::PodSandboxConfig::default();
-        let ctx = PodContext {
-            sandbox_id: "sb",
-            sandbox_pid: 42,
-            target_pid: None,
-            config: &pod,
-            files: &files(),
-        };
+        let pod = DefaultPod::new();
+        let ctx = pod.ctx();
         let env_of = |cfg: &cri::ContainerConfig| {
             let s = container_spec(
                 "c1",

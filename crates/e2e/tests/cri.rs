@@ -271,6 +271,29 @@ conf_dir = "{}"
             .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", self.d.log()));
     }
 
+    /// No veth is left on the pod bridge and no network namespace in the
+    /// CRI's state; then the test's bridge goes.
+    fn assert_no_pod_network_left(&self) {
+        let bridge = std::fs::read_to_string(self.dir.path().join("bridge-name")).unwrap();
+        let o = std::process::Command::new("ip")
+            .args(["-o", "link", "show", "master", &bridge])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stdout).trim().is_empty(),
+            "veths left: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let netns_dir = self.d.state.join("io.containerd.grpc.v1.cri").join("netns");
+        let left: Vec<_> = std::fs::read_dir(&netns_dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "netns left: {left:?}");
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &bridge])
+            .status();
+    }
+
     /// Nothing of the daemon's is left mounted (netns, shm, rootfs).
     fn assert_no_mounts(&self) {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -569,26 +592,7 @@ async fn cri_runs_a_pod_whose_containers_share_the_pod_network() {
     let ctrs = e.d.ctr_ok(&["-n", "k8s.io", "containers", "ls", "-q"]);
     assert!(ctrs.trim().is_empty(), "{ctrs}");
     e.assert_no_mounts();
-    // no veth is left on the pod bridge
-    let bridge = std::fs::read_to_string(e.dir.path().join("bridge-name")).unwrap();
-    let o = std::process::Command::new("ip")
-        .args(["-o", "link", "show", "master", &bridge])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&o.stdout).trim().is_empty(),
-        "veths left: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let netns_dir = e.d.state.join("io.containerd.grpc.v1.cri").join("netns");
-    let left: Vec<_> = std::fs::read_dir(&netns_dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "netns left: {left:?}");
-    let bridge = std::fs::read_to_string(e.dir.path().join("bridge-name")).unwrap();
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", &bridge])
-        .status();
+    e.assert_no_pod_network_left();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1379,22 +1383,5 @@ async fn cri_pod_whose_network_setup_fails_leaves_nothing_behind() {
         records.trim().is_empty(),
         "container records left: {records}"
     );
-    let netns_dir = e.d.state.join("io.containerd.grpc.v1.cri").join("netns");
-    let left: Vec<_> = std::fs::read_dir(&netns_dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "netns left: {left:?}");
-    let bridge = std::fs::read_to_string(e.dir.path().join("bridge-name")).unwrap();
-    let o = std::process::Command::new("ip")
-        .args(["-o", "link", "show", "master", &bridge])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&o.stdout).trim().is_empty(),
-        "veths left: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", &bridge])
-        .status();
+    e.assert_no_pod_network_left();
 }
