@@ -7,7 +7,6 @@ use crate::client::context;
 use crate::core::Cri;
 use crate::spec::{self, SandboxFiles};
 use crate::store::{self, Sandbox, SandboxMeta, SandboxState};
-use prost::Message;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -192,13 +191,7 @@ impl Cri {
             &snapshotter,
             runtime,
             labels,
-            (
-                store::SANDBOX_EXT,
-                prost_types::Any {
-                    type_url: store::SANDBOX_META_TYPE.into(),
-                    value: meta.encode_to_vec(),
-                },
-            ),
+            (store::SANDBOX_EXT, store::sandbox_ext(meta)),
         )
         .await?;
         made.record = true;
@@ -235,10 +228,7 @@ impl Cri {
     /// known once CNI answered), for a restarted daemon to find.
     async fn save_sandbox_meta(&self, meta: &SandboxMeta) -> Result<(), Status> {
         use stevedore_api::services::containers::{Container, UpdateContainerRequest};
-        let ext = prost_types::Any {
-            type_url: store::SANDBOX_META_TYPE.into(),
-            value: meta.encode_to_vec(),
-        };
+        let ext = store::sandbox_ext(meta);
         self.ctrd
             .containers()
             .update(UpdateContainerRequest {

@@ -20,6 +20,14 @@ pub const CONTAINER_EXT: &str = "io.cri-containerd.container.metadata";
 pub const SANDBOX_META_TYPE: &str = "stevedore.cri.v1.SandboxMetadata";
 pub const CONTAINER_META_TYPE: &str = "stevedore.cri.v1.ContainerMetadata";
 
+/// `meta` as its pause container's record carries it (`SANDBOX_EXT`).
+pub fn sandbox_ext(meta: &SandboxMeta) -> prost_types::Any {
+    prost_types::Any {
+        type_url: SANDBOX_META_TYPE.into(),
+        value: prost::Message::encode_to_vec(meta),
+    }
+}
+
 /// A pod sandbox's metadata, kept with its pause container's record.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SandboxMeta {

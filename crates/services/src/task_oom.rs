@@ -90,8 +90,7 @@ impl OomOrder {
         let mut out = vec![ev];
         match kind {
             Kind::Create => {
-                let bundle = Bundle::at(&self.state, &self.state, &key.0, &key.1);
-                let _ = std::fs::remove_file(bundle.path.join(OOM_MARK));
+                let _ = std::fs::remove_file(self.oom_mark(&key));
                 tasks.insert(key, Entry::default());
             }
             Kind::Oom => {
@@ -148,18 +147,22 @@ impl OomOrder {
 
     /// Note in the task's bundle that an OOM was forwarded, so a daemon
     /// restarted before the exit does not forward another.
-    fn mark_reported(&self, (namespace, id): &(String, String)) {
-        let bundle = Bundle::at(&self.state, &self.state, namespace, id);
-        if bundle.path.is_dir() {
-            let _ = std::fs::write(bundle.path.join(OOM_MARK), b"");
+    fn mark_reported(&self, key: &(String, String)) {
+        let mark = self.oom_mark(key);
+        if mark.parent().is_some_and(Path::is_dir) {
+            let _ = std::fs::write(mark, b"");
         }
     }
 
-    fn was_reported(&self, (namespace, id): &(String, String)) -> bool {
+    fn was_reported(&self, key: &(String, String)) -> bool {
+        self.oom_mark(key).exists()
+    }
+
+    /// The task's [`OOM_MARK`] file (in its bundle).
+    fn oom_mark(&self, (namespace, id): &(String, String)) -> PathBuf {
         Bundle::at(&self.state, &self.state, namespace, id)
             .path
             .join(OOM_MARK)
-            .exists()
     }
 
     /// The OOM kills the task's memory cgroup counted; 0 when unknown.
