@@ -146,6 +146,8 @@ pub fn delete(f: &Flags) -> Result<()> {
 pub fn serve(f: Flags) -> Result<()> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| Error::io("become subreaper", e))?;
+    // every child is reaped, also those reparented to the shim (reaper.rs)
+    crate::reaper::start().map_err(|e| Error::io("start the reaper", e))?;
     crate::log::open(Path::new(&f.bundle));
     crate::log::set_debug(f.debug);
     let rt = tokio::runtime::Builder::new_current_thread()

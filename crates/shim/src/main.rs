@@ -6,7 +6,8 @@
 //!
 //! Rooms: `flags` (command line), `actions` (start / delete / serve),
 //! `service` (the ttrpc task service), `process` (init and exec processes,
-//! one launch path, stdio), `console` (ptys), `runc` (the OCI runtime driver
+//! one launch path, stdio), `reaper` (reaps every child, delivers the
+//! exits of those the shim waits for), `console` (ptys), `runc` (the OCI runtime driver
 //! and its errors), `events` (publisher), `cgroups` (metrics, OOM, the shim
 //! cgroup), `options` (runc options), `error` (the error type and its ttrpc
 //! codes), `log` (the shim log FIFO), `info` (`-info`: containerd 2.x's
@@ -24,6 +25,7 @@ mod info;
 mod log;
 mod options;
 mod process;
+mod reaper;
 mod runc;
 mod service;
 

@@ -47,6 +47,8 @@ pub enum Kind<'a> {
 /// A launched process.
 pub struct Launched {
     pub pid: u32,
+    /// Its exit, from the reaper.
+    pub exit: crate::reaper::Exit,
     /// The pty master, with a terminal.
     pub console: Option<OwnedFd>,
     /// The shim's write end of the stdin FIFO (closed by CloseIO).
@@ -109,8 +111,8 @@ impl Process {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Record a launch.
-    pub fn launched(&self, l: Launched) {
+    /// Record a launch; what remains is the wait for its exit.
+    pub fn launched(&self, l: Launched) -> crate::reaper::Exit {
         let mut s = self.state();
         s.pid = l.pid;
         s.console = l.console.map(Arc::new);
@@ -118,6 +120,7 @@ impl Process {
         if !s.stdin_closed {
             s.stdin = l.stdin;
         }
+        l.exit
     }
 
     /// Record the exit and wake waiters.
@@ -283,32 +286,31 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
     let [i, o, e] = stdio;
     cmd.stdin(i).stdout(o).stderr(e);
     let t0 = std::time::Instant::now();
-    let spawned = cmd.spawn();
+    let spawned = crate::reaper::spawn(&mut cmd);
     // our copies of the process's stdio close here: only the process keeps them
     drop(cmd);
-    let mut child = spawned.map_err(|e| runc.runtime_error(runc.spawn_failure(&e), what))?;
+    let (_child, mut exit) =
+        spawned.map_err(|e| runc.runtime_error(runc.spawn_failure(&e), what))?;
 
     let mut master = None;
     let status = match &console {
-        None => child.wait(),
+        None => exit.wait(),
         Some(c) => loop {
             if master.is_none() {
                 master = c.try_receive(50)?;
             }
-            match child.try_wait() {
-                Ok(Some(st)) => {
+            match exit.try_wait() {
+                Some(st) => {
                     if master.is_none() && st.success() {
                         master = c.try_receive(0)?;
                     }
-                    break Ok(st);
+                    break st;
                 }
-                Ok(None) if master.is_some() => break child.wait(),
-                Ok(None) => {}
-                Err(e) => break Err(e),
+                None if master.is_some() => break exit.wait(),
+                None => {}
             }
         },
-    }
-    .map_err(|e| Error::io(format!("wait for {}", runc.binary), e))?;
+    };
     if !status.success() {
         let mut text = runc.exit_text(&status);
         if let Some(mut out) = runc_output {
@@ -336,6 +338,7 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
     crate::log::timed(|| format!("{} {}", runc.binary, args[0]), t0);
     Ok(Launched {
         pid,
+        exit: crate::reaper::watch(pid, t0),
         console: master,
         stdin: stdin_hold,
     })
@@ -362,29 +365,6 @@ pub fn read_pid_file(path: &Path) -> Result<u32> {
             path.display()
         ))
     })
-}
-
-/// Wait for a child (the shim is their subreaper) and return containerd's
-/// exit status: the code, or 128 + the signal.
-pub fn wait_exit(pid: u32) -> u32 {
-    use rustix::process::{waitpid, Pid, WaitOptions};
-    let Some(p) = Pid::from_raw(pid as i32) else {
-        return 255;
-    };
-    loop {
-        match waitpid(Some(p), WaitOptions::empty()) {
-            Ok(Some((_, st))) => {
-                if let Some(code) = st.exit_status() {
-                    return code as u32;
-                }
-                if let Some(sig) = st.terminating_signal() {
-                    return 128 + sig as u32;
-                }
-            }
-            Err(rustix::io::Errno::INTR) => continue,
-            _ => return 255,
-        }
-    }
 }
 
 #[cfg(test)]

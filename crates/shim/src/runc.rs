@@ -145,23 +145,24 @@ impl Runc {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| self.spawn_failure(&e))?;
+        let (mut child, mut exit) =
+            crate::reaper::spawn(&mut cmd).map_err(|e| self.spawn_failure(&e))?;
         if let (Some(data), Some(mut w)) = (input, child.stdin.take()) {
             // a runc that exits early closes the pipe: its status says why
             let _ = w.write_all(data);
         }
-        let out = child.wait_with_output().map_err(|e| Failure::Exit {
-            text: format!("wait for {}: {}", self.binary, go_os_error(&e)),
+        let (mut output, stderr) = read_both(&mut child).map_err(|e| Failure::Exit {
+            text: format!("read the output of {}: {}", self.binary, go_os_error(&e)),
         })?;
-        if out.status.success() {
-            return Ok(out.stdout);
+        let status = exit.wait();
+        if status.success() {
+            return Ok(output);
         }
-        let mut output = out.stdout;
-        output.extend_from_slice(&out.stderr);
+        output.extend_from_slice(&stderr);
         Err(Failure::Exit {
             text: format!(
                 "{}: {}",
-                self.exit_text(&out.status),
+                self.exit_text(&status),
                 String::from_utf8_lossy(&output)
             ),
         })
@@ -266,6 +267,30 @@ pub fn look_path(name: &str) -> Result<PathBuf, Failure> {
                 "exec: {name:?}: executable file not found in $PATH"
             ))
         })
+}
+
+/// A child's stdout and stderr, read to their ends (stderr on a thread so
+/// that neither pipe fills while the other is read), as `wait_with_output`
+/// does; the exit is the reaper's.
+fn read_both(child: &mut std::process::Child) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    use std::io::Read;
+    let err = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf).map(|_| buf)
+        })
+    });
+    let mut out = Vec::new();
+    if let Some(o) = child.stdout.as_mut() {
+        o.read_to_end(&mut out)?;
+    }
+    let err = match err {
+        Some(t) => t
+            .join()
+            .map_err(|_| std::io::Error::other("stderr reader panicked"))??,
+        None => Vec::new(),
+    };
+    Ok((out, err))
 }
 
 #[cfg(test)]

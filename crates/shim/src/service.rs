@@ -190,10 +190,10 @@ impl Shim {
         .map_err(blocking_err)??;
         let pid = launched.pid;
         let p = Arc::new(Process::new("", io, Vec::new()));
-        p.launched(launched);
+        let exit = p.launched(launched);
         self.procs().insert(String::new(), p.clone());
         self.has_task.store(true, Ordering::SeqCst);
-        self.reap(p, pid);
+        self.reap(p, exit);
         self.watch_oom();
         let mut ev = TaskCreate::new();
         ev.container_id = r.id.clone();
@@ -313,14 +313,14 @@ impl Shim {
             }
         };
         let pid = launched.pid;
-        p.launched(launched);
+        let exit = p.launched(launched);
         {
             let mut s = p.state();
             if s.status == Status::Created {
                 s.status = Status::Running;
             }
         }
-        self.reap(p, pid);
+        self.reap(p, exit);
         let mut ev = TaskExecStarted::new();
         ev.container_id = self.id.clone();
         ev.exec_id = r.exec_id.clone();
@@ -650,16 +650,18 @@ impl Shim {
         Ok(resp)
     }
 
-    /// Wait for a launched process on a thread; kill what a host-PID
-    /// container's init leaves behind; record and publish the exit.
-    fn reap(self: &Arc<Self>, p: Arc<Process>, pid: u32) {
+    /// Wait for a launched process on a thread (the reaper delivers its
+    /// exit); kill what a host-PID container's init leaves behind (the
+    /// reaper reaps them); record and publish the exit.
+    fn reap(self: &Arc<Self>, p: Arc<Process>, mut exit: crate::reaper::Exit) {
         let me = self.clone();
+        let pid = exit.pid();
         let handle = tokio::runtime::Handle::current();
         let spawned = std::thread::Builder::new()
             .name("reap".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                let status = process::wait_exit(pid);
+                let status = crate::reaper::exit_code(exit.wait());
                 let at = SystemTime::now();
                 if p.exec_id.is_empty() && should_kill_all_on_exit(&me.bundle) {
                     let runc = me.runc();
