@@ -443,8 +443,15 @@ impl Applier {
                         )),
                     )
                 })?;
+                // the entry's owner, mode, xattrs and times go to the
+                // shared inode, as containerd applies them (not the mode of
+                // a link to a symlink, which has none)
+                let linked = rustix::fs::statat(&dir, base.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|err| sys(err, ctx("stat hardlink")))?;
+                let symlink = FileType::from_raw_mode(linked.st_mode) == FileType::Symlink;
+                self.set_meta(&dir, base, &meta, symlink, &name)?;
                 self.written.insert(comps.iter().collect());
-                return Ok(()); // a hardlink shares its target's metadata
+                return Ok(());
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let ft = match kind {

@@ -52,6 +52,11 @@ impl Tar {
     fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.raw(name, tar::EntryType::Link, b"", target, 0o644)
     }
+    /// A hard link entry with its own mode (tar writers give a link its
+    /// inode's mode; containerd applies whatever the entry says).
+    fn hardlink_mode(&mut self, name: &str, target: &str, mode: u32) -> &mut Self {
+        self.raw(name, tar::EntryType::Link, b"", target, mode)
+    }
     fn bytes(&mut self) -> Vec<u8> {
         std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()))
             .into_inner()
@@ -370,7 +375,7 @@ fn keeps_ownership_modes_links_devices_xattrs_and_times() {
     let mut t = Tar::new();
     t.dir("bin");
     t.raw("bin/su", tar::EntryType::Regular, b"suid", "", 0o4755);
-    t.hardlink("bin/su-link", "bin/su");
+    t.hardlink_mode("bin/su-link", "bin/su", 0o4755);
     t.symlink("bin/sh", "busybox");
     t.raw("dev-null", tar::EntryType::Char, b"", "", 0o666);
     t.raw("fifo", tar::EntryType::Fifo, b"", "", 0o600);
@@ -713,4 +718,60 @@ fn implicit_parents_applied_without_lowers_inherit_once_stacked() {
     // a directory gone since is skipped
     fs::remove_dir_all(upper.join("etc/deep/new-dir")).unwrap();
     stevedore_diff::inherit_implicit_dirs(&upper, &applied.implicit_dirs, &[lower]).unwrap();
+}
+
+#[test]
+fn a_hardlink_entry_applies_its_owner_mode_and_times_to_the_shared_file_as_containerd() {
+    let sb = Sandbox::new();
+    let mut t = Tar::new();
+    t.raw("f", tar::EntryType::Regular, b"data", "", 0o600);
+    t.symlink("s", "f");
+    // containerd's createTarFile: Lchown, xattrs, lchmod (not on a
+    // symlink), chtimes (no follow) for a TypeLink entry too
+    let mut h = tar::Header::new_gnu();
+    h.set_path("g").unwrap();
+    h.set_link_name("f").unwrap();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_uid(1234);
+    h.set_gid(4321);
+    h.set_mode(0o751);
+    h.set_mtime(1_400_000_000);
+    h.set_size(0);
+    h.set_cksum();
+    t.0.append(&h, std::io::empty()).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_path("t").unwrap();
+    h.set_link_name("s").unwrap();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_uid(77);
+    h.set_gid(88);
+    h.set_mode(0o600);
+    h.set_mtime(1_300_000_000);
+    h.set_size(0);
+    h.set_cksum();
+    t.0.append(&h, std::io::empty()).unwrap();
+    apply(&sb.root, t.bytes().as_slice(), WhiteoutMode::Delete).unwrap();
+    let r = &sb.root;
+    let f = fs::metadata(r.join("f")).unwrap();
+    let g = fs::metadata(r.join("g")).unwrap();
+    assert_eq!(f.ino(), g.ino(), "one inode");
+    assert_eq!(
+        (f.uid(), f.gid(), f.mode() & 0o7777, f.mtime()),
+        (1234, 4321, 0o751, 1_400_000_000),
+        "the link entry's metadata is the file's"
+    );
+    assert_eq!(fs::read(r.join("g")).unwrap(), b"data");
+    // a hard link to a symlink is the symlink: owner and times, no mode
+    let s = fs::symlink_metadata(r.join("s")).unwrap();
+    let l = fs::symlink_metadata(r.join("t")).unwrap();
+    assert!(l.file_type().is_symlink());
+    assert_eq!(s.ino(), l.ino());
+    assert_eq!((l.uid(), l.gid(), l.mtime()), (77, 88, 1_300_000_000));
+    assert_eq!(fs::read_link(r.join("t")).unwrap(), Path::new("f"));
+    let f = fs::metadata(r.join("f")).unwrap();
+    assert_eq!(
+        (f.uid(), f.mode() & 0o7777, f.mtime()),
+        (1234, 0o751, 1_400_000_000),
+        "the symlink's target untouched"
+    );
 }
