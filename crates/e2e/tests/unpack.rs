@@ -207,7 +207,7 @@ fn pull_of_a_layer_served_corrupted_fails_on_its_digest_and_leaves_no_snapshot()
             "{snapshotter}: the pull succeeded:\n{err}"
         );
         assert!(
-            err.contains("digest mismatch") && err.contains(&bottom),
+            err.contains("unexpected commit digest") && err.contains(&bottom),
             "{snapshotter}: the error names the layer and its digest check:\n{err}"
         );
         let ls = d.ctr_ok(&["snapshots", "--snapshotter", snapshotter, "ls"]);
@@ -230,7 +230,7 @@ fn pull_of_a_layer_served_corrupted_fails_on_its_digest_and_leaves_no_snapshot()
         let again = d.cli(&["pull", "--snapshotter", snapshotter, &remote]);
         let err2 = String::from_utf8_lossy(&again.stderr);
         assert!(
-            !again.status.success() && err2.contains("digest mismatch"),
+            !again.status.success() && err2.contains("unexpected commit digest"),
             "{snapshotter}: the retry:\n{err2}"
         );
     }

@@ -32,13 +32,15 @@ pub struct BlobReader {
 impl Repository {
     /// Fetch the whole content of `desc`, verifying size and digest.
     pub async fn fetch(&self, desc: &Descriptor) -> Result<BlobReader> {
-        self.fetch_from(desc, 0, None).await
+        let hasher = Hasher::new(desc.digest.algorithm());
+        self.fetch_from(desc, 0, Some(hasher)).await
     }
 
     /// Fetch `desc` from byte `offset` on. With `prefix` (the running hash of the
-    /// first `offset` bytes, e.g. from a partial ingest) the digest is still
-    /// verified at the end; without it only the size is checked and the caller
-    /// must verify the digest (a content store does on commit).
+    /// first `offset` bytes, e.g. from a partial ingest, or a fresh hasher at
+    /// offset 0) the digest is verified at the end; without it only the size
+    /// is checked and the caller must verify the digest (a content store does
+    /// on commit: hashing here too would hash every blob twice).
     pub async fn fetch_from(
         &self,
         desc: &Descriptor,
@@ -56,16 +58,11 @@ impl Repository {
                 ),
             ));
         }
-        let hasher = match prefix {
-            Some(h) => Some(h),
-            None if offset == 0 => Some(Hasher::new(desc.digest.algorithm())),
-            None => None,
-        };
         let mut r = BlobReader {
             repo: self.clone(),
             desc: desc.clone(),
             pos: offset,
-            hasher,
+            hasher: prefix,
             body: None,
             skip: 0,
             endpoint: None,

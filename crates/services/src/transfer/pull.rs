@@ -162,6 +162,7 @@ impl Pull {
             .repo
             .as_ref()
             .ok_or_else(|| Error::internal("fetch without a registry"))?;
+        // the writer's commit checks the digest: the stream is not hashed
         let mut reader = repo.fetch_from(desc, offset.max(0) as u64, None).await?;
         // a blocking task owns the writer; chunks flow through a small queue
         let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(16);
