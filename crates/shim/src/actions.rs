@@ -177,6 +177,7 @@ pub fn serve(f: Flags) -> Result<()> {
             .start()
             .await
             .map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
+        crate::log::since_born("server up");
         shim.shutdown.notified().await;
         // the last events (`/tasks/delete`) reach the daemon before we go;
         // and the Shutdown response leaves

@@ -12,6 +12,23 @@ static LOG: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
 /// `-debug`: debug lines (timings) go to the log too.
 static DEBUG: AtomicBool = AtomicBool::new(false);
 
+/// When this program started (`start`; its forked server inherits it).
+static BORN: OnceLock<Instant> = OnceLock::new();
+
+/// Note the program's start (first thing in main).
+pub fn born() {
+    BORN.get_or_init(Instant::now);
+}
+
+/// With `-debug`: log how long after the program's start `what` happened
+/// (the server's own start-up, as the daemon's "shim started" does not
+/// show it).
+pub fn since_born(what: &str) {
+    if let Some(t) = BORN.get() {
+        timed(|| format!("{what} (since the shim started)"), *t);
+    }
+}
+
 /// Turn debug lines on (the shim runs with `-debug`).
 pub fn set_debug(on: bool) {
     DEBUG.store(on, Ordering::Relaxed);

@@ -30,6 +30,7 @@ mod runc;
 mod service;
 
 fn main() {
+    log::born();
     let f = flags::Flags::parse(std::env::args().skip(1));
     let r = match f.action.as_str() {
         "version" => {

@@ -124,6 +124,7 @@ impl Shim {
     }
 
     async fn create(self: &Arc<Self>, r: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        crate::log::since_born("create received");
         self.check(&r.id, "")?;
         if self.has_task.load(Ordering::SeqCst) {
             return Err(Error::AlreadyExists(format!(
@@ -163,6 +164,7 @@ impl Shim {
             io.clone(),
         );
         let launched = tokio::task::spawn_blocking(move || {
+            crate::log::since_born("create on its thread");
             let t0 = std::time::Instant::now();
             for m in &mounts {
                 if let Err(e) = stevedore_sys::mount::mount(m, &rootfs) {
