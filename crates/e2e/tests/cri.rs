@@ -403,6 +403,21 @@ async fn cri_runs_a_pod_whose_containers_share_the_pod_network() {
         ..Default::default()
     });
     let client = e.start_container(&pod, &pod_cfg, client_cfg).await;
+    // one shim serves the pod: its sandbox and both containers (containerd's
+    // runc shim groups a pod's containers by io.kubernetes.cri.sandbox-id)
+    let address = |id: &str| {
+        std::fs::read_to_string(
+            e.d.state
+                .join("io.containerd.runtime.v2.task/k8s.io")
+                .join(id)
+                .join("address"),
+        )
+        .unwrap()
+    };
+    assert_eq!(address(&server), address(&pod));
+    assert_eq!(address(&client), address(&pod));
+    let shims = e.d.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim process for the pod: {shims:?}");
     // the client reaches the server over the pod's loopback and the pod IP
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut r = e
@@ -580,6 +595,10 @@ async fn cri_runs_a_pod_whose_containers_share_the_pod_network() {
     assert_eq!(s.exit_code, 137, "{s:?}");
     assert_eq!(s.reason, "Error");
     assert!(t0.elapsed() >= Duration::from_secs(1));
+    // the pod's shim still serves the server once the client's task is gone
+    let r = e.exec(&server, &["/bin/busybox", "true"]).await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert_eq!(e.d.shim_pids(), shims);
     // the pod goes, with its network namespace, shm and containers
     e.teardown(&pod).await;
     let pods =
@@ -966,7 +985,7 @@ async fn cri_answers_bad_requests_clearly_and_leaks_nothing() {
         .images;
     assert!(images.iter().all(|i| i.id != bb.id), "{images:?}");
     e.assert_no_mounts();
-    assert!(stevedore_e2e::shim_pids_for(&e.d.state.display().to_string()).is_empty());
+    e.d.expect_no_shims(Duration::from_secs(10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,10 @@
 //! options' `ShimCgroup`, print the address), `delete` (clean up after a
 //! dead shim, print a DeleteResponse) and `serve` (the ttrpc server).
 //!
-//! The socket is `/run/stevedore/s/<hash of address, namespace, id>`; its
+//! The socket is `/run/stevedore/s/<hash of address, namespace, group>`
+//! (the group is the task's id unless its spec names a group, as a CRI
+//! container names its pod: see `grouping`); a `start` for a task whose
+//! group's shim runs prints that shim's address and starts nothing. The
 //! address is also written to `<bundle>/address`.
 
 use crate::cgroups::{self, Sources};
@@ -10,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::flags::Flags;
 use crate::options::RuncOptions;
 use crate::runc::Runc;
-use crate::service::{Service, Shim};
+use crate::service::{Group, Service};
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
@@ -19,12 +22,66 @@ use containerd_shim_protos::ttrpc::asynchronous::Server;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The socket of a shim: one per (daemon address, namespace, id).
-fn socket_path(f: &Flags) -> PathBuf {
+/// The socket of a shim: one per (daemon address, namespace, group).
+fn socket_path(f: &Flags, group: &str) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&f.address, &f.namespace, &f.id).hash(&mut h);
+    (&f.address, &f.namespace, group).hash(&mut h);
     PathBuf::from(format!("/run/stevedore/s/{:016x}", h.finish()))
+}
+
+/// The annotations containerd's runc shim groups containers by, the first
+/// present winning: the CRI names a container's pod in the second, so a
+/// pod's containers share the shim of its sandbox.
+const GROUP_LABELS: [&str; 2] = [
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
+
+/// The group of the task whose bundle is `bundle`: the value of the first
+/// grouping annotation in its `config.json`, else its own id.
+pub fn grouping(bundle: &Path, id: &str) -> String {
+    let spec = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let annotations = spec.as_ref().map(|s| &s["annotations"]);
+    GROUP_LABELS
+        .iter()
+        .find_map(|l| {
+            annotations
+                .and_then(|a| a[*l].as_str())
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Bind the group's socket; None when a live shim already listens on it
+/// (it serves this task too). A socket nobody answers on is a dead shim's:
+/// removed and bound anew, as containerd's shim does.
+fn bind_or_join(sock: &Path) -> Result<Option<std::os::unix::net::UnixListener>> {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    match UnixListener::bind(sock) {
+        Ok(l) => return Ok(Some(l)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+        Err(e) => return Err(Error::io(format!("listen on {}", sock.display()), e)),
+    }
+    if UnixStream::connect(sock).is_ok() {
+        return Ok(None);
+    }
+    let _ = std::fs::remove_file(sock);
+    UnixListener::bind(sock)
+        .map(Some)
+        .map_err(|e| Error::io(format!("listen on {}", sock.display()), e))
+}
+
+/// Write `<bundle>/address` and print the address for the daemon.
+fn announce(bundle: &Path, sock: &Path) -> Result<()> {
+    let addr = format!("unix://{}", sock.display());
+    let af = bundle.join("address");
+    std::fs::write(&af, &addr).map_err(|e| Error::io(format!("write {}", af.display()), e))?;
+    println!("{addr}");
+    Ok(())
 }
 
 /// The runtime options the daemon wrote on stdin (an `Any`), if any.
@@ -49,15 +106,17 @@ fn options_from_stdin() -> Result<RuncOptions> {
 /// starts a thread before), so the child may go on running Rust code.
 pub fn start(f: &Flags) -> Result<()> {
     let opts = options_from_stdin()?;
-    let sock = socket_path(f);
+    let bundle_dir = Path::new(&f.bundle);
+    let sock = socket_path(f, &grouping(bundle_dir, &f.id));
     if let Some(d) = sock.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
     }
-    let _ = std::fs::remove_file(&sock);
     // listen here, hand the socket to the server: the address is good as
     // soon as we print it (clients queue in the backlog until it accepts)
-    let listener = std::os::unix::net::UnixListener::bind(&sock)
-        .map_err(|e| Error::io(format!("listen on {}", sock.display()), e))?;
+    let Some(listener) = bind_or_join(&sock)? else {
+        // the group's shim runs: it serves this task too
+        return announce(bundle_dir, &sock);
+    };
     let mut server = f.clone();
     server.socket = sock.display().to_string();
     server.listen_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&listener));
@@ -93,11 +152,7 @@ pub fn start(f: &Flags) -> Result<()> {
             return Err(e);
         }
     }
-    let addr = format!("unix://{}", sock.display());
-    let af = Path::new(&f.bundle).join("address");
-    std::fs::write(&af, &addr).map_err(|e| Error::io(format!("write {}", af.display()), e))?;
-    println!("{addr}");
-    Ok(())
+    announce(bundle_dir, &sock)
 }
 
 /// The forked server: its own session, stdio on /dev/null (the daemon
@@ -155,7 +210,7 @@ pub fn serve(f: Flags) -> Result<()> {
         .build()
         .map_err(|e| Error::io("build runtime", e))?;
     rt.block_on(async move {
-        let shim = Arc::new(Shim::new(&f.namespace, &f.id, Path::new(&f.bundle)));
+        let group = Arc::new(Group::new(&f.namespace));
         let listener = match f.listen_fd {
             // SAFETY: `start` passed this fd: a listening unix socket, ours alone
             Some(fd) => unsafe {
@@ -172,18 +227,62 @@ pub fn serve(f: Flags) -> Result<()> {
         let listener = listener.map_err(|e| Error::Internal(format!("ttrpc server: {e}")))?;
         let mut server = Server::new()
             .add_listener(listener)
-            .register_service(create_task(Arc::new(Service(shim.clone()))));
+            .register_service(create_task(Arc::new(Service(group.clone()))));
         server
             .start()
             .await
             .map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
         crate::log::since_born("server up");
-        shim.shutdown.notified().await;
+        group.shutdown.notified().await;
         // the last events (`/tasks/delete`) reach the daemon before we go;
         // and the Shutdown response leaves
-        shim.events.flush(std::time::Duration::from_secs(2)).await;
+        group.events.flush(std::time::Duration::from_secs(2)).await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let _ = std::fs::remove_file(&f.socket);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_joins_the_group_its_spec_names_else_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = dir.path();
+        assert_eq!(grouping(b, "c1"), "c1", "no config.json");
+        let spec = |annotations: serde_json::Value| {
+            std::fs::write(
+                b.join("config.json"),
+                serde_json::json!({ "annotations": annotations }).to_string(),
+            )
+            .unwrap()
+        };
+        spec(serde_json::json!({}));
+        assert_eq!(grouping(b, "c1"), "c1");
+        spec(serde_json::json!({ "io.kubernetes.cri.sandbox-id": "pod1" }));
+        assert_eq!(grouping(b, "c1"), "pod1");
+        // containerd's order: the runc group first
+        spec(serde_json::json!({
+            "io.kubernetes.cri.sandbox-id": "pod1",
+            "io.containerd.runc.v2.group": "g"
+        }));
+        assert_eq!(grouping(b, "c1"), "g");
+        spec(serde_json::json!({ "io.containerd.runc.v2.group": "" }));
+        assert_eq!(grouping(b, "c1"), "c1", "an empty group is none");
+    }
+
+    #[test]
+    fn a_live_shims_socket_is_joined_and_a_dead_ones_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s");
+        let live = bind_or_join(&sock).unwrap().expect("bound");
+        assert!(bind_or_join(&sock).unwrap().is_none(), "joined");
+        drop(live); // the socket file stays, nobody listens: a dead shim's
+        assert!(sock.exists());
+        let again = bind_or_join(&sock).unwrap().expect("bound anew");
+        assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok());
+        drop(again);
+    }
 }

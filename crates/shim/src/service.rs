@@ -1,4 +1,5 @@
-//! The `containerd.task.v2.Task` ttrpc service over one task: containerd's
+//! The `containerd.task.v2.Task` ttrpc service over the shim's tasks (one,
+//! or a group such as a pod's containers, `Group`): containerd's
 //! runc shim semantics (`runtime/v2/runc/task/service.go`, `pkg/process`)
 //! on the processes of `process.rs`, runc through `runc.rs`, metrics from
 //! `cgroups.rs`, events through `events.rs`.
@@ -44,16 +45,15 @@ pub fn should_kill_all_on_exit(bundle: &Path) -> bool {
     !own_pid_ns
 }
 
-/// One task's shim state.
+/// One task's state in the shim.
 pub struct Shim {
     pub namespace: String,
     pub id: String,
     pub bundle: PathBuf,
     runc: Mutex<Runc>,
     procs: Mutex<HashMap<String, Arc<Process>>>,
-    pub events: Publisher,
-    /// Notified when Shutdown lets the shim exit.
-    pub shutdown: tokio::sync::Notify,
+    /// The shim's one publisher (all its tasks' events, in order).
+    pub events: Arc<Publisher>,
     /// Held from `runc start`/`exec` to the start event, and while an exit
     /// is recorded and published: an exit event never precedes its start.
     lifecycle: tokio::sync::Mutex<()>,
@@ -68,15 +68,14 @@ fn blocking_err(e: tokio::task::JoinError) -> Error {
 
 impl Shim {
     /// The shim of task `id` in `namespace` with its bundle.
-    pub fn new(namespace: &str, id: &str, bundle: &Path) -> Shim {
+    pub fn new(namespace: &str, id: &str, bundle: &Path, events: Arc<Publisher>) -> Shim {
         Shim {
             namespace: namespace.to_string(),
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
             runc: Mutex::new(Runc::recorded(namespace, bundle)),
             procs: Mutex::new(HashMap::new()),
-            events: Publisher::from_env(namespace),
-            shutdown: tokio::sync::Notify::new(),
+            events,
             lifecycle: tokio::sync::Mutex::new(()),
             has_task: AtomicBool::new(false),
             cgroups: Sources::default(),
@@ -712,13 +711,93 @@ impl Shim {
     }
 }
 
-/// The ttrpc service: each call checks, runs, and maps its error once.
-pub struct Service(pub Arc<Shim>);
+/// The tasks one shim process serves, by id: one task, or a group of them
+/// (a pod's containers), as containerd's runc shim serves every container
+/// whose bundle names the same group (`actions::grouping`).
+pub struct Group {
+    namespace: String,
+    tasks: Mutex<HashMap<String, Arc<Shim>>>,
+    pub events: Arc<Publisher>,
+    /// Notified when Shutdown lets the shim exit (no task left).
+    pub shutdown: tokio::sync::Notify,
+}
+
+impl Group {
+    pub fn new(namespace: &str) -> Group {
+        Group {
+            namespace: namespace.to_string(),
+            tasks: Mutex::new(HashMap::new()),
+            events: Arc::new(Publisher::from_env(namespace)),
+            shutdown: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Shim>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The task `id` (a valid identifier) this shim serves.
+    fn task(&self, id: &str) -> Result<Arc<Shim>> {
+        identifiers::validate(id)?;
+        self.tasks()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not created: not found")))
+    }
+
+    /// Create a task: it joins the group while its Create runs (requests
+    /// for it meanwhile find no process yet) and leaves it if Create fails.
+    async fn create(&self, r: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        identifiers::validate(&r.id)?;
+        let bundle = PathBuf::from(&r.bundle);
+        if !bundle.is_absolute() {
+            return Err(Error::InvalidArgument(format!(
+                "task {:?}: bundle {:?} is not an absolute path",
+                r.id, r.bundle
+            )));
+        }
+        let shim = {
+            let mut tasks = self.tasks();
+            if tasks.contains_key(&r.id) {
+                return Err(Error::AlreadyExists(format!(
+                    "task {:?}: already exists",
+                    r.id
+                )));
+            }
+            let shim = Arc::new(Shim::new(
+                &self.namespace,
+                &r.id,
+                &bundle,
+                self.events.clone(),
+            ));
+            tasks.insert(r.id.clone(), shim.clone());
+            shim
+        };
+        let id = r.id.clone();
+        let created = shim.create(r).await;
+        if created.is_err() {
+            self.leave(&id, &shim);
+        }
+        created
+    }
+
+    /// A task leaves the group (its init was deleted, or Create failed).
+    fn leave(&self, id: &str, shim: &Arc<Shim>) {
+        let mut tasks = self.tasks();
+        if tasks.get(id).is_some_and(|s| Arc::ptr_eq(s, shim)) {
+            tasks.remove(id);
+        }
+    }
+}
+
+/// The ttrpc service: each call finds its task, runs, and maps its error
+/// once.
+pub struct Service(pub Arc<Group>);
 
 #[async_trait::async_trait]
 impl Task for Service {
     async fn state(&self, _: &TtrpcContext, r: StateRequest) -> ttrpc::Result<StateResponse> {
-        Ok(self.0.state(r)?)
+        Ok(self.0.task(&r.id)?.state(r)?)
     }
 
     async fn create(
@@ -730,40 +809,48 @@ impl Task for Service {
     }
 
     async fn start(&self, _: &TtrpcContext, r: StartRequest) -> ttrpc::Result<StartResponse> {
-        Ok(self.0.start(r).await?)
+        Ok(self.0.task(&r.id)?.start(r).await?)
     }
 
     async fn delete(&self, _: &TtrpcContext, r: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
-        Ok(self.0.delete(r).await?)
+        let task = self.0.task(&r.id)?;
+        let init = r.exec_id.is_empty();
+        let id = r.id.clone();
+        let resp = task.delete(r).await?;
+        if init {
+            self.0.leave(&id, &task);
+        }
+        Ok(resp)
     }
 
     async fn pids(&self, _: &TtrpcContext, r: PidsRequest) -> ttrpc::Result<PidsResponse> {
-        Ok(self.0.pids(r).await?)
+        Ok(self.0.task(&r.id)?.pids(r).await?)
     }
 
     async fn pause(&self, _: &TtrpcContext, r: PauseRequest) -> ttrpc::Result<Empty> {
-        self.0.pause_resume(&r.id, true).await?;
+        self.0.task(&r.id)?.pause_resume(&r.id, true).await?;
         Ok(Empty::new())
     }
 
     async fn resume(&self, _: &TtrpcContext, r: ResumeRequest) -> ttrpc::Result<Empty> {
-        self.0.pause_resume(&r.id, false).await?;
+        self.0.task(&r.id)?.pause_resume(&r.id, false).await?;
         Ok(Empty::new())
     }
 
     async fn kill(&self, _: &TtrpcContext, r: KillRequest) -> ttrpc::Result<Empty> {
-        self.0.kill(r).await?;
+        self.0.task(&r.id)?.kill(r).await?;
         Ok(Empty::new())
     }
 
     async fn exec(&self, _: &TtrpcContext, r: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        self.0.exec(r).await?;
+        self.0.task(&r.id)?.exec(r).await?;
         Ok(Empty::new())
     }
 
     async fn resize_pty(&self, _: &TtrpcContext, r: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        self.0.check(&r.id, &r.exec_id)?;
-        let p = self.0.process(&r.exec_id)?;
+        let task = self.0.task(&r.id)?;
+        task.check(&r.id, &r.exec_id)?;
+        let p = task.process(&r.exec_id)?;
         let console = p.state().console.clone();
         // containerd: a process without a terminal resizes as a no-op
         if let Some(m) = console {
@@ -773,37 +860,39 @@ impl Task for Service {
     }
 
     async fn close_io(&self, _: &TtrpcContext, r: CloseIORequest) -> ttrpc::Result<Empty> {
-        self.0.check(&r.id, &r.exec_id)?;
+        let task = self.0.task(&r.id)?;
+        task.check(&r.id, &r.exec_id)?;
         // containerd closes the shim's stdin whatever the request's flag says
-        self.0.process(&r.exec_id)?.close_stdin();
+        task.process(&r.exec_id)?.close_stdin();
         Ok(Empty::new())
     }
 
     async fn update(&self, _: &TtrpcContext, r: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        self.0.update(r).await?;
+        self.0.task(&r.id)?.update(r).await?;
         Ok(Empty::new())
     }
 
     async fn wait(&self, _: &TtrpcContext, r: WaitRequest) -> ttrpc::Result<WaitResponse> {
-        Ok(self.0.wait(r).await?)
+        Ok(self.0.task(&r.id)?.wait(r).await?)
     }
 
     async fn stats(&self, _: &TtrpcContext, r: StatsRequest) -> ttrpc::Result<StatsResponse> {
-        Ok(self.0.stats(r).await?)
+        Ok(self.0.task(&r.id)?.stats(r).await?)
     }
 
     async fn connect(&self, _: &TtrpcContext, r: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
-        self.0.check(&r.id, "")?;
+        let task = self.0.task(&r.id)?;
         let mut resp = ConnectResponse::new();
         resp.shim_pid = std::process::id();
-        resp.task_pid = self.0.procs().get("").map(|p| p.state().pid).unwrap_or(0);
+        resp.task_pid = task.procs().get("").map(|p| p.state().pid).unwrap_or(0);
         resp.version = env!("CARGO_PKG_VERSION").into();
         Ok(resp)
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> ttrpc::Result<Empty> {
-        // containerd's shim stays while it serves a task (created, not deleted)
-        if !self.0.has_task.load(Ordering::SeqCst) {
+        // containerd's shim stays while it serves a task (created, not
+        // deleted), of its group too
+        if self.0.tasks().is_empty() {
             self.0.shutdown.notify_one();
         }
         Ok(Empty::new())
@@ -834,7 +923,12 @@ mod tests {
     #[test]
     fn requests_with_bad_ids_are_refused_before_any_path_is_built() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Shim::new("ns", "task1", dir.path());
+        let s = Shim::new(
+            "ns",
+            "task1",
+            dir.path(),
+            Arc::new(Publisher::from_env("ns")),
+        );
         for exec_id in ["../../../../tmp/x", "a/b", ".hidden", "x\0y"] {
             let e = s.check("task1", exec_id).unwrap_err();
             assert!(matches!(e, Error::InvalidArgument(_)), "{exec_id:?}: {e}");
