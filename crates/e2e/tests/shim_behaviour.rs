@@ -1044,3 +1044,56 @@ async fn stevedore_shim_starts_and_deletes_a_container_without_runc_start_or_del
     assert!(!subcommands.contains(&"start"), "{noted}");
     assert!(!subcommands.contains(&"delete"), "{noted}");
 }
+
+/// `ctr run --log-uri binary:///driver?k=v` (the Go client's `cio.BinaryIO`,
+/// nerdctl's log drivers): the shim starts the driver with the task in its
+/// environment, the process's stdout on fd 3 and stderr on fd 4, waits for
+/// it to close fd 5; the driver sees EOF once the process is gone (Go's
+/// shim: once it is deleted) and SIGTERM at the delete.
+async fn binary_log_uri_hands_the_output_to_a_logging_driver(shim: Shim) {
+    let e = setup(shim).await;
+    let id = e.id("binlog");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("log");
+    let driver = dir.path().join("driver");
+    std::fs::write(
+        &driver,
+        format!(
+            "#!/bin/sh\n\
+             trap '' TERM\n\
+             exec 5>&-\n\
+             {{ echo \"$CONTAINER_NAMESPACE/$CONTAINER_ID $1=$2\"; cat <&3; cat <&4; }} > {0}.tmp\n\
+             mv {0}.tmp {0}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&driver, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?tag=web", driver.display());
+    e.d.ctr_ok(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        &e.img,
+        &id,
+        "sh",
+        "-c",
+        "echo to-stdout; echo to-stderr >&2",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        if let Ok(t) = std::fs::read_to_string(&out) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the driver wrote nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(text, format!("{NS}/{id} tag=web\nto-stdout\nto-stderr\n"));
+    e.d.expect_no_shims(Duration::from_secs(10));
+}
+
+on_both_shims!(binary_log_uri_hands_the_output_to_a_logging_driver:
+    stevedore_shim_binary_log_uri_hands_the_output_to_a_logging_driver,
+    go_shim_binary_log_uri_hands_the_output_to_a_logging_driver);

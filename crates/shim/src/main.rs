@@ -6,7 +6,7 @@
 //!
 //! Rooms: `flags` (command line), `actions` (start / delete / serve),
 //! `service` (the ttrpc task service), `process` (init and exec processes,
-//! one launch path, stdio), `reaper` (reaps every child, delivers the
+//! one launch path, stdio), `binlog` (`binary://` logging drivers), `reaper` (reaps every child, delivers the
 //! exits of those the shim waits for), `console` (ptys), `runc` (the OCI runtime driver
 //! and its errors), `events` (publisher), `cgroups` (metrics, OOM, the shim
 //! cgroup), `options` (runc options), `error` (the error type and its ttrpc
@@ -14,6 +14,7 @@
 //! runtime info).
 
 mod actions;
+mod binlog;
 mod cgroups;
 mod console;
 mod destroy;

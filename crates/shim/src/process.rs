@@ -47,6 +47,8 @@ pub enum Kind<'a> {
 /// A launched process.
 pub struct Launched {
     pub pid: u32,
+    /// Its `binary://` logging driver.
+    pub logger: Option<crate::binlog::Logger>,
     /// Its exit, from the reaper.
     pub exit: crate::reaper::Exit,
     /// The pty master, with a terminal.
@@ -73,6 +75,8 @@ pub struct State {
     pub exit: Option<(u32, SystemTime)>,
     pub console: Option<Arc<OwnedFd>>,
     pub stdin: Option<OwnedFd>,
+    /// The `binary://` logging driver, finished when the process is deleted.
+    pub logger: Option<crate::binlog::Logger>,
     /// CloseIO arrived (possibly while the process was being launched).
     pub stdin_closed: bool,
 }
@@ -100,6 +104,7 @@ impl Process {
                 exit: None,
                 console: None,
                 stdin: None,
+                logger: None,
                 stdin_closed: false,
             }),
             done: watch::channel(false).0,
@@ -116,6 +121,7 @@ impl Process {
         let mut s = self.state();
         s.pid = l.pid;
         s.console = l.console.map(Arc::new);
+        s.logger = l.logger;
         // a CloseIO that raced the launch still closes stdin
         if !s.stdin_closed {
             s.stdin = l.stdin;
@@ -143,6 +149,13 @@ impl Process {
         let mut rx = self.done.subscribe();
         // the sender lives as long as `self`
         let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// The process is deleted: its logging driver finishes (binlog.rs).
+    pub fn finish_logger(&self) {
+        if let Some(l) = self.state().logger.take() {
+            l.finish();
+        }
     }
 
     /// Drop the shim's end of stdin: the process sees EOF once the client
@@ -204,7 +217,13 @@ pub fn copy_thread(mut from: File, mut to: File, name: &str) -> Result<()> {
 }
 
 /// Launch a process (blocking: run it on a blocking thread).
-pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<Launched> {
+pub fn launch(
+    runc: &Runc,
+    kind: Kind<'_>,
+    io: &Io,
+    pidfile: &Path,
+    namespace: &str,
+) -> Result<Launched> {
     let (what, mut args): (&str, Vec<String>) = match &kind {
         Kind::Init { bundle, .. } => (
             "OCI runtime create failed",
@@ -237,9 +256,13 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
     } else {
         None
     };
+    let id = match kind {
+        Kind::Init { id, .. } | Kind::Exec { id, .. } => id,
+    };
     // (runc's stdin, stdout, stderr), the stderr copy, runc's own output
     let mut stderr_copy: Option<(File, File)> = None;
     let mut runc_output: Option<File> = None;
+    let mut logger = None;
     let stdio: [Stdio; 3] = if let Some(c) = &console {
         args.extend(["--console-socket".into(), path_arg(&c.path)]);
         let (r, w) = rustix::pipe::pipe().map_err(|e| Error::io("create pipe", e))?;
@@ -250,7 +273,16 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
             Some(r) => r.into(),
             None => null()?.into(),
         };
-        let (out, err): (Stdio, Stdio) = if io.stderr.is_empty() {
+        let binary = [&io.stdout, &io.stderr]
+            .into_iter()
+            .find(|p| crate::binlog::is_binary(p));
+        let (out, err): (Stdio, Stdio) = if let Some(uri) = binary {
+            // a logging driver takes both streams (runc's own text too,
+            // as with containerd)
+            let started = crate::binlog::start(uri, id, namespace)?;
+            logger = Some(started.logger);
+            (started.stdout.into(), started.stderr.into())
+        } else if io.stderr.is_empty() {
             let out = if io.stdout.is_empty() {
                 null()?
             } else {
@@ -275,9 +307,6 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
         };
         [input, out, err]
     };
-    let id = match kind {
-        Kind::Init { id, .. } | Kind::Exec { id, .. } => id,
-    };
     args.push(id.to_string());
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cmd = runc
@@ -289,8 +318,15 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
     let spawned = crate::reaper::spawn(&mut cmd);
     // our copies of the process's stdio close here: only the process keeps them
     drop(cmd);
-    let (_child, mut exit) =
-        spawned.map_err(|e| runc.runtime_error(runc.spawn_failure(&e), what))?;
+    let (_child, mut exit) = match spawned {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(l) = logger {
+                l.finish();
+            }
+            return Err(runc.runtime_error(runc.spawn_failure(&e), what));
+        }
+    };
 
     let mut master = None;
     let status = match &console {
@@ -321,6 +357,9 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
             let _ = out.read_to_string(&mut s);
             text = format!("{text}: {s}");
         }
+        if let Some(l) = logger {
+            l.finish();
+        }
         return Err(runc.runtime_error(Failure::Exit { text }, what));
     }
     if let Some(m) = &master {
@@ -338,6 +377,7 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
     crate::log::timed(|| format!("{} {}", runc.binary, args[0]), t0);
     Ok(Launched {
         pid,
+        logger,
         exit: crate::reaper::watch(pid, t0),
         console: master,
         stdin: stdin_hold,

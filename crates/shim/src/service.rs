@@ -156,11 +156,12 @@ impl Shim {
                 options: m.options.to_vec(),
             })
             .collect();
-        let (bundle, id, rootfs, io2) = (
+        let (bundle, id, rootfs, io2, namespace) = (
             self.bundle.clone(),
             self.id.clone(),
             self.rootfs(),
             io.clone(),
+            self.namespace.clone(),
         );
         let launched = tokio::task::spawn_blocking(move || {
             crate::log::since_born("create on its thread");
@@ -181,6 +182,7 @@ impl Shim {
                 },
                 &io2,
                 &pidfile,
+                &namespace,
             );
             if r.is_err() {
                 let _ = stevedore_sys::mount::unmount_all(&rootfs);
@@ -286,6 +288,7 @@ impl Shim {
         let spec_path = self.bundle.join(format!("{}.process.json", r.exec_id));
         let pidfile = self.bundle.join(format!("{}.pid", r.exec_id));
         let io = p.io.clone();
+        let namespace = self.namespace.clone();
         let launched = tokio::task::spawn_blocking(move || {
             let bytes = serde_json::to_vec(&spec)
                 .map_err(|e| Error::Internal(format!("encode process spec: {e}")))?;
@@ -299,6 +302,7 @@ impl Shim {
                 },
                 &io,
                 &pidfile,
+                &namespace,
             );
             let _ = std::fs::remove_file(&spec_path);
             r
@@ -385,6 +389,7 @@ impl Shim {
             for q in all {
                 q.close_stdin();
                 q.release_waiters();
+                q.finish_logger();
             }
             self.has_task.store(false, Ordering::SeqCst);
             let mut ev = TaskDelete::new();
@@ -398,6 +403,7 @@ impl Shim {
             self.procs().remove(&r.exec_id);
             p.close_stdin();
             p.release_waiters();
+            p.finish_logger();
             let _ = std::fs::remove_file(self.bundle.join(format!("{}.pid", r.exec_id)));
         }
         let mut resp = DeleteResponse::new();
