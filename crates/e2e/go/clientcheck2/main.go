@@ -37,11 +37,15 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/diff"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/images/archive"
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/transfer"
-	"github.com/containerd/containerd/v2/core/transfer/archive"
+	transferarchive "github.com/containerd/containerd/v2/core/transfer/archive"
 	transferimage "github.com/containerd/containerd/v2/core/transfer/image"
 	"github.com/containerd/containerd/v2/core/transfer/registry"
 	"github.com/containerd/containerd/v2/defaults"
@@ -51,6 +55,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -138,6 +145,15 @@ var checks = []check{
 	{"transfer_export_import", transferExportImport},
 	{"transfer_tag", transferTag},
 	{"events_task_lifecycle", eventsTaskLifecycle},
+	{"content_writer_resume", contentWriterResume},
+	{"snapshots_lifecycle", snapshotsLifecycle},
+	{"diff_compare_apply", diffCompareApply},
+	{"non_empty_namespace_delete", nonEmptyNamespaceDelete},
+	{"image_delete_sync", imageDeleteSync},
+	{"client_export_import", clientExportImport},
+	{"push_client_and_transfer", pushBoth},
+	{"exec_with_stdin", execWithStdin},
+	{"task_update_resources", taskUpdateResources},
 	{"container_update_labels_filter", containerUpdateLabels},
 	{"sandbox_store", sandboxStore},
 	{"output_and_exit_status", outputAndExitStatus},
@@ -546,8 +562,8 @@ func transferEcho(e *env, _ string) error {
 	for _, want := range [][]byte{bytes.Repeat([]byte("somecontent"), 17*1024), []byte("somecontent"), {}} {
 		var got waitBuffer
 		got.closed = make(chan struct{})
-		err := e.client.Transfer(e.ctx, archive.NewImageImportStream(bytes.NewReader(want), "application/octet-stream"),
-			archive.NewImageExportStream(&got, "application/octet-stream"))
+		err := e.client.Transfer(e.ctx, transferarchive.NewImageImportStream(bytes.NewReader(want), "application/octet-stream"),
+			transferarchive.NewImageExportStream(&got, "application/octet-stream"))
 		if err != nil {
 			return fmt.Errorf("echo of %d bytes: %w", len(want), err)
 		}
@@ -581,7 +597,7 @@ func transferExportImport(e *env, _ string) error {
 	var tar waitBuffer
 	tar.closed = make(chan struct{})
 	src := transferimage.NewStore(*imageRef)
-	if err := e.client.Transfer(e.ctx, src, archive.NewImageExportStream(&tar, "")); err != nil {
+	if err := e.client.Transfer(e.ctx, src, transferarchive.NewImageExportStream(&tar, "")); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	<-tar.closed
@@ -591,7 +607,7 @@ func transferExportImport(e *env, _ string) error {
 	p := platforms.DefaultSpec()
 	dst := transferimage.NewStore("", transferimage.WithPlatforms(p), transferimage.WithUnpack(p, ""),
 		transferimage.WithNamedPrefix("imported", true))
-	if err := e.client.Transfer(ctx, archive.NewImageImportStream(bytes.NewReader(tar.Bytes()), ""), dst); err != nil {
+	if err := e.client.Transfer(ctx, transferarchive.NewImageImportStream(bytes.NewReader(tar.Bytes()), ""), dst); err != nil {
 		return fmt.Errorf("import of %d bytes: %w", tar.Len(), err)
 	}
 	imgs, err := e.client.ListImages(ctx)
@@ -1241,4 +1257,381 @@ func shimJoinsShimCgroup(e *env, id string) error {
 		}
 	}
 	return fmt.Errorf("shim still in %s after its task was deleted", rel)
+}
+
+// A resumable content ingest: written in two sessions under one ref, the
+// first left open, then committed with labels (containerd's content tests).
+func contentWriterResume(e *env, id string) error {
+	ctx, done, err := e.client.WithLease(e.ctx)
+	if err != nil {
+		return err
+	}
+	defer done(ctx)
+	cs := e.client.ContentStore()
+	data := bytes.Repeat([]byte(id), (1<<20)/len(id))
+	desc := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.FromBytes(data), Size: int64(len(data))}
+	ref := "clientcheck-" + id
+	w, err := content.OpenWriter(ctx, cs, content.WithRef(ref), content.WithDescriptor(desc))
+	if err != nil {
+		return err
+	}
+	half := len(data) / 2
+	if _, err := w.Write(data[:half]); err != nil {
+		return err
+	}
+	w.Close()
+	st, err := cs.Status(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("status of the open ingest: %w", err)
+	}
+	if st.Offset != int64(half) || st.Total != desc.Size {
+		return fmt.Errorf("status offset %d total %d, want %d %d", st.Offset, st.Total, half, desc.Size)
+	}
+	sts, err := cs.ListStatuses(ctx, "ref=="+ref)
+	if err != nil || len(sts) != 1 {
+		return fmt.Errorf("ListStatuses ref==: %v, %v", sts, err)
+	}
+	w, err = content.OpenWriter(ctx, cs, content.WithRef(ref), content.WithDescriptor(desc))
+	if err != nil {
+		return fmt.Errorf("reopen: %w", err)
+	}
+	ws, err := w.Status()
+	if err != nil {
+		return err
+	}
+	if ws.Offset != int64(half) {
+		return fmt.Errorf("reopened at %d, want %d", ws.Offset, half)
+	}
+	if _, err := w.Write(data[half:]); err != nil {
+		return err
+	}
+	if err := w.Commit(ctx, desc.Size, desc.Digest, content.WithLabels(map[string]string{"clientcheck": "1"})); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	i, err := cs.Info(ctx, desc.Digest)
+	if err != nil {
+		return err
+	}
+	if i.Labels["clientcheck"] != "1" || i.Size != desc.Size {
+		return fmt.Errorf("info %+v", i)
+	}
+	// a second commit of the same content: AlreadyExists
+	w, err = content.OpenWriter(ctx, cs, content.WithRef(ref+"-again"), content.WithDescriptor(desc))
+	if !errdefs.IsAlreadyExists(err) {
+		if err == nil {
+			w.Close()
+		}
+		return fmt.Errorf("writer for existing content: want AlreadyExists, got %v", err)
+	}
+	return cs.Delete(ctx, desc.Digest)
+}
+
+func snapshotsLifecycle(e *env, id string) error {
+	sn := e.client.SnapshotService(defaults.DefaultSnapshotter)
+	diffIDs, err := e.image.RootFS(e.ctx)
+	if err != nil {
+		return err
+	}
+	parent := identity.ChainID(diffIDs).String()
+	active, committed, view := id+"-active", id+"-committed", id+"-view"
+	defer func() {
+		sn.Remove(e.ctx, view)
+		sn.Remove(e.ctx, committed)
+		sn.Remove(e.ctx, active)
+	}()
+	mounts, err := sn.Prepare(e.ctx, active, parent, snapshots.WithLabels(map[string]string{"a": "b"}))
+	if err != nil {
+		return err
+	}
+	if len(mounts) == 0 {
+		return errors.New("no mounts")
+	}
+	st, err := sn.Stat(e.ctx, active)
+	if err != nil {
+		return err
+	}
+	if st.Kind != snapshots.KindActive || st.Parent != parent || st.Labels["a"] != "b" {
+		return fmt.Errorf("stat %+v", st)
+	}
+	st.Labels = map[string]string{"c": "d"}
+	up, err := sn.Update(e.ctx, st, "labels.c")
+	if err != nil {
+		return fmt.Errorf("update labels.c: %w", err)
+	}
+	if up.Labels["a"] != "b" || up.Labels["c"] != "d" {
+		return fmt.Errorf("labels after update of labels.c: %v", up.Labels)
+	}
+	if err := mount.WithTempMount(e.ctx, mounts, func(root string) error {
+		return os.WriteFile(filepath.Join(root, "clientcheck"), []byte(id), 0o644)
+	}); err != nil {
+		return fmt.Errorf("write into the active snapshot: %w", err)
+	}
+	if _, err := sn.Prepare(e.ctx, active, parent); !errdefs.IsAlreadyExists(err) {
+		return fmt.Errorf("second prepare of %q: want AlreadyExists, got %v", active, err)
+	}
+	if err := sn.Commit(e.ctx, committed, active); err != nil {
+		return err
+	}
+	vm, err := sn.View(e.ctx, view, committed)
+	if err != nil {
+		return err
+	}
+	if err := mount.WithReadonlyTempMount(e.ctx, vm, func(root string) error {
+		b, err := os.ReadFile(filepath.Join(root, "clientcheck"))
+		if err != nil || string(b) != id {
+			return fmt.Errorf("file in view %q, %v", b, err)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := sn.Remove(e.ctx, committed); !errdefs.IsFailedPrecondition(err) {
+		return fmt.Errorf("remove of a parent: want FailedPrecondition, got %v", err)
+	}
+	if _, err := sn.Mounts(e.ctx, committed); !errdefs.IsInvalidArgument(err) && !errdefs.IsFailedPrecondition(err) && !errdefs.IsNotFound(err) {
+		info("mounts of a committed snapshot: %v", err)
+	} else {
+		info("mounts of a committed snapshot: %v", err)
+	}
+	if c, ok := sn.(snapshots.Cleaner); ok {
+		if err := c.Cleanup(e.ctx); err != nil && !errdefs.IsNotImplemented(err) {
+			return fmt.Errorf("cleanup: %w", err)
+		}
+	}
+	return nil
+}
+
+// Diff.Compare of a changed snapshot against its parent, and Diff.Apply of
+// the layer onto a fresh snapshot (docker commit, BuildKit exporters).
+func diffCompareApply(e *env, id string) error {
+	ctx, done, err := e.client.WithLease(e.ctx)
+	if err != nil {
+		return err
+	}
+	defer done(ctx)
+	sn := e.client.SnapshotService(defaults.DefaultSnapshotter)
+	diffIDs, err := e.image.RootFS(ctx)
+	if err != nil {
+		return err
+	}
+	parent := identity.ChainID(diffIDs).String()
+	upper, err := sn.Prepare(ctx, id+"-upper", parent)
+	if err != nil {
+		return err
+	}
+	if err := mount.WithTempMount(ctx, upper, func(root string) error {
+		if err := os.WriteFile(filepath.Join(root, "added"), []byte("new file"), 0o600); err != nil {
+			return err
+		}
+		return os.Remove(filepath.Join(root, "bin", "sh"))
+	}); err != nil {
+		return err
+	}
+	lower, err := sn.View(ctx, id+"-lower", parent)
+	if err != nil {
+		return err
+	}
+	layer, err := e.client.DiffService().Compare(ctx, lower, upper, diff.WithMediaType(ocispec.MediaTypeImageLayerGzip), diff.WithReference("clientcheck-"+id))
+	if err != nil {
+		return fmt.Errorf("compare: %w", err)
+	}
+	info("compare: media type %s, labels %v", layer.MediaType, layer.Annotations)
+	if layer.MediaType != ocispec.MediaTypeImageLayerGzip {
+		return fmt.Errorf("layer media type %q", layer.MediaType)
+	}
+	ci, err := e.client.ContentStore().Info(ctx, layer.Digest)
+	if err != nil {
+		return err
+	}
+	if ci.Labels["containerd.io/uncompressed"] == "" {
+		return fmt.Errorf("layer labels %v lack containerd.io/uncompressed", ci.Labels)
+	}
+	target, err := sn.Prepare(ctx, id+"-target", parent)
+	if err != nil {
+		return err
+	}
+	applied, err := e.client.DiffService().Apply(ctx, layer, target)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	if applied.Digest.String() != ci.Labels["containerd.io/uncompressed"] {
+		return fmt.Errorf("apply returned %s, uncompressed label %s", applied.Digest, ci.Labels["containerd.io/uncompressed"])
+	}
+	return mount.WithReadonlyTempMount(ctx, target, func(root string) error {
+		if b, err := os.ReadFile(filepath.Join(root, "added")); err != nil || string(b) != "new file" {
+			return fmt.Errorf("added file %q, %v", b, err)
+		}
+		if _, err := os.Lstat(filepath.Join(root, "bin", "sh")); !os.IsNotExist(err) {
+			return fmt.Errorf("deleted /bin/sh: %v", err)
+		}
+		return nil
+	})
+}
+
+func nonEmptyNamespaceDelete(e *env, _ string) error {
+	err := e.client.NamespaceService().Delete(e.ctx, *namespace)
+	if !errdefs.IsFailedPrecondition(err) {
+		return fmt.Errorf("delete of a namespace holding images: want FailedPrecondition, got %v", err)
+	}
+	return nil
+}
+
+func imageDeleteSync(e *env, id string) error {
+	name := "example.test/clientcheck/" + id + ":sync"
+	is := e.client.ImageService()
+	img := e.image.Metadata()
+	img.Name = name
+	if _, err := is.Create(e.ctx, img); err != nil {
+		return err
+	}
+	if _, err := is.Create(e.ctx, img); !errdefs.IsAlreadyExists(err) {
+		return fmt.Errorf("second create: want AlreadyExists, got %v", err)
+	}
+	if err := is.Delete(e.ctx, name, images.SynchronousDelete()); err != nil {
+		return err
+	}
+	if err := is.Delete(e.ctx, name); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("second delete: want NotFound, got %v", err)
+	}
+	// the original image keeps its content
+	if _, err := e.client.ContentStore().Info(e.ctx, e.image.Target().Digest); err != nil {
+		return fmt.Errorf("content of the remaining image: %w", err)
+	}
+	return nil
+}
+
+func execWithStdin(e *env, id string) error {
+	c, t, err := e.runningTask(id)
+	if err != nil {
+		return err
+	}
+	defer cleanup(e, c)
+	spec, err := c.Spec(e.ctx)
+	if err != nil {
+		return err
+	}
+	pspec := spec.Process
+	pspec.Args = []string{"sh", "-c", "cat; echo done"}
+	var out bytes.Buffer
+	p, err := t.Exec(e.ctx, id+"-cat", pspec, cio.NewCreator(cio.WithStreams(strings.NewReader("from stdin\n"), &out, io.Discard)))
+	if err != nil {
+		return err
+	}
+	ch, err := p.Wait(e.ctx)
+	if err != nil {
+		return err
+	}
+	if err := p.Start(e.ctx); err != nil {
+		return err
+	}
+	if err := p.CloseIO(e.ctx, containerd.WithStdinCloser); err != nil {
+		return err
+	}
+	if code, err := waitExit(e.ctx, ch); err != nil || code != 0 {
+		return fmt.Errorf("exit %d, %v", code, err)
+	}
+	p.IO().Wait()
+	if out.String() != "from stdin\ndone\n" {
+		return fmt.Errorf("output %q", out.String())
+	}
+	ps, err := t.Pids(e.ctx)
+	if err != nil {
+		return err
+	}
+	info("pids with an exited exec: %d", len(ps))
+	if _, err := p.Delete(e.ctx); err != nil {
+		return err
+	}
+	if _, err := t.LoadProcess(e.ctx, id+"-cat", nil); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("load of a deleted exec: want NotFound, got %v", err)
+	}
+	return nil
+}
+
+func taskUpdateResources(e *env, id string) error {
+	c, t, err := e.runningTask(id, oci.WithMemoryLimit(64<<20))
+	if err != nil {
+		return err
+	}
+	defer cleanup(e, c)
+	limit := int64(128 << 20)
+	if err := t.Update(e.ctx, containerd.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})); err != nil {
+		return err
+	}
+	m, err := t.Metrics(e.ctx)
+	if err != nil {
+		return err
+	}
+	data, err := typeurl.UnmarshalAny(m.Data)
+	if err != nil {
+		return err
+	}
+	s, ok := data.(*stats.Metrics)
+	if !ok {
+		return fmt.Errorf("metrics %T", data)
+	}
+	if s.Memory.Usage.Limit != uint64(limit) {
+		return fmt.Errorf("memory limit after update %d, want %d", s.Memory.Usage.Limit, limit)
+	}
+	return nil
+}
+
+// Client-side export and import (the images archive package over the
+// content and image stores), as nerdctl save/load do.
+func clientExportImport(e *env, _ string) error {
+	var buf bytes.Buffer
+	if err := e.client.Export(e.ctx, &buf, archive.WithImage(e.client.ImageService(), *imageRef), archive.WithPlatform(platforms.Default())); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	ns := *namespace + "-load"
+	ctx := namespaces.WithNamespace(e.ctx, ns)
+	defer cleanNamespace(e, ns)
+	imgs, err := e.client.Import(ctx, bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	var names []string
+	for _, i := range imgs {
+		names = append(names, i.Name)
+	}
+	info("client export %d bytes, import %v", buf.Len(), names)
+	if len(imgs) == 0 {
+		return errors.New("nothing imported")
+	}
+	img := containerd.NewImage(e.client, imgs[0])
+	if err := img.Unpack(ctx, defaults.DefaultSnapshotter); err != nil {
+		return fmt.Errorf("unpack: %w", err)
+	}
+	return nil
+}
+
+// Client-side push (remotes over the content store) and a transfer push.
+func pushBoth(e *env, id string) error {
+	host := strings.SplitN(*imageRef, "/", 2)[0]
+	ref := host + "/clientcheck/" + id + ":pushed"
+	if err := e.client.Push(e.ctx, ref, e.image.Target()); err != nil {
+		return fmt.Errorf("client push: %w", err)
+	}
+	ref2 := host + "/clientcheck/" + id + ":transferred"
+	reg, err := registry.NewOCIRegistry(e.ctx, ref2, registry.WithDefaultScheme("http"))
+	if err != nil {
+		return err
+	}
+	if err := e.client.Transfer(e.ctx, transferimage.NewStore(*imageRef), reg); err != nil {
+		return fmt.Errorf("transfer push: %w", err)
+	}
+	// fetch both back (metadata only) in a namespace of their own
+	ns := *namespace + "-fetch"
+	ctx := namespaces.WithNamespace(e.ctx, ns)
+	defer cleanNamespace(e, ns)
+	for _, r := range []string{ref, ref2} {
+		img, err := e.client.Fetch(ctx, r)
+		if err != nil {
+			return fmt.Errorf("fetch %s: %w", r, err)
+		}
+		if img.Target.Digest != e.image.Target().Digest {
+			return fmt.Errorf("%s is %s, want %s", r, img.Target.Digest, e.image.Target().Digest)
+		}
+	}
+	return nil
 }
