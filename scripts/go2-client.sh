@@ -1,20 +1,69 @@
 #!/usr/bin/env bash
 # containerd 2.x's Go client library, offline, for the e2e test go_client2:
 # a Go toolchain and golang-github-containerd-containerd-dev (2.1) with the
-# transitive closure of its golang-*-dev dependencies, all from Debian
-# unstable, downloaded with `apt-get download` into a cache and unpacked with
+# Go source packages its client imports, all from Debian unstable,
+# downloaded with `apt-get download` into a cache and unpacked with
 # `dpkg -x` under $GO2_ROOT (default /opt/stevedore-tools/go2), never
 # installed (the unstable source is pinned at -1, see unstable-tools.sh).
 # Result: $GO2_ROOT/usr/lib/go-<ver>/bin/go (GOROOT) and a GOPATH tree
 # $GO2_ROOT/usr/share/gocode. Idempotent: nothing is fetched when the stamp
 # names the same package set; needs root (apt-get update once).
+#
+#   go2-client.sh            the ~40 packages clientcheck2's imports come
+#                            from (`go list -deps` mapped to packages; ~90 MB)
+#   go2-client.sh --closure  the whole Depends closure of containerd-dev
+#                            (~420 packages, ~270 MB, 2.3 GB unpacked): use
+#                            it to regenerate CLIENT_PKGS when imports change
 set -euo pipefail
+CLOSURE=0
+[[ ${1:-} == --closure ]] && CLOSURE=1
 ROOT=${GO2_ROOT:-/opt/stevedore-tools/go2}
 CACHE=${GO2_CACHE:-/var/cache/stevedore/go2-debs}
 GO_PKG=golang-1.26-go
-TOP=(golang-github-containerd-containerd-dev=2.1.9+ds1-5 "$GO_PKG")
+TOP=(golang-github-containerd-containerd-dev=2.1.9+ds1-5 golang-github-containerd-containerd-api-dev=2.1.9+ds1-5 "$GO_PKG")
+# the packages (besides TOP) of everything clientcheck2 imports, at their
+# unstable versions
+CLIENT_PKGS=(
+  golang-github-cespare-xxhash-v2-dev
+  golang-github-containerd-cgroups-dev
+  golang-github-containerd-continuity-dev
+  golang-github-containerd-errdefs-dev
+  golang-github-containerd-fifo-dev
+  golang-github-containerd-log-dev
+  golang-github-containerd-platforms-dev
+  golang-github-containerd-plugin-dev
+  golang-github-containerd-ttrpc-dev
+  golang-github-containerd-typeurl-dev
+  golang-github-cyphar-filepath-securejoin-dev
+  golang-github-distribution-reference-dev
+  golang-github-felixge-httpsnoop-dev
+  golang-github-go-logr-logr-dev
+  golang-github-go-logr-stdr-dev
+  golang-github-gogo-protobuf-dev
+  golang-github-golang-protobuf-1-5-dev
+  golang-github-google-go-cmp-dev
+  golang-github-klauspost-compress-dev
+  golang-github-moby-locker-dev
+  golang-github-moby-sys-dev
+  golang-github-opencontainers-go-digest-dev
+  golang-github-opencontainers-image-spec-dev
+  golang-github-opencontainers-selinux-dev
+  golang-github-opencontainers-specs-dev
+  golang-github-pelletier-go-toml.v2-dev
+  golang-github-sirupsen-logrus-dev
+  golang-golang-x-net-dev
+  golang-golang-x-sync-dev
+  golang-golang-x-sys-dev
+  golang-golang-x-text-dev
+  golang-google-genproto-dev
+  golang-google-grpc-dev
+  golang-google-protobuf-dev
+  golang-opentelemetry-contrib-dev
+  golang-opentelemetry-otel-dev
+  golang-1.26-src
+)
 stamp="$ROOT/.stamp"
-want="${TOP[*]}"
+want="${TOP[*]} closure=$CLOSURE"
 if [[ -f $stamp && "$(head -1 "$stamp")" == "$want" && -x "$(ls -d "$ROOT"/usr/lib/go-*/bin/go 2>/dev/null | head -1)" ]]; then
   echo "go2-client: up to date in $ROOT ($(($(wc -l <"$stamp") - 1)) packages)"
   exit 0
@@ -39,6 +88,12 @@ for pv in "${TOP[@]}"; do
   level+=("${pv%%=*}")
   seen[${pv%%=*}]=1
 done
+if ((!CLOSURE)); then
+  for p in "${CLIENT_PKGS[@]}"; do
+    level+=("$p")
+    seen[$p]=1
+  done
+fi
 resolved=()
 while ((${#level[@]})); do
   args=()
@@ -54,9 +109,16 @@ while ((${#level[@]})); do
     [[ -z $p || -n ${found[$p]:-} ]] && continue
     found[$p]=1
     for top in "${TOP[@]}"; do
-      [[ $top == "$p="* ]] && v=${top#*=}
+      [[ $top == "$p="* ]] || continue
+      if apt-cache show "$top" >/dev/null 2>&1; then
+        v=${top#*=}
+      else
+        # the pinned version left unstable: take what unstable has now
+        echo "go2-client: $top not available, using $p=$v" >&2
+      fi
     done
     resolved+=("$p=$v")
+    ((CLOSURE)) || continue
     for d in $(tr ',' '\n' <<<"$deps" | sed -e 's/|.*//' -e 's/(.*//' -e 's/:any//' -e 's/ //g'); do
       case $d in
       golang-*-dev | golang-1.*-src)

@@ -1394,10 +1394,8 @@ func snapshotsLifecycle(e *env, id string) error {
 	if err := sn.Remove(e.ctx, committed); !errdefs.IsFailedPrecondition(err) {
 		return fmt.Errorf("remove of a parent: want FailedPrecondition, got %v", err)
 	}
-	if _, err := sn.Mounts(e.ctx, committed); !errdefs.IsInvalidArgument(err) && !errdefs.IsFailedPrecondition(err) && !errdefs.IsNotFound(err) {
-		info("mounts of a committed snapshot: %v", err)
-	} else {
-		info("mounts of a committed snapshot: %v", err)
+	if _, err := sn.Mounts(e.ctx, committed); !errdefs.IsFailedPrecondition(err) {
+		return fmt.Errorf("mounts of a committed snapshot: want FailedPrecondition, got %v", err)
 	}
 	if c, ok := sn.(snapshots.Cleaner); ok {
 		if err := c.Cleanup(e.ctx); err != nil && !errdefs.IsNotImplemented(err) {
