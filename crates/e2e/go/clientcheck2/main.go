@@ -162,6 +162,8 @@ var checks = []check{
 	{"plugins_filter", pluginsFilter},
 	{"snapshotter_from_namespace_label", snapshotterFromNamespaceLabel},
 	{"kill_exec_and_kill_all", killAllAndExecKill},
+	{"lease_holds_then_releases", leaseHoldsThenReleases},
+	{"image_and_content_label_updates", labelUpdates},
 	{"output_and_exit_status", outputAndExitStatus},
 	{"pids_pause_resume_status", pidsPauseResume},
 	{"runc_reason_reaches_client", runcReasonReachesClient},
@@ -1857,6 +1859,96 @@ func killAllAndExecKill(e *env, id string) error {
 	}
 	if err := t.Kill(e.ctx, syscall.SIGKILL); !errdefs.IsNotFound(err) {
 		info("kill of a stopped task: %v", err)
+	}
+	return nil
+}
+
+// What BuildKit relies on: objects made under a lease live while it does
+// and go with it (a synchronous delete collects them before returning).
+func leaseHoldsThenReleases(e *env, id string) error {
+	lm := e.client.LeasesService()
+	l, err := lm.Create(e.ctx, leases.WithID("clientcheck-"+id))
+	if err != nil {
+		return err
+	}
+	ctx := leases.WithLease(e.ctx, l.ID)
+	sn := e.client.SnapshotService(defaults.DefaultSnapshotter)
+	if _, err := sn.Prepare(ctx, id+"-leased", ""); err != nil {
+		lm.Delete(e.ctx, l)
+		return err
+	}
+	data := []byte("leased " + id)
+	desc := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.FromBytes(data), Size: int64(len(data))}
+	if err := content.WriteBlob(ctx, e.client.ContentStore(), "clientcheck-"+id, bytes.NewReader(data), desc); err != nil {
+		lm.Delete(e.ctx, l)
+		return err
+	}
+	rs, err := lm.ListResources(e.ctx, l)
+	if err != nil {
+		return err
+	}
+	var kinds []string
+	for _, r := range rs {
+		kinds = append(kinds, r.Type)
+	}
+	sort.Strings(kinds)
+	info("lease resources %v", kinds)
+	if len(rs) != 2 {
+		return fmt.Errorf("lease resources %+v", rs)
+	}
+	// a GC while the lease lives keeps both
+	if err := lm.Delete(e.ctx, leases.Lease{ID: "clientcheck-none-" + id}, leases.SynchronousDelete); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete of a missing lease: want NotFound, got %v", err)
+	}
+	if _, err := sn.Stat(e.ctx, id+"-leased"); err != nil {
+		return fmt.Errorf("leased snapshot: %w", err)
+	}
+	if err := lm.Delete(e.ctx, l, leases.SynchronousDelete); err != nil {
+		return err
+	}
+	if _, err := sn.Stat(e.ctx, id+"-leased"); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("snapshot after its lease was deleted (sync): want NotFound, got %v", err)
+	}
+	if _, err := e.client.ContentStore().Info(e.ctx, desc.Digest); !errdefs.IsNotFound(err) {
+		return fmt.Errorf("blob after its lease was deleted (sync): want NotFound, got %v", err)
+	}
+	return nil
+}
+
+func labelUpdates(e *env, id string) error {
+	is := e.client.ImageService()
+	img := e.image.Metadata()
+	img.Labels = map[string]string{"x": id, "y": "dropped?"}
+	up, err := is.Update(e.ctx, img, "labels.x")
+	if err != nil {
+		return fmt.Errorf("image update labels.x: %w", err)
+	}
+	if up.Labels["x"] != id || up.Labels["y"] != "" {
+		return fmt.Errorf("image labels after labels.x: %v", up.Labels)
+	}
+	up.Labels = nil
+	if _, err := is.Update(e.ctx, up, "labels.x"); err != nil {
+		return err
+	}
+	cs := e.client.ContentStore()
+	ci, err := cs.Info(e.ctx, e.image.Target().Digest)
+	if err != nil {
+		return err
+	}
+	ci.Labels = map[string]string{"clientcheck": id}
+	nci, err := cs.Update(e.ctx, ci, "labels.clientcheck")
+	if err != nil {
+		return fmt.Errorf("content update: %w", err)
+	}
+	if nci.Labels["clientcheck"] != id || nci.Labels["containerd.io/gc.ref.content.config"] == "" {
+		return fmt.Errorf("content labels after labels.clientcheck: %v", nci.Labels)
+	}
+	nci.Labels = nil
+	if _, err := cs.Update(e.ctx, nci, "labels.clientcheck"); err != nil {
+		return err
+	}
+	if _, err := cs.Update(e.ctx, content.Info{Digest: nci.Digest}, "size"); !errdefs.IsInvalidArgument(err) {
+		return fmt.Errorf("content update of size: want InvalidArgument, got %v", err)
 	}
 	return nil
 }
