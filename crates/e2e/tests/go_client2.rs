@@ -143,6 +143,48 @@ fn go2_client_behaviours_on_stevedore_shim() {
     );
 }
 
+/// Run clientcheck2's restart phase `phase` ("before" or "after").
+fn restart_phase(socket: &Path, ns: &str, image: &str, log: &Path, phase: &str) -> String {
+    let o = Command::new(clientcheck2())
+        .arg("-address")
+        .arg(socket)
+        .arg("-namespace")
+        .arg(ns)
+        .arg("-image")
+        .arg(image)
+        .arg("-log")
+        .arg(log)
+        .arg("-restart-phase")
+        .arg(phase)
+        .output()
+        .expect("run clientcheck2");
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success() && stdout.contains(&format!("PASS restart_{phase}")),
+        "clientcheck2 -restart-phase {phase}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
+/// A task started through the 2.x client keeps running across a
+/// stevedored restart; a new client finds it running (its cio.LogFile log
+/// still growing), kills, waits for and deletes it.
+#[test]
+fn go2_client_finds_a_task_after_a_daemon_restart() {
+    require_tool("runc", "runc");
+    clientcheck2();
+    let dir = tempfile::tempdir().unwrap();
+    let (_reg, image) = registry_with_busybox(dir.path());
+    let mut d = Daemon::start();
+    let ns = namespace_for(d.dir.path());
+    let log = dir.path().join("task.log");
+    restart_phase(&d.socket, &ns, &image, &log, "before");
+    d.stop();
+    d.spawn();
+    restart_phase(&d.socket, &ns, &image, &log, "after");
+}
+
 const CONTAINERD2: &str = "/opt/stevedore-tools/containerd/usr/bin/containerd";
 
 /// containerd 2.1.9 with its own root, state and sockets, CRI off; its Go

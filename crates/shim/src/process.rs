@@ -172,7 +172,28 @@ fn open_stdin(path: &str) -> Result<(File, OwnedFd)> {
 }
 
 /// Open an output FIFO (or file) read-write, so opening never blocks.
-fn open_output(path: &str, what: &str) -> Result<File> {
+/// A `file://` URI (the Go client's `cio.LogFile`) is a log file, created
+/// with its directory and appended to, as containerd's runc shim does;
+/// other URI schemes (`binary://` logging drivers) are not supported.
+pub fn open_output(path: &str, what: &str) -> Result<File> {
+    if let Some(rest) = path.strip_prefix("file://") {
+        let file = Path::new(rest.split('?').next().unwrap_or(rest));
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::InvalidArgument(format!("open {what} {path}: {e}")))?;
+        }
+        return OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(file)
+            .map_err(|e| Error::InvalidArgument(format!("open {what} {path}: {e}")));
+    }
+    if let Some((scheme, _)) = path.split_once("://") {
+        return Err(Error::InvalidArgument(format!(
+            "open {what} {path}: unsupported stdio scheme {scheme:?} (FIFO paths and file:// are)"
+        )));
+    }
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -390,6 +411,27 @@ pub fn wait_exit(pid: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_uri_outputs_are_created_and_appended_like_containerds_shim() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("logs/sub/task.log");
+        let uri = format!("file://{}", log.display());
+        for line in ["one\n", "two\n"] {
+            let mut f = open_output(&uri, "stdout").unwrap();
+            f.write_all(line.as_bytes()).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\n");
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o022, 0o644 & !0o022, "mode {mode:o}");
+        let e = open_output("binary:///usr/bin/logger?a=b", "stdout").unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("unsupported stdio scheme \"binary\"")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn stdin_sees_eof_only_after_the_shim_end_closes() {

@@ -68,6 +68,8 @@ var (
 	imageRef  = flag.String("image", "", "busybox image in a plain-HTTP registry on 127.0.0.1")
 	namespace = flag.String("namespace", "clientcheck2", "namespace to work in")
 	runOnly   = flag.String("run", "", "only checks whose name matches")
+	phase     = flag.String("restart-phase", "", "before: start a task logging to -log; after: (daemon restarted) find it running, then stop it")
+	logPath   = flag.String("log", "", "the restart task's log file")
 )
 
 type env struct {
@@ -104,6 +106,22 @@ func main() {
 	var only *regexp.Regexp
 	if *runOnly != "" {
 		only = regexp.MustCompile(*runOnly)
+	}
+	if *phase != "" {
+		if err := pullUnpack(e, ""); err != nil {
+			fmt.Printf("FAIL pull_unpack: %v\n", err)
+			os.Exit(1)
+		}
+		fn := restartBefore
+		if *phase == "after" {
+			fn = restartAfter
+		}
+		if err := fn(e, "restart"); err != nil {
+			fmt.Printf("FAIL restart_%s: %v\n", *phase, err)
+			os.Exit(1)
+		}
+		fmt.Printf("PASS restart_%s\n", *phase)
+		return
 	}
 	failed := 0
 	for i, c := range checks {
@@ -1949,6 +1967,75 @@ func labelUpdates(e *env, id string) error {
 	}
 	if _, err := cs.Update(e.ctx, content.Info{Digest: nci.Digest}, "size"); !errdefs.IsInvalidArgument(err) {
 		return fmt.Errorf("content update of size: want InvalidArgument, got %v", err)
+	}
+	return nil
+}
+
+// A task that outlives a daemon restart, as Docker's live restore and
+// nerdctl rely on: started with its output in a log file (cio.LogFile) ...
+func restartBefore(e *env, id string) error {
+	c, err := e.newContainer(id, []oci.SpecOpts{oci.WithProcessArgs("sh", "-c", "while true; do echo tick; sleep 0.1; done")})
+	if err != nil {
+		return err
+	}
+	t, err := c.NewTask(e.ctx, cio.LogFile(*logPath))
+	if err != nil {
+		cleanup(e, c)
+		return err
+	}
+	if err := t.Start(e.ctx); err != nil {
+		cleanup(e, c)
+		return err
+	}
+	time.Sleep(300 * time.Millisecond)
+	if b, _ := os.ReadFile(*logPath); !bytes.Contains(b, []byte("tick")) {
+		cleanup(e, c)
+		return fmt.Errorf("log file %q", b)
+	}
+	return nil
+}
+
+// ... and found again by a new client after the restart: running, still
+// writing its log, then killed, waited for and deleted.
+func restartAfter(e *env, id string) error {
+	c, err := e.client.LoadContainer(e.ctx, id)
+	if err != nil {
+		return err
+	}
+	defer cleanup(e, c)
+	t, err := c.Task(e.ctx, nil)
+	if err != nil {
+		return fmt.Errorf("task after restart: %w", err)
+	}
+	st, err := t.Status(e.ctx)
+	if err != nil {
+		return err
+	}
+	if st.Status != containerd.Running {
+		return fmt.Errorf("status after restart %q", st.Status)
+	}
+	before, _ := os.ReadFile(*logPath)
+	time.Sleep(500 * time.Millisecond)
+	after, _ := os.ReadFile(*logPath)
+	if len(after) <= len(before) {
+		return fmt.Errorf("log stopped growing after the restart (%d bytes)", len(after))
+	}
+	ch, err := t.Wait(e.ctx)
+	if err != nil {
+		return err
+	}
+	if err := t.Kill(e.ctx, syscall.SIGKILL); err != nil {
+		return err
+	}
+	if code, err := waitExit(e.ctx, ch); err != nil || code != 137 {
+		return fmt.Errorf("exit %d, %v", code, err)
+	}
+	ds, err := t.Delete(e.ctx)
+	if err != nil {
+		return err
+	}
+	if ds.ExitCode() != 137 {
+		return fmt.Errorf("delete status %d", ds.ExitCode())
 	}
 	return nil
 }
