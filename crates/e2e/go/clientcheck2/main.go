@@ -182,6 +182,7 @@ var checks = []check{
 	{"kill_exec_and_kill_all", killAllAndExecKill},
 	{"lease_holds_then_releases", leaseHoldsThenReleases},
 	{"image_and_content_label_updates", labelUpdates},
+	{"binary_log_uri", binaryLogURI},
 	{"output_and_exit_status", outputAndExitStatus},
 	{"pids_pause_resume_status", pidsPauseResume},
 	{"runc_reason_reaches_client", runcReasonReachesClient},
@@ -2038,4 +2039,44 @@ func restartAfter(e *env, id string) error {
 		return fmt.Errorf("delete status %d", ds.ExitCode())
 	}
 	return nil
+}
+
+// A binary:// stdio URI (cio.BinaryIO: a logging binary reading the
+// task's stdout on fd 3 and stderr on fd 4, ready when it closes fd 5), as
+// nerdctl's log drivers use. Reported, not required: stevedore's shim does
+// not run logging binaries (containerd's runc shim does).
+func binaryLogURI(e *env, id string) error {
+	dir, err := os.MkdirTemp("", "clientcheck-binlog-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	out := filepath.Join(dir, "out")
+	c, err := e.newContainer(id, []oci.SpecOpts{oci.WithProcessArgs("echo", "via-binary")})
+	if err != nil {
+		return err
+	}
+	defer cleanup(e, c)
+	t, err := c.NewTask(e.ctx, cio.BinaryIO("/bin/sh", map[string]string{"-c": "exec 5>&-; cat <&3 > " + out}))
+	if err != nil {
+		info("binary:// logging: %v", err)
+		return nil
+	}
+	ch, err := t.Wait(e.ctx)
+	if err != nil {
+		return err
+	}
+	if err := t.Start(e.ctx); err != nil {
+		return err
+	}
+	waitExit(e.ctx, ch)
+	t.Delete(e.ctx)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if b, _ := os.ReadFile(out); strings.TrimSpace(string(b)) == "via-binary" {
+			info("binary:// logging: works")
+			return nil
+		}
+	}
+	b, _ := os.ReadFile(out)
+	return fmt.Errorf("logging binary wrote %q", b)
 }
