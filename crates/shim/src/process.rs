@@ -34,6 +34,8 @@ pub struct Io {
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
+    /// The task's namespace (`CONTAINER_NAMESPACE` of a logging binary).
+    pub namespace: String,
 }
 
 /// What to launch.
@@ -189,6 +191,11 @@ pub fn open_output(path: &str, what: &str) -> Result<File> {
             .open(file)
             .map_err(|e| Error::InvalidArgument(format!("open {what} {path}: {e}")));
     }
+    if path.starts_with("binary://") {
+        return Err(Error::InvalidArgument(format!(
+            "open {what} {path}: a logging binary takes stdout and stderr without a terminal"
+        )));
+    }
     if let Some((scheme, _)) = path.split_once("://") {
         return Err(Error::InvalidArgument(format!(
             "open {what} {path}: unsupported stdio scheme {scheme:?} (FIFO paths and file:// are)"
@@ -199,6 +206,107 @@ pub fn open_output(path: &str, what: &str) -> Result<File> {
         .write(true)
         .open(path)
         .map_err(|e| Error::InvalidArgument(format!("open {what} {path}: {e}")))
+}
+
+/// `%XX` escapes (and `+` as a space in a query) of a URI, decoded.
+fn uri_decode(s: &str, query: bool) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' if query => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A `binary://<path>?<k>=<v>&...` stdio URI (the Go client's
+/// `cio.BinaryIO`, nerdctl's log drivers), started as containerd's runc
+/// shim starts it: `<path> <k> <v> ...` with `CONTAINER_ID` and
+/// `CONTAINER_NAMESPACE` set, the task's stdout on fd 3, stderr on fd 4 and
+/// a pipe on fd 5 it closes once ready (waited for here). It exits on EOF,
+/// when the process's (and runc's) write ends are gone; a thread reaps it.
+/// Returns the write ends for the process's stdout and stderr.
+fn start_logger(uri: &str, id: &str, ns: &str) -> Result<(File, File)> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let rest = uri.strip_prefix("binary://").unwrap_or(uri);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let path = uri_decode(path, false);
+    let mut args = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        args.push(uri_decode(k, true));
+        let v = uri_decode(v, true);
+        if !v.is_empty() {
+            args.push(v);
+        }
+    }
+    // close-on-exec: only the copies on 3, 4, 5 reach the binary (a stray
+    // copy of fd 5's write end would keep the ready wait from ending)
+    let pipe = || {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| Error::io("create pipe", e))
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
+    let mut cmd = std::process::Command::new(&path);
+    cmd.args(&args)
+        .env("CONTAINER_ID", id)
+        .env("CONTAINER_NAMESPACE", ns)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
+    // dup2) on fds this process owns
+    unsafe {
+        cmd.pre_exec(move || {
+            // copies above 10 first (close-on-exec), so no target fd is
+            // overwritten before it was copied, then onto 3, 4, 5
+            let mut high = [0; 3];
+            for (h, fd) in high.iter_mut().zip(fds) {
+                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                if *h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (target, h) in (3..).zip(high) {
+                if libc::dup2(h, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::InvalidArgument(format!("start logging binary {path:?} of {uri}: {e}"))
+    })?;
+    drop((out_r, err_r, ready_w));
+    // ready: the binary closed fd 5 (or exited)
+    let _ = File::from(ready_r).read(&mut [0u8; 1]);
+    std::thread::Builder::new()
+        .name("logger-reaper".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = child.wait();
+        })
+        .map_err(|e| Error::io("spawn logger reaper", e))?;
+    Ok((File::from(out_w), File::from(err_w)))
 }
 
 fn null() -> Result<File> {
@@ -268,7 +376,13 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
             Some(r) => r.into(),
             None => null()?.into(),
         };
-        let (out, err): (Stdio, Stdio) = if io.stderr.is_empty() {
+        let (out, err): (Stdio, Stdio) = if io.stdout.starts_with("binary://") {
+            let id = match &kind {
+                Kind::Init { id, .. } | Kind::Exec { id, .. } => *id,
+            };
+            let (o, e) = start_logger(&io.stdout, id, &io.namespace)?;
+            (o.into(), e.into())
+        } else if io.stderr.is_empty() {
             let out = if io.stdout.is_empty() {
                 null()?
             } else {
@@ -426,11 +540,51 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\n");
         let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & !0o022, 0o644 & !0o022, "mode {mode:o}");
-        let e = open_output("binary:///usr/bin/logger?a=b", "stdout").unwrap_err();
+        let e = open_output("syslog:///x", "stdout").unwrap_err();
         assert!(
-            matches!(&e, Error::InvalidArgument(m) if m.contains("unsupported stdio scheme \"binary\"")),
+            matches!(&e, Error::InvalidArgument(m) if m.contains("unsupported stdio scheme \"syslog\"")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn binary_uri_starts_the_logging_binary_as_containerds_shim_does() {
+        use std::io::Write;
+        assert_eq!(uri_decode("a%20b+c%3D", true), "a b c=");
+        assert_eq!(uri_decode("/usr/bin/x+y%", false), "/usr/bin/x+y%");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let script = format!(
+            "echo \"$CONTAINER_NAMESPACE/$CONTAINER_ID\" > {0}; exec 5>&-; cat <&3 >> {0}; cat <&4 >> {0}",
+            out.display()
+        );
+        let uri = format!(
+            "binary:///bin/sh?-c={}",
+            script
+                .bytes()
+                .map(|c| match c {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'.' | b'-' =>
+                        (c as char).to_string(),
+                    b' ' => "+".to_string(),
+                    _ => format!("%{c:02X}"),
+                })
+                .collect::<String>()
+        );
+        let (mut o, mut e) = start_logger(&uri, "ctr1", "ns1").unwrap();
+        // ready: the first line is there before a byte was sent
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "ns1/ctr1\n");
+        o.write_all(b"to stdout\n").unwrap();
+        e.write_all(b"to stderr\n").unwrap();
+        drop((o, e));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let got = std::fs::read_to_string(&out).unwrap();
+            if got == "ns1/ctr1\nto stdout\nto stderr\n" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{got:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -145,6 +145,7 @@ impl Shim {
             stdout: r.stdout.clone(),
             stderr: r.stderr.clone(),
             terminal: r.terminal,
+            namespace: self.namespace.clone(),
         };
         let mounts: Vec<stevedore_types::Mount> = r
             .rootfs
@@ -471,6 +472,7 @@ impl Shim {
             stdout: r.stdout.clone(),
             stderr: r.stderr.clone(),
             terminal: r.terminal,
+            namespace: self.namespace.clone(),
         };
         {
             let mut procs = self.procs();

@@ -2043,8 +2043,7 @@ func restartAfter(e *env, id string) error {
 
 // A binary:// stdio URI (cio.BinaryIO: a logging binary reading the
 // task's stdout on fd 3 and stderr on fd 4, ready when it closes fd 5), as
-// nerdctl's log drivers use. Reported, not required: stevedore's shim does
-// not run logging binaries (containerd's runc shim does).
+// nerdctl's log drivers use.
 func binaryLogURI(e *env, id string) error {
 	dir, err := os.MkdirTemp("", "clientcheck-binlog-")
 	if err != nil {
@@ -2059,8 +2058,7 @@ func binaryLogURI(e *env, id string) error {
 	defer cleanup(e, c)
 	t, err := c.NewTask(e.ctx, cio.BinaryIO("/bin/sh", map[string]string{"-c": "exec 5>&-; cat <&3 > " + out}))
 	if err != nil {
-		info("binary:// logging: %v", err)
-		return nil
+		return fmt.Errorf("binary:// logging: %w", err)
 	}
 	ch, err := t.Wait(e.ctx)
 	if err != nil {
