@@ -253,6 +253,9 @@ impl Drop for Containerd2 {
     }
 }
 
+/// containerd 2.1.9 itself fails `events_task_lifecycle` now and then (3 of
+/// ~10 runs here): its shim publishes `/tasks/delete` asynchronously and is
+/// shut down right after, so subscribers sometimes never see it.
 #[test]
 #[ignore = "the reference run against containerd 2.1.9: cargo test --test go_client2 -- --ignored"]
 fn go2_client_reference_containerd() {

@@ -36,6 +36,9 @@ pub struct Io {
     pub terminal: bool,
     /// The task's namespace (`CONTAINER_NAMESPACE` of a logging binary).
     pub namespace: String,
+    /// The container id for its init, the exec id for an exec
+    /// (`CONTAINER_ID` of a logging binary, as containerd's shim sets it).
+    pub process_id: String,
 }
 
 /// What to launch.
@@ -377,10 +380,7 @@ pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<La
             None => null()?.into(),
         };
         let (out, err): (Stdio, Stdio) = if io.stdout.starts_with("binary://") {
-            let id = match &kind {
-                Kind::Init { id, .. } | Kind::Exec { id, .. } => *id,
-            };
-            let (o, e) = start_logger(&io.stdout, id, &io.namespace)?;
+            let (o, e) = start_logger(&io.stdout, &io.process_id, &io.namespace)?;
             (o.into(), e.into())
         } else if io.stderr.is_empty() {
             let out = if io.stdout.is_empty() {

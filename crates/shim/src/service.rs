@@ -146,6 +146,7 @@ impl Shim {
             stderr: r.stderr.clone(),
             terminal: r.terminal,
             namespace: self.namespace.clone(),
+            process_id: r.id.clone(),
         };
         let mounts: Vec<stevedore_types::Mount> = r
             .rootfs
@@ -473,6 +474,7 @@ impl Shim {
             stderr: r.stderr.clone(),
             terminal: r.terminal,
             namespace: self.namespace.clone(),
+            process_id: r.exec_id.clone(),
         };
         {
             let mut procs = self.procs();

@@ -2056,7 +2056,7 @@ func binaryLogURI(e *env, id string) error {
 		return err
 	}
 	defer cleanup(e, c)
-	t, err := c.NewTask(e.ctx, cio.BinaryIO("/bin/sh", map[string]string{"-c": "exec 5>&-; cat <&3 > " + out}))
+	t, err := c.NewTask(e.ctx, cio.BinaryIO("/bin/sh", map[string]string{"-c": `echo "$CONTAINER_NAMESPACE $CONTAINER_ID" > ` + out + "; exec 5>&-; cat <&3 >> " + out}))
 	if err != nil {
 		return fmt.Errorf("binary:// logging: %w", err)
 	}
@@ -2070,7 +2070,7 @@ func binaryLogURI(e *env, id string) error {
 	waitExit(e.ctx, ch)
 	t.Delete(e.ctx)
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if b, _ := os.ReadFile(out); strings.TrimSpace(string(b)) == "via-binary" {
+		if b, _ := os.ReadFile(out); string(b) == *namespace+" "+id+"\nvia-binary\n" {
 			info("binary:// logging: works")
 			return nil
 		}
