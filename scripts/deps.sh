@@ -44,5 +44,8 @@ if ((${#missing[@]})); then
 fi
 # Docker 28 and containerd 2.x from Debian unstable, unpacked, never installed
 ((QUICK)) || bash "$(dirname "$0")/unstable-tools.sh"
+# containerd 2.1's Go client sources and Go 1.26 from Debian unstable,
+# unpacked, never installed (crates/e2e/tests/go_client2.rs; ~30 s, ~90 MB)
+((QUICK)) || bash "$(dirname "$0")/go2-client.sh"
 # the packaged containerd must not run: tests start their own daemons
 systemctl disable --now containerd docker docker.socket prometheus >/dev/null 2>&1 || true

@@ -55,6 +55,16 @@ pub struct Applied {
     pub implicit_dirs: Vec<PathBuf>,
 }
 
+/// A numeric header field of only NULs and spaces reads as 0, as Go's
+/// archive/tar (containerd's reader) reads it; the tar crate calls it an
+/// error. Whiteouts written without owner or time fields are common.
+fn blank_is_zero(v: std::io::Result<u64>, field: &[u8]) -> std::io::Result<u64> {
+    match v {
+        Err(_) if field.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        v => v,
+    }
+}
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
@@ -489,7 +499,7 @@ impl Applier {
         let h = e.header();
         let bad = |what: &str| Error::invalid(format!("apply layer: entry {name:?}: bad {what}"));
         let mut mtime = Timespec {
-            tv_sec: h.mtime().map_err(|_| bad("mtime"))? as i64,
+            tv_sec: blank_is_zero(h.mtime(), &h.as_old().mtime).map_err(|_| bad("mtime"))? as i64,
             tv_nsec: 0,
         };
         // chown takes 32-bit ids and reads u32::MAX (-1) as "leave as is";
@@ -500,9 +510,12 @@ impl Applier {
                 .filter(|v| *v != u32::MAX)
                 .ok_or_else(|| bad(what))
         };
-        let uid = id(h.uid(), "uid")?;
-        let gid = id(h.gid(), "gid")?;
-        let mode = h.mode().map_err(|_| bad("mode"))?;
+        let uid = id(blank_is_zero(h.uid(), &h.as_old().uid), "uid")?;
+        let gid = id(blank_is_zero(h.gid(), &h.as_old().gid), "gid")?;
+        let mode = blank_is_zero(h.mode().map(u64::from), &h.as_old().mode)
+            .ok()
+            .and_then(|m| u32::try_from(m).ok())
+            .ok_or_else(|| bad("mode"))?;
         let mut xattrs = Vec::new();
         let mut atime = None;
         if let Some(pax) = e

@@ -213,6 +213,10 @@ impl Comparer<'_> {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_size(0);
         h.set_mode(0);
+        // owner 0:0 written out (containerd's whiteouts carry "0000000"):
+        // a NUL-filled field is not a number to strict tar readers
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(0);
         b.append_data(&mut h, path, std::io::empty())
             .map_err(io(format!("compare: write whiteout {}", path.display())))

@@ -775,3 +775,61 @@ fn a_hardlink_entry_applies_its_owner_mode_and_times_to_the_shared_file_as_conta
         "the symlink's target untouched"
     );
 }
+
+/// Diff.Compare's layers go back through Diff.Apply onto an overlay upper
+/// directory (containerd 2.x's Go client: `DiffService().Compare` then
+/// `Apply`, as docker commit and BuildKit do): its whiteouts carry owner
+/// 0:0, and a whiteout whose numeric fields are blank (NULs, as some tar
+/// writers leave them) reads as 0 like Go's archive/tar reads it.
+#[test]
+fn compared_whiteouts_and_blank_numeric_fields_apply_in_overlay_mode() {
+    let sb = Sandbox::new();
+    let (lower, upper, target) = (
+        sb.root.join("lower"),
+        sb.root.join("upper"),
+        sb.root.join("target"),
+    );
+    for d in [&lower, &upper, &target] {
+        fs::create_dir(d).unwrap();
+    }
+    apply(&lower, base_layer().as_slice(), WhiteoutMode::Delete).unwrap();
+    stevedore_snapshots_copy(&lower, &upper);
+    fs::remove_file(upper.join("a")).unwrap();
+    let mut tar = Vec::new();
+    compare(&lower, &upper, &mut tar).unwrap();
+    for e in tar::Archive::new(tar.as_slice()).entries().unwrap() {
+        let e = e.unwrap();
+        if e.path().unwrap().to_str() == Some(".wh.a") {
+            assert_eq!(e.header().uid().unwrap(), 0);
+            assert_eq!(e.header().gid().unwrap(), 0);
+        }
+    }
+    apply(&target, tar.as_slice(), WhiteoutMode::Overlay).unwrap();
+    let st = fs::symlink_metadata(target.join("a")).unwrap();
+    assert!(st.file_type().is_char_device() && st.rdev() == 0);
+
+    // a whiteout and a file with every numeric field but size left blank
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, size) in [(".wh.d", 0usize), ("blank", 1)] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(size as u64);
+        let o = h.as_old_mut();
+        o.mode.fill(0);
+        o.uid.fill(0);
+        o.gid.fill(0);
+        o.mtime.fill(0);
+        h.set_cksum();
+        b.append(&h, &b"x"[..size]).unwrap();
+    }
+    let blank = b.into_inner().unwrap();
+    for mode in [WhiteoutMode::Overlay, WhiteoutMode::Delete] {
+        let dir = sb.root.join(format!("blank-{mode:?}"));
+        fs::create_dir(&dir).unwrap();
+        apply(&dir, base_layer().as_slice(), WhiteoutMode::Delete).unwrap();
+        apply(&dir, blank.as_slice(), mode).unwrap();
+        let md = fs::symlink_metadata(dir.join("blank")).unwrap();
+        assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (0, 0, 0));
+    }
+}

@@ -99,12 +99,9 @@ pub fn copy(master: &OwnedFd, stdin: Option<File>, stdout: &str) -> Result<()> {
         ))
     };
     if !stdout.is_empty() {
-        // read-write: opening never blocks on a client that has not opened yet
-        let out = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(stdout)
-            .map_err(|e| Error::io(format!("open stdout {stdout}"), e))?;
+        // read-write: opening never blocks on a client that has not opened
+        // yet (a file:// log is created and appended to)
+        let out = crate::process::open_output(stdout, "stdout")?;
         crate::process::copy_thread(dup()?, out, "console-out")?;
     }
     if let Some(input) = stdin {

@@ -34,6 +34,11 @@ pub struct Io {
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
+    /// The task's namespace (`CONTAINER_NAMESPACE` of a logging binary).
+    pub namespace: String,
+    /// The container id for its init, the exec id for an exec
+    /// (`CONTAINER_ID` of a logging binary, as containerd's shim sets it).
+    pub process_id: String,
 }
 
 /// What to launch.
@@ -188,7 +193,33 @@ fn open_stdin(path: &str) -> Result<(File, OwnedFd)> {
 }
 
 /// Open an output FIFO (or file) read-write, so opening never blocks.
-fn open_output(path: &str, what: &str) -> Result<File> {
+/// A `file://` URI (the Go client's `cio.LogFile`) is a log file, created
+/// with its directory and appended to, as containerd's runc shim does;
+/// other URI schemes (`binary://` logging drivers) are not supported.
+pub fn open_output(path: &str, what: &str) -> Result<File> {
+    if let Some(rest) = path.strip_prefix("file://") {
+        let file = Path::new(rest.split('?').next().unwrap_or(rest));
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::InvalidArgument(format!("open {what} {path}: {e}")))?;
+        }
+        return OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(file)
+            .map_err(|e| Error::InvalidArgument(format!("open {what} {path}: {e}")));
+    }
+    if path.starts_with("binary://") {
+        return Err(Error::InvalidArgument(format!(
+            "open {what} {path}: a logging binary takes stdout and stderr without a terminal"
+        )));
+    }
+    if let Some((scheme, _)) = path.split_once("://") {
+        return Err(Error::InvalidArgument(format!(
+            "open {what} {path}: unsupported stdio scheme {scheme:?} (FIFO paths and file:// are)"
+        )));
+    }
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -217,13 +248,7 @@ pub fn copy_thread(mut from: File, mut to: File, name: &str) -> Result<()> {
 }
 
 /// Launch a process (blocking: run it on a blocking thread).
-pub fn launch(
-    runc: &Runc,
-    kind: Kind<'_>,
-    io: &Io,
-    pidfile: &Path,
-    namespace: &str,
-) -> Result<Launched> {
+pub fn launch(runc: &Runc, kind: Kind<'_>, io: &Io, pidfile: &Path) -> Result<Launched> {
     let (what, mut args): (&str, Vec<String>) = match &kind {
         Kind::Init { bundle, .. } => (
             "OCI runtime create failed",
@@ -279,7 +304,7 @@ pub fn launch(
         let (out, err): (Stdio, Stdio) = if let Some(uri) = binary {
             // a logging driver takes both streams (runc's own text too,
             // as with containerd)
-            let started = crate::binlog::start(uri, id, namespace)?;
+            let started = crate::binlog::start(uri, &io.process_id, &io.namespace)?;
             logger = Some(started.logger);
             (started.stdout.into(), started.stderr.into())
         } else if io.stderr.is_empty() {
@@ -410,6 +435,27 @@ pub fn read_pid_file(path: &Path) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_uri_outputs_are_created_and_appended_like_containerds_shim() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("logs/sub/task.log");
+        let uri = format!("file://{}", log.display());
+        for line in ["one\n", "two\n"] {
+            let mut f = open_output(&uri, "stdout").unwrap();
+            f.write_all(line.as_bytes()).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\n");
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o022, 0o644 & !0o022, "mode {mode:o}");
+        let e = open_output("syslog:///x", "stdout").unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("unsupported stdio scheme \"syslog\"")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn stdin_sees_eof_only_after_the_shim_end_closes() {

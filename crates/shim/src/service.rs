@@ -145,6 +145,8 @@ impl Shim {
             stdout: r.stdout.clone(),
             stderr: r.stderr.clone(),
             terminal: r.terminal,
+            namespace: self.namespace.clone(),
+            process_id: r.id.clone(),
         };
         let mounts: Vec<stevedore_types::Mount> = r
             .rootfs
@@ -156,12 +158,11 @@ impl Shim {
                 options: m.options.to_vec(),
             })
             .collect();
-        let (bundle, id, rootfs, io2, namespace) = (
+        let (bundle, id, rootfs, io2) = (
             self.bundle.clone(),
             self.id.clone(),
             self.rootfs(),
             io.clone(),
-            self.namespace.clone(),
         );
         let launched = tokio::task::spawn_blocking(move || {
             crate::log::since_born("create on its thread");
@@ -182,7 +183,6 @@ impl Shim {
                 },
                 &io2,
                 &pidfile,
-                &namespace,
             );
             if r.is_err() {
                 let _ = stevedore_sys::mount::unmount_all(&rootfs);
@@ -288,7 +288,6 @@ impl Shim {
         let spec_path = self.bundle.join(format!("{}.process.json", r.exec_id));
         let pidfile = self.bundle.join(format!("{}.pid", r.exec_id));
         let io = p.io.clone();
-        let namespace = self.namespace.clone();
         let launched = tokio::task::spawn_blocking(move || {
             let bytes = serde_json::to_vec(&spec)
                 .map_err(|e| Error::Internal(format!("encode process spec: {e}")))?;
@@ -302,7 +301,6 @@ impl Shim {
                 },
                 &io,
                 &pidfile,
-                &namespace,
             );
             let _ = std::fs::remove_file(&spec_path);
             r
@@ -478,6 +476,8 @@ impl Shim {
             stdout: r.stdout.clone(),
             stderr: r.stderr.clone(),
             terminal: r.terminal,
+            namespace: self.namespace.clone(),
+            process_id: r.exec_id.clone(),
         };
         {
             let mut procs = self.procs();

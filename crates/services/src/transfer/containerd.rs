@@ -11,6 +11,7 @@
 //! | `ImageImportStream` | `ImageStore` | import |
 //! | `ImageStore` | `ImageExportStream` | export |
 //! | `ImageStore` | `ImageStore` | tag |
+//! | `ImageImportStream` | `ImageExportStream` | echo (the bytes, unchanged) |
 //!
 //! Byte streams, progress and registry credentials travel over streams the
 //! client opened with the Streaming service ([`crate::streaming`]), named
@@ -571,6 +572,42 @@ impl ContainerdTransfer {
                 sent?;
                 progress.status("Completed export", "", None).await;
                 Ok(())
+            }
+            (Endpoint::Import(_, input), Endpoint::Export(_, output)) => {
+                // containerd's echo (its TestTransferEcho): the import
+                // stream's bytes, unchanged, onto the export stream
+                let input = input
+                    .take()
+                    .ok_or_else(|| Error::internal("echo: the import stream was already used"))?;
+                let output = output
+                    .take()
+                    .ok_or_else(|| Error::internal("echo: the export stream was already used"))?;
+                let (tx, mut rx) = mpsc::channel(16);
+                let pump = tokio::spawn(receive_bytes(input, tx));
+                let (out_tx, out_rx) = mpsc::channel::<bytes::Bytes>(4);
+                let sender = tokio::spawn(send_bytes(output, out_rx));
+                let mut copied = Ok(());
+                while let Some(chunk) = rx.recv().await {
+                    match chunk {
+                        Ok(b) if b.is_empty() => {}
+                        Ok(b) => {
+                            if out_tx.send(b).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            copied = Err(Error::unavailable(format!("echo: import stream: {e}")));
+                            break;
+                        }
+                    }
+                }
+                drop(out_tx);
+                pump.abort();
+                let sent = sender
+                    .await
+                    .map_err(|e| Error::internal(format!("echo stream task: {e}")))?;
+                copied?;
+                sent
             }
             (Endpoint::Store(from), Endpoint::Store(to)) => {
                 let mut names = Vec::new();
