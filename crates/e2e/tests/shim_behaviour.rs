@@ -1097,3 +1097,49 @@ async fn binary_log_uri_hands_the_output_to_a_logging_driver(shim: Shim) {
 on_both_shims!(binary_log_uri_hands_the_output_to_a_logging_driver:
     stevedore_shim_binary_log_uri_hands_the_output_to_a_logging_driver,
     go_shim_binary_log_uri_hands_the_output_to_a_logging_driver);
+
+/// A shim started for a task whose Create never came (the daemon was killed
+/// in between) answers Connect with task pid 0, as containerd's shim does,
+/// and exits at Shutdown: how a restarted daemon finds and removes it (the
+/// crash suite met it as a shim no task owned).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shim_without_its_task_connects_with_pid_0_and_exits_at_shutdown() {
+    use stevedore_runtime::bundle::Bundle;
+    use stevedore_runtime::shim::{self, ShimEnv};
+    let dir = tempfile::Builder::new()
+        .prefix("shimnotask-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let id = format!("nt{}", std::process::id());
+    let spec = default_spec("shimtest", &id);
+    let bundle = Bundle::create(
+        &dir.path().join("state"),
+        &dir.path().join("root"),
+        "shimtest",
+        &id,
+        &spec.to_json(),
+    )
+    .unwrap();
+    let binary = stevedore_e2e::bin("containerd-shim-stevedore-v1");
+    let env = ShimEnv {
+        grpc_address: dir.path().join("none.sock").display().to_string(),
+        ttrpc_address: dir.path().join("none.sock.ttrpc").display().to_string(),
+        publish_binary: stevedore_e2e::bin("stevedored"),
+        debug: false,
+    };
+    let addr = shim::start(&binary, &bundle, &env, None).await.unwrap();
+    let needle = dir.path().join("none.sock").display().to_string();
+    assert_eq!(stevedore_e2e::shim_pids_for(&needle).len(), 1);
+    let s = shim::Shim::connect(bundle.clone(), binary.clone(), &addr)
+        .await
+        .unwrap();
+    let (shim_pid, task_pid) = s.connect_info().await.unwrap();
+    assert_eq!(task_pid, 0, "no task");
+    assert_eq!(stevedore_e2e::shim_pids_for(&needle), [shim_pid]);
+    s.shutdown().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stevedore_e2e::shim_pids_for(&needle).is_empty() {
+        assert!(Instant::now() < deadline, "the shim did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -887,10 +887,15 @@ impl Task for Service {
     }
 
     async fn connect(&self, _: &TtrpcContext, r: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
-        let task = self.0.task(&r.id)?;
+        // containerd's shim answers for any id, task pid 0 without the task:
+        // how a restarted daemon tells a shim whose Create never came
+        identifiers::validate(&r.id).map_err(Error::from)?;
+        let task = self.0.tasks().get(&r.id).cloned();
         let mut resp = ConnectResponse::new();
         resp.shim_pid = std::process::id();
-        resp.task_pid = task.procs().get("").map(|p| p.state().pid).unwrap_or(0);
+        resp.task_pid = task
+            .and_then(|t| t.procs().get("").map(|p| p.state().pid))
+            .unwrap_or(0);
         resp.version = env!("CARGO_PKG_VERSION").into();
         Ok(resp)
     }
