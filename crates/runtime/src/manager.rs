@@ -395,15 +395,31 @@ impl TaskManager {
                             // A shim without a task: the daemon died between
                             // starting the shim and the task's Create (as
                             // containerd's loadShims, containerd#6860). No
-                            // task ever existed, so no exit to publish.
-                            tracing::warn!(
-                                id,
-                                namespace = ns,
-                                "shim has no task (a crash before its create): removing"
-                            );
+                            // task ever existed, so no exit to publish. The
+                            // dead daemon's Create may still be queued on
+                            // its connection: Shutdown waits for a Create
+                            // under way (after it the shim refuses one), so
+                            // a task it made shows here and is kept.
                             let _ = s.shutdown().await;
-                            self.cleanup_dead(&binary, &bundle, false).await;
-                            continue;
+                            match s.connect_info().await {
+                                Ok((_, pid)) if pid != 0 => {
+                                    tracing::warn!(
+                                        id,
+                                        namespace = ns,
+                                        "the task's create landed after the crash: keeping it"
+                                    );
+                                    Some(s)
+                                }
+                                _ => {
+                                    tracing::warn!(
+                                        id,
+                                        namespace = ns,
+                                        "shim has no task (a crash before its create): removing"
+                                    );
+                                    self.cleanup_dead(&binary, &bundle, false).await;
+                                    continue;
+                                }
+                            }
                         }
                         Ok(_) => Some(s),
                         Err(e) => {

@@ -726,6 +726,13 @@ pub struct Group {
     pub events: Arc<Publisher>,
     /// Notified when Shutdown lets the shim exit (no task left).
     pub shutdown: tokio::sync::Notify,
+    /// Held shared by each Create while it runs, exclusively by Connect and
+    /// Shutdown: they answer about created tasks, never half-created ones
+    /// (containerd's shim holds its lock across Create for the same end).
+    gate: tokio::sync::RwLock<()>,
+    /// Shutdown let the shim go: a Create read later from a connection (a
+    /// killed daemon's request still queued) is refused.
+    closing: AtomicBool,
 }
 
 impl Group {
@@ -735,6 +742,8 @@ impl Group {
             tasks: Mutex::new(HashMap::new()),
             events: Arc::new(Publisher::from_env(namespace)),
             shutdown: tokio::sync::Notify::new(),
+            gate: tokio::sync::RwLock::new(()),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -754,7 +763,14 @@ impl Group {
     /// Create a task: it joins the group while its Create runs (requests
     /// for it meanwhile find no process yet) and leaves it if Create fails.
     async fn create(&self, r: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        let _creating = self.gate.read().await;
         identifiers::validate(&r.id)?;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Error::FailedPrecondition(format!(
+                "task {:?}: the shim is shutting down",
+                r.id
+            )));
+        }
         let bundle = PathBuf::from(&r.bundle);
         if !bundle.is_absolute() {
             return Err(Error::InvalidArgument(format!(
@@ -800,6 +816,19 @@ impl Group {
 /// once.
 pub struct Service(pub Arc<Group>);
 
+/// Run a call that changes a task on a task of its own: a request whose
+/// connection went away (a killed daemon's) is dropped by the ttrpc server,
+/// and the change must still complete or undo itself, as a Go shim's
+/// handler runs to its end (a Create cut short left its task half-made in
+/// the group, and the shim never exited).
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| Error::Internal(format!("task call failed: {e}")))?
+}
+
 #[async_trait::async_trait]
 impl Task for Service {
     async fn state(&self, _: &TtrpcContext, r: StateRequest) -> ttrpc::Result<StateResponse> {
@@ -811,22 +840,28 @@ impl Task for Service {
         _: &TtrpcContext,
         r: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
-        Ok(self.0.create(r).await?)
+        let group = self.0.clone();
+        Ok(detached(async move { group.create(r).await }).await?)
     }
 
     async fn start(&self, _: &TtrpcContext, r: StartRequest) -> ttrpc::Result<StartResponse> {
-        Ok(self.0.task(&r.id)?.start(r).await?)
+        let task = self.0.task(&r.id)?;
+        Ok(detached(async move { task.start(r).await }).await?)
     }
 
     async fn delete(&self, _: &TtrpcContext, r: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
         let task = self.0.task(&r.id)?;
-        let init = r.exec_id.is_empty();
-        let id = r.id.clone();
-        let resp = task.delete(r).await?;
-        if init {
-            self.0.leave(&id, &task);
-        }
-        Ok(resp)
+        let group = self.0.clone();
+        Ok(detached(async move {
+            let init = r.exec_id.is_empty();
+            let id = r.id.clone();
+            let resp = task.delete(r).await?;
+            if init {
+                group.leave(&id, &task);
+            }
+            Ok(resp)
+        })
+        .await?)
     }
 
     async fn pids(&self, _: &TtrpcContext, r: PidsRequest) -> ttrpc::Result<PidsResponse> {
@@ -849,7 +884,8 @@ impl Task for Service {
     }
 
     async fn exec(&self, _: &TtrpcContext, r: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        self.0.task(&r.id)?.exec(r).await?;
+        let task = self.0.task(&r.id)?;
+        detached(async move { task.exec(r).await }).await?;
         Ok(Empty::new())
     }
 
@@ -890,6 +926,7 @@ impl Task for Service {
         // containerd's shim answers for any id, task pid 0 without the task:
         // how a restarted daemon tells a shim whose Create never came
         identifiers::validate(&r.id).map_err(Error::from)?;
+        let _no_create = self.0.gate.write().await;
         let task = self.0.tasks().get(&r.id).cloned();
         let mut resp = ConnectResponse::new();
         resp.shim_pid = std::process::id();
@@ -902,8 +939,10 @@ impl Task for Service {
 
     async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> ttrpc::Result<Empty> {
         // containerd's shim stays while it serves a task (created, not
-        // deleted), of its group too
+        // deleted), of its group too; a Create under way finishes first
+        let _no_create = self.0.gate.write().await;
         if self.0.tasks().is_empty() {
+            self.0.closing.store(true, Ordering::SeqCst);
             self.0.shutdown.notify_one();
         }
         Ok(Empty::new())
