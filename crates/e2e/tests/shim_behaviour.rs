@@ -1143,3 +1143,107 @@ async fn a_shim_without_its_task_connects_with_pid_0_and_exits_at_shutdown() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A Create whose connection closes before the answer (a daemon killed
+/// mid-call) still completes in stevedore's shim, as a Go shim's handler
+/// runs to its end: the task is there for a restarted daemon to find, and
+/// it goes with Kill, Delete and Shutdown. (Cut short, it left a task
+/// without a process in the shim, which then ignored every Shutdown.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_whose_caller_went_away_completes() {
+    use std::io::Write;
+    use stevedore_runtime::bundle::Bundle;
+    use stevedore_runtime::shim::{self, ShimEnv};
+    require_tool("runc", "runc");
+    let dir = tempfile::Builder::new()
+        .prefix("shimgone-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let rootfs = stevedore_e2e::busybox_rootfs(dir.path());
+    let id = format!("gone{}", std::process::id());
+    let mut spec = default_spec("shimtest", &id);
+    spec.with_args(&["sleep".into(), "1000".into()]);
+    let bundle = Bundle::create(
+        &dir.path().join("state"),
+        &dir.path().join("root"),
+        "shimtest",
+        &id,
+        &spec.to_json(),
+    )
+    .unwrap();
+    let binary = stevedore_e2e::bin("containerd-shim-stevedore-v1");
+    let env = ShimEnv {
+        grpc_address: dir.path().join("none.sock").display().to_string(),
+        ttrpc_address: dir.path().join("none.sock.ttrpc").display().to_string(),
+        publish_binary: stevedore_e2e::bin("stevedored"),
+        debug: false,
+    };
+    let addr = shim::start(&binary, &bundle, &env, None).await.unwrap();
+    // CreateTaskRequest { id, bundle, rootfs: [Mount { type, source,
+    // options }] } in a ttrpc request frame, written, then the connection
+    // closed without reading the answer
+    fn field(n: u8, data: &[u8]) -> Vec<u8> {
+        assert!(data.len() < 128 * 128);
+        let mut v = vec![(n << 3) | 2];
+        let mut len = data.len();
+        while len >= 0x80 {
+            v.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        v.push(len as u8);
+        v.extend_from_slice(data);
+        v
+    }
+    let src = rootfs.display().to_string();
+    let mount = [
+        field(1, b"bind"),
+        field(2, src.as_bytes()),
+        field(4, b"rbind"),
+        field(4, b"rw"),
+    ]
+    .concat();
+    let create = [
+        field(1, id.as_bytes()),
+        field(2, bundle.path.display().to_string().as_bytes()),
+        field(3, &mount),
+    ]
+    .concat();
+    let req = [
+        field(1, b"containerd.task.v2.Task"),
+        field(2, b"Create"),
+        field(3, &create),
+    ]
+    .concat();
+    let mut frame = (req.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&1u32.to_be_bytes());
+    frame.extend_from_slice(&[1, 0]);
+    frame.extend_from_slice(&req);
+    {
+        let mut c =
+            std::os::unix::net::UnixStream::connect(addr.trim_start_matches("unix://")).unwrap();
+        c.write_all(&frame).unwrap();
+    }
+    let s = shim::Shim::connect(bundle.clone(), binary.clone(), &addr)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, pid) = s.connect_info().await.unwrap();
+        if pid != 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Create did not complete");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.kill("", 9, false).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.wait("")).await;
+    s.delete_process("").await.unwrap();
+    s.shutdown().await.unwrap();
+    let needle = dir.path().join("none.sock").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stevedore_e2e::shim_pids_for(&needle).is_empty() {
+        assert!(Instant::now() < deadline, "the shim did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stevedore_sys::mount::unmount_all(&bundle.path.join("rootfs"));
+}
