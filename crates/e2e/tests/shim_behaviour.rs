@@ -832,38 +832,82 @@ fn no_shim_outlives_its_task_after_exec_and_attach() {
 
 // --- ttrpc straight to stevedore's shim: no daemon validates for it ---
 
+/// stevedore's shim started by hand as the daemon starts it, with no daemon
+/// (its addresses name sockets nobody serves), for a task of namespace
+/// `shimtest` whose spec runs `sleep 1000` in a busybox rootfs.
+struct DirectShim {
+    dir: tempfile::TempDir,
+    rootfs: PathBuf,
+    spec: stevedore_runtime::spec::Spec,
+    bundle: stevedore_runtime::bundle::Bundle,
+    binary: PathBuf,
+    addr: String,
+}
+
+impl DirectShim {
+    async fn start(prefix: &str, id: &str) -> DirectShim {
+        use stevedore_runtime::shim::{self, ShimEnv};
+        require_tool("runc", "runc");
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/tmp")
+            .unwrap();
+        let rootfs = stevedore_e2e::busybox_rootfs(dir.path());
+        let mut spec = default_spec("shimtest", id);
+        spec.with_args(&["sleep".into(), "1000".into()]);
+        let bundle = stevedore_runtime::bundle::Bundle::create(
+            &dir.path().join("state"),
+            &dir.path().join("root"),
+            "shimtest",
+            id,
+            &spec.to_json(),
+        )
+        .unwrap();
+        let binary = stevedore_e2e::bin("containerd-shim-stevedore-v1");
+        let env = ShimEnv {
+            grpc_address: dir.path().join("none.sock").display().to_string(),
+            ttrpc_address: dir.path().join("none.sock.ttrpc").display().to_string(),
+            publish_binary: stevedore_e2e::bin("stevedored"),
+            debug: false,
+        };
+        let addr = shim::start(&binary, &bundle, &env, None).await.unwrap();
+        DirectShim {
+            dir,
+            rootfs,
+            spec,
+            bundle,
+            binary,
+            addr,
+        }
+    }
+
+    async fn connect(&self) -> stevedore_runtime::shim::Shim {
+        stevedore_runtime::shim::Shim::connect(self.bundle.clone(), self.binary.clone(), &self.addr)
+            .await
+            .unwrap()
+    }
+
+    /// Pids of this shim's processes (their command line names its socket).
+    fn pids(&self) -> Vec<u32> {
+        stevedore_e2e::shim_pids_for(&self.dir.path().join("none.sock").display().to_string())
+    }
+
+    async fn expect_exit(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.pids().is_empty() {
+            assert!(Instant::now() < deadline, "the shim did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn shim_refuses_exec_ids_that_are_not_one_path_component() {
-    use stevedore_runtime::bundle::Bundle;
-    use stevedore_runtime::shim::{self, CreateOpts, ExecOpts, ShimEnv};
-    require_tool("runc", "runc");
-    let dir = tempfile::Builder::new()
-        .prefix("shimid-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let rootfs = stevedore_e2e::busybox_rootfs(dir.path());
+    use stevedore_runtime::shim::{CreateOpts, ExecOpts};
     let id = format!("t{}", std::process::id());
-    let mut spec = default_spec("shimtest", &id);
-    spec.with_args(&["sleep".into(), "1000".into()]);
-    let bundle = Bundle::create(
-        &dir.path().join("state"),
-        &dir.path().join("root"),
-        "shimtest",
-        &id,
-        &spec.to_json(),
-    )
-    .unwrap();
-    let binary = stevedore_e2e::bin("containerd-shim-stevedore-v1");
-    let env = ShimEnv {
-        grpc_address: dir.path().join("none.sock").display().to_string(),
-        ttrpc_address: dir.path().join("none.sock.ttrpc").display().to_string(),
-        publish_binary: stevedore_e2e::bin("stevedored"),
-        debug: false,
-    };
-    let addr = shim::start(&binary, &bundle, &env, None).await.unwrap();
-    let s = shim::Shim::connect(bundle.clone(), binary.clone(), &addr)
-        .await
-        .unwrap();
+    let d = DirectShim::start("shimid-", &id).await;
+    let (rootfs, spec, bundle) = (&d.rootfs, &d.spec, &d.bundle);
+    let s = d.connect().await;
     s.create(&CreateOpts {
         rootfs: vec![stevedore_types::Mount {
             kind: "bind".into(),
@@ -930,15 +974,7 @@ async fn shim_refuses_exec_ids_that_are_not_one_path_component() {
     let err = s.kill("", 9, false).await.unwrap_err();
     assert_eq!(err.kind, stevedore_types::ErrorKind::NotFound, "{err}");
     s.shutdown().await.unwrap();
-    let needle = bundle.path.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !stevedore_e2e::shim_pids_for(&needle).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "shim still running after Shutdown"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    d.expect_exit().await;
     let _ = bundle.delete();
 }
 
@@ -1104,44 +1140,14 @@ on_both_shims!(binary_log_uri_hands_the_output_to_a_logging_driver:
 /// crash suite met it as a shim no task owned).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shim_without_its_task_connects_with_pid_0_and_exits_at_shutdown() {
-    use stevedore_runtime::bundle::Bundle;
-    use stevedore_runtime::shim::{self, ShimEnv};
-    let dir = tempfile::Builder::new()
-        .prefix("shimnotask-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let id = format!("nt{}", std::process::id());
-    let spec = default_spec("shimtest", &id);
-    let bundle = Bundle::create(
-        &dir.path().join("state"),
-        &dir.path().join("root"),
-        "shimtest",
-        &id,
-        &spec.to_json(),
-    )
-    .unwrap();
-    let binary = stevedore_e2e::bin("containerd-shim-stevedore-v1");
-    let env = ShimEnv {
-        grpc_address: dir.path().join("none.sock").display().to_string(),
-        ttrpc_address: dir.path().join("none.sock.ttrpc").display().to_string(),
-        publish_binary: stevedore_e2e::bin("stevedored"),
-        debug: false,
-    };
-    let addr = shim::start(&binary, &bundle, &env, None).await.unwrap();
-    let needle = dir.path().join("none.sock").display().to_string();
-    assert_eq!(stevedore_e2e::shim_pids_for(&needle).len(), 1);
-    let s = shim::Shim::connect(bundle.clone(), binary.clone(), &addr)
-        .await
-        .unwrap();
+    let d = DirectShim::start("shimnotask-", &format!("nt{}", std::process::id())).await;
+    assert_eq!(d.pids().len(), 1);
+    let s = d.connect().await;
     let (shim_pid, task_pid) = s.connect_info().await.unwrap();
     assert_eq!(task_pid, 0, "no task");
-    assert_eq!(stevedore_e2e::shim_pids_for(&needle), [shim_pid]);
+    assert_eq!(d.pids(), [shim_pid]);
     s.shutdown().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !stevedore_e2e::shim_pids_for(&needle).is_empty() {
-        assert!(Instant::now() < deadline, "the shim did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    d.expect_exit().await;
 }
 
 /// A Create whose connection closes before the answer (a daemon killed
@@ -1152,33 +1158,9 @@ async fn a_shim_without_its_task_connects_with_pid_0_and_exits_at_shutdown() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_create_whose_caller_went_away_completes() {
     use std::io::Write;
-    use stevedore_runtime::bundle::Bundle;
-    use stevedore_runtime::shim::{self, ShimEnv};
-    require_tool("runc", "runc");
-    let dir = tempfile::Builder::new()
-        .prefix("shimgone-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let rootfs = stevedore_e2e::busybox_rootfs(dir.path());
     let id = format!("gone{}", std::process::id());
-    let mut spec = default_spec("shimtest", &id);
-    spec.with_args(&["sleep".into(), "1000".into()]);
-    let bundle = Bundle::create(
-        &dir.path().join("state"),
-        &dir.path().join("root"),
-        "shimtest",
-        &id,
-        &spec.to_json(),
-    )
-    .unwrap();
-    let binary = stevedore_e2e::bin("containerd-shim-stevedore-v1");
-    let env = ShimEnv {
-        grpc_address: dir.path().join("none.sock").display().to_string(),
-        ttrpc_address: dir.path().join("none.sock.ttrpc").display().to_string(),
-        publish_binary: stevedore_e2e::bin("stevedored"),
-        debug: false,
-    };
-    let addr = shim::start(&binary, &bundle, &env, None).await.unwrap();
+    let d = DirectShim::start("shimgone-", &id).await;
+    let (rootfs, bundle, addr) = (&d.rootfs, &d.bundle, &d.addr);
     // CreateTaskRequest { id, bundle, rootfs: [Mount { type, source,
     // options }] } in a ttrpc request frame, written, then the connection
     // closed without reading the answer
@@ -1223,9 +1205,7 @@ async fn a_create_whose_caller_went_away_completes() {
             std::os::unix::net::UnixStream::connect(addr.trim_start_matches("unix://")).unwrap();
         c.write_all(&frame).unwrap();
     }
-    let s = shim::Shim::connect(bundle.clone(), binary.clone(), &addr)
-        .await
-        .unwrap();
+    let s = d.connect().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (_, pid) = s.connect_info().await.unwrap();
@@ -1239,11 +1219,6 @@ async fn a_create_whose_caller_went_away_completes() {
     let _ = tokio::time::timeout(Duration::from_secs(10), s.wait("")).await;
     s.delete_process("").await.unwrap();
     s.shutdown().await.unwrap();
-    let needle = dir.path().join("none.sock").display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !stevedore_e2e::shim_pids_for(&needle).is_empty() {
-        assert!(Instant::now() < deadline, "the shim did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    d.expect_exit().await;
     let _ = stevedore_sys::mount::unmount_all(&bundle.path.join("rootfs"));
 }
