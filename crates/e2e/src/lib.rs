@@ -5,6 +5,7 @@
 //! so run `cargo build --workspace --bins` before `cargo test` (README's test
 //! command does). Missing external tools fail the test naming the package.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -47,6 +48,47 @@ pub fn seed_from_env(var: &str) -> u64 {
             .unwrap()
             .as_nanos() as u64
     })
+}
+
+/// Build the Go program `crates/e2e/go/<name>` offline in GOPATH mode
+/// (`GO111MODULE=off`) with the `go` binary, a GOPATH of its own in the
+/// target directory followed by `sources` (the packages it imports), the
+/// build cache in the target directory (later runs reuse it) and `env`
+/// added; returns the binary, `<target>/<name>`.
+pub fn go_build(name: &str, go: &Path, sources: &Path, env: &[(&str, &OsStr)]) -> PathBuf {
+    let target = bin_dir();
+    let gopath = target.join(format!("{name}-gopath"));
+    let src = gopath.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let link = src.join(name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("go").join(name),
+        &link,
+    )
+    .unwrap();
+    let out = target.join(name);
+    let o = Command::new(go)
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(&link)
+        .env("GO111MODULE", "off")
+        .env(
+            "GOPATH",
+            format!("{}:{}", gopath.display(), sources.display()),
+        )
+        .env("GOCACHE", target.join(format!("{name}-gocache")))
+        .env("GOFLAGS", "")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run go build");
+    assert!(
+        o.status.success(),
+        "go build {name}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
 }
 
 /// Directory holding the workspace binaries (`target/<profile>`).

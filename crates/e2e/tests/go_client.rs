@@ -26,35 +26,12 @@ fn clientcheck() -> PathBuf {
             Path::new(GO_SOURCES).join("client.go").is_file(),
             "containerd's Go client sources are required: apt-get install golang-github-containerd-containerd-dev"
         );
-        let target = stevedore_e2e::bin_dir();
-        let gopath = target.join("go-path");
-        let src = gopath.join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        let link = src.join("clientcheck");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("go/clientcheck"),
-            &link,
+        stevedore_e2e::go_build(
+            "clientcheck",
+            &go,
+            Path::new("/usr/share/gocode"),
+            &[],
         )
-        .unwrap();
-        let out = target.join("clientcheck");
-        let o = Command::new(go)
-            .args(["build", "-o"])
-            .arg(&out)
-            .arg(".")
-            .current_dir(&link)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
-            .env("GOCACHE", target.join("go-cache"))
-            .env("GOFLAGS", "")
-            .output()
-            .expect("run go build");
-        assert!(
-            o.status.success(),
-            "go build clientcheck: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        out
     })
     .clone()
 }

@@ -7,10 +7,10 @@
 //! client and the 2.x calls (Server, RuntimeInfo, snapshotter capabilities,
 //! Transfer pull/echo/export/import/tag, events, leases, sandbox store).
 //!
-//! The reference: `go_client2_reference_containerd` (ignored; run it with
-//! `--ignored`) runs the same program against containerd 2.1.9 from
-//! `scripts/unstable-tools.sh`.
+//! The reference: `go2_client_reference_containerd` runs the same program
+//! against containerd 2.1.9 from `scripts/unstable-tools.sh`.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -49,37 +49,15 @@ fn clientcheck2() -> PathBuf {
                 root.display()
             );
         };
-        let target = stevedore_e2e::bin_dir();
-        let gopath = target.join("go2-path");
-        let src = gopath.join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        let link = src.join("clientcheck2");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("go/clientcheck2"),
-            &link,
+        stevedore_e2e::go_build(
+            "clientcheck2",
+            &goroot.join("bin/go"),
+            &gocode,
+            &[
+                ("GOROOT", goroot.as_os_str()),
+                ("GOTOOLCHAIN", OsStr::new("local")),
+            ],
         )
-        .unwrap();
-        let out = target.join("clientcheck2");
-        let o = Command::new(goroot.join("bin/go"))
-            .args(["build", "-o"])
-            .arg(&out)
-            .arg(".")
-            .current_dir(&link)
-            .env("GOROOT", &goroot)
-            .env("GO111MODULE", "off")
-            .env("GOTOOLCHAIN", "local")
-            .env("GOPATH", format!("{}:{}", gopath.display(), gocode.display()))
-            .env("GOCACHE", target.join("go2-cache"))
-            .env("GOFLAGS", "")
-            .output()
-            .expect("run go build");
-        assert!(
-            o.status.success(),
-            "go build clientcheck2: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        out
     })
     .clone()
 }
@@ -92,24 +70,38 @@ fn registry_with_busybox(dir: &Path) -> (TestRegistry, String) {
     (reg, dest)
 }
 
-/// Run clientcheck2 against `socket`; its stdout, stderr and whether it passed.
-fn run_clientcheck2(socket: &Path, ns: &str, image: &str) -> (bool, String, String) {
-    let o = Command::new(clientcheck2())
-        .arg("-address")
+/// clientcheck2 against the daemon on `socket`, in namespace `ns`, pulling
+/// `image`.
+fn clientcheck2_cmd(socket: &Path, ns: &str, image: &str) -> Command {
+    let mut c = Command::new(clientcheck2());
+    c.arg("-address")
         .arg(socket)
         .arg("-namespace")
         .arg(ns)
         .arg("-image")
-        .arg(image)
+        .arg(image);
+    c
+}
+
+/// The checks clientcheck2 runs (one `PASS name` or `FAIL name: reason`
+/// line each).
+const CHECKS: usize = 50;
+
+/// Run clientcheck2: whether it exited 0, its stdout and stderr.
+fn run_clientcheck2(socket: &Path, ns: &str, image: &str) -> (bool, String, String) {
+    let o = clientcheck2_cmd(socket, ns, image)
         .output()
         .expect("run clientcheck2");
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    let passed = stdout.lines().filter(|l| l.starts_with("PASS ")).count();
     (
-        o.status.success() && passed >= 50,
-        stdout,
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// The lines of `stdout` starting with `prefix`.
+fn lines<'a>(stdout: &'a str, prefix: &str) -> Vec<&'a str> {
+    stdout.lines().filter(|l| l.starts_with(prefix)).collect()
 }
 
 /// Containers' cgroups and runc roots are host-wide, keyed by namespace and
@@ -137,7 +129,7 @@ fn go2_client_behaviours_on_stevedore_shim() {
     let (ok, stdout, stderr) = run_clientcheck2(&d.socket, &ns, &image);
     println!("{stdout}");
     assert!(
-        ok,
+        ok && lines(&stdout, "PASS ").len() >= CHECKS,
         "clientcheck2:\n{stdout}\n{stderr}\ndaemon log (tail):\n{}",
         tail(&d.log(), 60)
     );
@@ -145,13 +137,7 @@ fn go2_client_behaviours_on_stevedore_shim() {
 
 /// Run clientcheck2's restart phase `phase` ("before" or "after").
 fn restart_phase(socket: &Path, ns: &str, image: &str, log: &Path, phase: &str) -> String {
-    let o = Command::new(clientcheck2())
-        .arg("-address")
-        .arg(socket)
-        .arg("-namespace")
-        .arg(ns)
-        .arg("-image")
-        .arg(image)
+    let o = clientcheck2_cmd(socket, ns, image)
         .arg("-log")
         .arg(log)
         .arg("-restart-phase")
@@ -253,11 +239,14 @@ impl Drop for Containerd2 {
     }
 }
 
-/// containerd 2.1.9 itself fails `events_task_lifecycle` now and then (3 of
-/// ~10 runs here): its shim publishes `/tasks/delete` asynchronously and is
-/// shut down right after, so subscribers sometimes never see it.
+/// The reference: the same checks pass on containerd 2.1.9 (a check that
+/// fails there tests something containerd does not do). containerd 2.1.9
+/// itself fails `events_task_lifecycle` now and then under load (3 of ~10
+/// runs here; 0 of 8 on an idle machine): its shim publishes
+/// `/tasks/delete` asynchronously and is shut down right after, so
+/// subscribers sometimes never see it. That one failure is containerd's,
+/// and only on the reference is it let pass.
 #[test]
-#[ignore = "the reference run against containerd 2.1.9: cargo test --test go_client2 -- --ignored"]
 fn go2_client_reference_containerd() {
     require_tool("runc", "runc");
     clientcheck2();
@@ -267,5 +256,11 @@ fn go2_client_reference_containerd() {
     let ns = namespace_for(dir.path());
     let (ok, stdout, stderr) = run_clientcheck2(&c.socket, &ns, &image);
     println!("{stdout}");
-    assert!(ok, "clientcheck2 on containerd 2.1.9:\n{stdout}\n{stderr}");
+    let fails = lines(&stdout, "FAIL ");
+    let containerds_own = |l: &&str| l.starts_with("FAIL events_task_lifecycle:");
+    assert!(
+        (ok || fails.iter().all(containerds_own))
+            && lines(&stdout, "PASS ").len() + fails.len() >= CHECKS,
+        "clientcheck2 on containerd 2.1.9:\n{stdout}\n{stderr}"
+    );
 }
