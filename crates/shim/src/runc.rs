@@ -170,10 +170,7 @@ impl Runc {
 
     /// go-runc's `<binary> did not terminate successfully: exit status N`.
     pub fn exit_text(&self, status: &std::process::ExitStatus) -> String {
-        use std::os::unix::process::ExitStatusExt;
-        let code = status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        let code = crate::reaper::exit_code(*status);
         format!(
             "{} did not terminate successfully: exit status {code}",
             self.binary

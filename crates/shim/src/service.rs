@@ -57,8 +57,6 @@ pub struct Shim {
     /// Held from `runc start`/`exec` to the start event, and while an exit
     /// is recorded and published: an exit event never precedes its start.
     lifecycle: tokio::sync::Mutex<()>,
-    /// The task exists: from Create until the init's Delete.
-    has_task: AtomicBool,
     cgroups: Sources,
 }
 
@@ -77,7 +75,6 @@ impl Shim {
             procs: Mutex::new(HashMap::new()),
             events,
             lifecycle: tokio::sync::Mutex::new(()),
-            has_task: AtomicBool::new(false),
             cgroups: Sources::default(),
         }
     }
@@ -124,13 +121,8 @@ impl Shim {
 
     async fn create(self: &Arc<Self>, r: CreateTaskRequest) -> Result<CreateTaskResponse> {
         crate::log::since_born("create received");
+        // a second Create of the id is refused by the group (Group::create)
         self.check(&r.id, "")?;
-        if self.has_task.load(Ordering::SeqCst) {
-            return Err(Error::AlreadyExists(format!(
-                "task {:?}: already exists",
-                r.id
-            )));
-        }
         let opts = match r.options.as_ref() {
             Some(a) => RuncOptions::from_any(a)?,
             None => RuncOptions::default(),
@@ -195,7 +187,6 @@ impl Shim {
         let p = Arc::new(Process::new("", io, Vec::new()));
         let exit = p.launched(launched);
         self.procs().insert(String::new(), p.clone());
-        self.has_task.store(true, Ordering::SeqCst);
         self.reap(p, exit);
         self.watch_oom();
         let mut ev = TaskCreate::new();
@@ -389,7 +380,6 @@ impl Shim {
                 q.release_waiters();
                 q.finish_logger();
             }
-            self.has_task.store(false, Ordering::SeqCst);
             let mut ev = TaskDelete::new();
             ev.container_id = self.id.clone();
             ev.pid = pid;
